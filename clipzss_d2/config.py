@@ -1,0 +1,87 @@
+"""Config keys of CLIP-ZSS, one namespace per component.
+
+Every hyper-parameter the method names is a key here, with this project's default (the paper's
+values could not be read; see docs in README). Call after `add_deeplab_config`.
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_clipzss_config(cfg):
+    cfg.MODEL.CLIPZSS = CN()
+    z = cfg.MODEL.CLIPZSS
+    # Student: any detectron2 backbone + a dense head that outputs EMBED_DIM channels per pixel.
+    z.EMBED_DIM = 512  # must equal the CLIP joint dimension (512 for ViT-B/16)
+    z.HEAD_NAME = "DeepLabV3PlusEmbeddingHead"
+    # Classifier: logits = scale * cos(pixel embedding, text embedding).
+    z.LOGIT_SCALE = 1.0 / 0.07
+    z.LEARN_LOGIT_SCALE = True
+    z.MAX_LOGIT_SCALE = 100.0
+    # Names for inference when set; otherwise the test dataset's classes. "a|b" = synonyms.
+    z.TEST_VOCABULARY = []
+    z.SIZE_DIVISIBILITY = 32
+
+    # The CLIP model whose joint space the student learns (text classifier and teacher share it).
+    z.CLIP = CN()
+    z.CLIP.MODEL_NAME = "ViT-B-16"
+    z.CLIP.PRETRAINED = "openai"  # open_clip tag, local checkpoint path, or "none" (random)
+    z.CLIP.DOWNLOAD_DIR = ""  # open_clip download cache ("" = open_clip's default)
+
+    z.TEXT = CN()
+    z.TEXT.TEMPLATES = "vild"  # single | vild | imagenet
+    z.TEXT.CACHE_DIR = "output/text_cache"  # on-disk embedding cache; "" disables it
+    z.TEXT.CHUNK_SIZE = 256  # prompts encoded per forward pass of the text tower
+    z.TEXT.DEVICE = ""  # "" = the model's device
+
+    # Frozen CLIP image encoder, built for training only when GLM or PLM needs it.
+    z.TEACHER = CN()
+    z.TEACHER.PRECISION = "fp16"  # fp16 | bf16 | fp32; applied on GPU only (CPU runs fp32)
+    z.TEACHER.INPUT_SIZE = 0  # teacher's square input side; 0 = the training crop size
+
+    z.GLM = CN()
+    z.GLM.ENABLED = True
+    z.GLM.TEMPERATURE = 0.07
+    z.GLM.BANK_SIZE = 1024  # FIFO bank of past CLS tokens; 0 disables it
+    z.GLM.LOSS_WEIGHT = 1.0
+
+    z.PLM = CN()
+    z.PLM.PSEUDO_LABELS = True  # multi-scale K-Means pseudo regions on the ignored area
+    z.PLM.SYNTHESIZER = True  # pseudo classifier weights from the synthesizer
+    z.PLM.WINDOW_SIZES = [2, 4, 8]  # K-Means seeds: means over w x w patch windows
+    z.PLM.KMEANS_ITERS = 10
+    z.PLM.FUSION_THRESHOLD = 0.9  # merge masks whose centroids have cosine similarity > this
+    z.PLM.MIN_REGION_PATCHES = 1  # drop pseudo regions smaller than this many teacher patches
+    z.PLM.MAX_REGIONS = 64  # cap on pseudo regions per image (padding size)
+    z.PLM.PSEUDO_LOGIT_SCALE = 0.0  # beta; 0 = same as the classifier's logit scale (alpha)
+    z.PLM.SYNTH_LAYERS = 2
+    z.PLM.SYNTH_HEADS = 8
+    z.PLM.SYNTH_USE_PATCH_TOKENS = False  # keys/values: teacher CLS, optionally + patch tokens
+    z.PLM.BCE_WEIGHT = 1.0
+
+    # Segmentation losses on the (fused) labels.
+    z.LOSS = CN()
+    z.LOSS.CE_WEIGHT = 1.0
+    z.LOSS.NEL_WEIGHT = 1.0  # non-mutually-exclusive loss = focal * FOCAL_WEIGHT + dice
+    z.LOSS.FOCAL_WEIGHT = 100.0
+    z.LOSS.FOCAL_ALPHA = 0.25
+    z.LOSS.FOCAL_GAMMA = 2.0
+    z.LOSS.DICE_WEIGHT = 1.0
+
+    z.INFERENCE = CN()
+    z.INFERENCE.MODE = "whole"  # whole | slide
+    z.INFERENCE.SLIDE_CROP = 512
+    z.INFERENCE.SLIDE_STRIDE = 341
+    z.INFERENCE.FLIP = False  # test-time horizontal flip averaging
+    z.INFERENCE.SCALES = [1.0]  # test-time multi-scale factors
+
+    # Solver extras (AdamW with per-group multipliers).
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+
+    # Input pipeline extras.
+    cfg.INPUT.COLOR_AUG_SSD = False
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+    # Evaluation: also report detectron2 v0.6's averaging of classes absent from the ground truth.
+    cfg.TEST.REPORT_BOTH_CONVENTIONS = True

@@ -1,0 +1,1 @@
+"""Dataset registration, mappers and prepare helpers."""

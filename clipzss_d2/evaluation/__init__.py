@@ -1,0 +1,1 @@
+"""Generalized zero-shot semantic segmentation evaluation."""

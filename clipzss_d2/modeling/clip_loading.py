@@ -1,0 +1,158 @@
+"""Build open_clip models from a name and a `pretrained` tag or local file, failing fast offline.
+
+open_clip retries a missing download for about a minute and then raises an HTTP-internals error;
+users of this project often train on clusters without internet, so we resolve the weights file
+ourselves first and raise one clear error that names the config key to set instead.
+"""
+
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Tiny CLIP architectures used by tests and the miniature world live beside the package, so
+# `MODEL.CLIPZSS.CLIP.MODEL_NAME` can name them like any built-in open_clip model.
+CUSTOM_CONFIG_DIR = Path(__file__).resolve().parent.parent / "clip_configs"
+open_clip.add_model_config(CUSTOM_CONFIG_DIR)
+
+RANDOM_INIT_TAGS = ("", "none", "random")
+
+
+class CLIPWeightsUnavailableError(RuntimeError):
+    """The CLIP weights asked for are neither on disk nor downloadable."""
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    host = urlparse(url).hostname
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_tag_file(pretrained_cfg: dict, cache_dir: str | None) -> str | None:
+    """Path of an already-downloaded checkpoint for an open_clip tag, if any."""
+    if pretrained_cfg.get("file"):
+        return pretrained_cfg["file"] if os.path.isfile(pretrained_cfg["file"]) else None
+    hf_hub = pretrained_cfg.get("hf_hub", "")
+    if hf_hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            # "org/repo/" means the default file name, "org/repo/file.bin" a given one
+            model_id, filename = os.path.split(hf_hub)
+            names = [filename] if filename else []
+            names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+            for name in names:
+                hit = try_to_load_from_cache(model_id, name, cache_dir=cache_dir)
+                if isinstance(hit, str) and os.path.isfile(hit):
+                    return hit
+    url = pretrained_cfg.get("url", "")
+    if url:
+        root = cache_dir or os.path.expanduser("~/.cache/clip")
+        candidate = os.path.join(root, os.path.basename(url))
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def resolve_pretrained(
+    model_name: str,
+    pretrained: str,
+    cache_dir: str | None = None,
+    config_key: str = "MODEL.CLIPZSS.CLIP.PRETRAINED",
+) -> str | None:
+    """Turn `pretrained` into a local file path (or None for random init) without hanging.
+
+    Accepts an open_clip tag ('openai', 'laion2b_s34b_b88k', ...) or a file path.
+    """
+    if pretrained is None or pretrained.strip().lower() in RANDOM_INIT_TAGS:
+        return None
+    expanded = os.path.expanduser(pretrained)
+    if os.path.isfile(expanded):
+        return expanded
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not tag_cfg:
+        looks_like_path = os.sep in pretrained or pretrained.endswith(
+            (".pt", ".pth", ".bin", ".safetensors")
+        )
+        if looks_like_path:
+            raise CLIPWeightsUnavailableError(
+                f"CLIP weights file '{pretrained}' does not exist. Set {config_key} to an existing "
+                f"open_clip checkpoint file, or to an open_clip tag."
+            )
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise CLIPWeightsUnavailableError(
+            f"'{pretrained}' is neither a file nor a known open_clip tag for '{model_name}'. "
+            f"Known tags: {tags or 'none (custom architecture)'}. Set {config_key} to a tag, a "
+            f"local checkpoint path, or 'none' for random initialisation."
+        )
+    cached = _cached_tag_file(tag_cfg, cache_dir)
+    if cached:
+        return cached
+    sources = [s for s in (tag_cfg.get("url", ""),) if s]
+    if tag_cfg.get("hf_hub"):
+        sources.insert(0, "https://huggingface.co")
+    if not any(_reachable(s) for s in sources):
+        raise CLIPWeightsUnavailableError(
+            f"CLIP weights '{model_name}' / '{pretrained}' are not in the local cache and cannot be "
+            f"downloaded (no connection to {', '.join(urlparse(s).hostname for s in sources)}). "
+            f"Download the checkpoint on a machine with internet access and set {config_key} to "
+            f"its local file path (e.g. {config_key} /path/to/open_clip_pytorch_model.bin)."
+        )
+    try:
+        return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as e:  # network errors come in many types; report them as one
+        raise CLIPWeightsUnavailableError(
+            f"Downloading CLIP weights '{model_name}' / '{pretrained}' failed ({type(e).__name__}). "
+            f"Set {config_key} to a local checkpoint file instead."
+        ) from e
+
+
+def create_clip_model(
+    model_name: str,
+    pretrained: str = "openai",
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+    config_key: str = "MODEL.CLIPZSS.CLIP.PRETRAINED",
+) -> open_clip.CLIP:
+    """Build a frozen open_clip model in eval mode (fp32; callers cast if they want half)."""
+    if open_clip.get_model_config(model_name) is None:
+        raise ValueError(
+            f"Unknown CLIP architecture '{model_name}' (MODEL.CLIPZSS.CLIP.MODEL_NAME). "
+            f"Use an open_clip model name such as 'ViT-B-16', or one of this project's "
+            f"configs in {CUSTOM_CONFIG_DIR}."
+        )
+    checkpoint = resolve_pretrained(model_name, pretrained, cache_dir, config_key)
+    quick_gelu = False
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained or "")
+    if tag_cfg:
+        quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    model = open_clip.create_model(
+        model_name,
+        pretrained=checkpoint,
+        device=device,
+        force_quick_gelu=quick_gelu,
+        cache_dir=cache_dir,
+    )
+    if checkpoint is None:
+        logger.warning(
+            "CLIP '%s' built with RANDOM weights (pretrained=%r): zero-shot transfer will not work.",
+            model_name,
+            pretrained,
+        )
+    model.eval()
+    model.requires_grad_(False)
+    return model

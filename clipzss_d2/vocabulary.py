@@ -1,0 +1,82 @@
+"""Class vocabularies: parsing what users type, and the seen/unseen partition in dataset metadata.
+
+Metadata convention of every dataset registered by this project (see clipzss_d2/data):
+  stuff_classes   plain class names, index = contiguous label id
+  prompt_names    optional, names fed to CLIP (may differ from stuff_classes, "a|b" = synonyms)
+  unseen_classes  names (from stuff_classes) that are unseen in the zero-shot protocol
+                  ([] for open-vocabulary evaluation sets)
+"""
+
+from collections.abc import Sequence
+
+SYNONYM_SEPARATOR = "|"
+
+
+class VocabularyError(ValueError):
+    """A vocabulary that cannot be used as given."""
+
+
+def split_synonyms(entry: str) -> list[str]:
+    """'sofa|couch' -> ['sofa', 'couch']; the first name is the display name."""
+    names = [n.strip() for n in entry.split(SYNONYM_SEPARATOR)]
+    names = [n for n in names if n]
+    if not names:
+        raise VocabularyError(f"Class entry {entry!r} holds no name.")
+    return names
+
+
+def display_name(entry: str) -> str:
+    return split_synonyms(entry)[0]
+
+
+def parse_vocabulary(spec: str | Sequence[str]) -> list[str]:
+    """Normalise a user vocabulary: "cat, sofa|couch" or a list; rejects blanks and duplicates."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    entries = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise VocabularyError(f"Vocabulary item {i + 1} is {type(item).__name__}, expected a name.")
+        names = [n.strip() for n in item.split(SYNONYM_SEPARATOR) if n.strip()]
+        if not names:
+            raise VocabularyError(
+                f"Vocabulary item {i + 1} is blank. Give class names separated by commas, "
+                f'e.g. "cat,sofa|couch,tv".'
+            )
+        entries.append(SYNONYM_SEPARATOR.join(names))
+    if not entries:
+        raise VocabularyError('The vocabulary is empty. Give at least one class name, e.g. "cat".')
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        key = display_name(entry).lower()
+        if key in seen:
+            raise VocabularyError(
+                f"Class {display_name(entry)!r} appears twice (items {seen[key] + 1} and {i + 1}). "
+                f"Each class must be named once; join synonyms with '|' (e.g. 'sofa|couch')."
+            )
+        seen[key] = i
+    return entries
+
+
+def prompt_names(metadata) -> list[str]:
+    """Names given to CLIP for each contiguous id of a dataset."""
+    names = getattr(metadata, "prompt_names", None) or metadata.stuff_classes
+    if len(names) != len(metadata.stuff_classes):
+        raise VocabularyError(
+            f"Dataset {metadata.name}: {len(names)} prompt_names for "
+            f"{len(metadata.stuff_classes)} stuff_classes."
+        )
+    return list(names)
+
+
+def unseen_class_ids(metadata) -> list[int]:
+    unseen = list(getattr(metadata, "unseen_classes", []) or [])
+    index = {c: i for i, c in enumerate(metadata.stuff_classes)}
+    missing = [c for c in unseen if c not in index]
+    if missing:
+        raise VocabularyError(f"Dataset {metadata.name}: unseen classes {missing} not in stuff_classes.")
+    return sorted(index[c] for c in unseen)
+
+
+def seen_class_ids(metadata) -> list[int]:
+    unseen = set(unseen_class_ids(metadata))
+    return [i for i in range(len(metadata.stuff_classes)) if i not in unseen]

@@ -1,0 +1,20 @@
+"""Shared test fixtures: the real dataset samples and tiny CLIP models."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Real dataset samples live beside the checkout in this project's workspace; users' clones lack
+# them, so tests that need them skip with this reason (CI sets CLIPZSS_REQUIRE_SHARED_DATA=1).
+SHARED_DATA = Path(os.environ.get("CLIPZSS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CLIPZSS_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(f"CLIPZSS_REQUIRE_SHARED_DATA=1 but {SHARED_DATA} does not exist")
+        pytest.skip(f"real dataset samples not found at {SHARED_DATA} (set CLIPZSS_SHARED_DATA)")
+    return SHARED_DATA
