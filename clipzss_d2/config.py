@@ -37,18 +37,23 @@ def add_clipzss_config(cfg):
     z.TEACHER = CN()
     z.TEACHER.PRECISION = "fp16"  # fp16 | bf16 | fp32; applied on GPU only (CPU runs fp32)
     z.TEACHER.INPUT_SIZE = 0  # teacher's square input side; 0 = the training crop size
+    # Dense tokens: "plain" = last block's patch tokens through ln_post + proj; "maskclip" =
+    # MaskCLIP's value-path variant of the last block (better localised with real CLIP weights).
+    z.TEACHER.DENSE_MODE = "plain"
 
     z.GLM = CN()
     z.GLM.ENABLED = True
     z.GLM.TEMPERATURE = 0.07
     z.GLM.BANK_SIZE = 1024  # FIFO bank of past CLS tokens; 0 disables it
     z.GLM.LOSS_WEIGHT = 1.0
+    z.GLM.POOL_SCALE = 0.0  # attention-pooling logit scale; 0 = 1/sqrt(C) as in the method
 
     z.PLM = CN()
     z.PLM.PSEUDO_LABELS = True  # multi-scale K-Means pseudo regions on the ignored area
     z.PLM.SYNTHESIZER = True  # pseudo classifier weights from the synthesizer
     z.PLM.WINDOW_SIZES = [2, 4, 8]  # K-Means seeds: means over w x w patch windows
     z.PLM.KMEANS_ITERS = 10
+    z.PLM.KMEANS_METRIC = "cosine"  # cosine | euclidean
     z.PLM.FUSION_THRESHOLD = 0.9  # merge masks whose centroids have cosine similarity > this
     z.PLM.MIN_REGION_PATCHES = 1  # drop pseudo regions smaller than this many teacher patches
     z.PLM.MAX_REGIONS = 64  # cap on pseudo regions per image (padding size)
