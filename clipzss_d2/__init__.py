@@ -1,6 +1,13 @@
 """CLIP-ZSS on Detectron2. Importing the package registers its datasets, models and evaluators."""
 
-from . import data, modeling  # noqa: F401  (registration side effects)
-from .config import add_clipzss_config
+import warnings
 
-__all__ = ["add_clipzss_config"]
+# fvcore scripts a loss with torch.jit at import time; recent torch warns about it on every run.
+warnings.filterwarnings(
+    "ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning
+)
+
+from . import data, modeling  # noqa: E402,F401  (registration side effects)
+from .config import add_clipzss_config, get_clipzss_cfg  # noqa: E402
+
+__all__ = ["add_clipzss_config", "get_clipzss_cfg"]

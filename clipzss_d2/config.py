@@ -90,3 +90,14 @@ def add_clipzss_config(cfg):
 
     # Evaluation: also report detectron2 v0.6's averaging of classes absent from the ground truth.
     cfg.TEST.REPORT_BOTH_CONVENTIONS = True
+
+
+def get_clipzss_cfg():
+    """detectron2's defaults + DeepLab's + ours: the config every entry point starts from."""
+    from detectron2.config import get_cfg
+    from detectron2.projects.deeplab import add_deeplab_config
+
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_clipzss_config(cfg)
+    return cfg

@@ -35,7 +35,9 @@ def parse_vocabulary(spec: str | Sequence[str]) -> list[str]:
     entries = []
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise VocabularyError(f"Vocabulary item {i + 1} is {type(item).__name__}, expected a name.")
+            raise VocabularyError(
+                f"Vocabulary item {i + 1} is {type(item).__name__}, expected a name."
+            )
         names = [n.strip() for n in item.split(SYNONYM_SEPARATOR) if n.strip()]
         if not names:
             raise VocabularyError(
@@ -73,7 +75,9 @@ def unseen_class_ids(metadata) -> list[int]:
     index = {c: i for i, c in enumerate(metadata.stuff_classes)}
     missing = [c for c in unseen if c not in index]
     if missing:
-        raise VocabularyError(f"Dataset {metadata.name}: unseen classes {missing} not in stuff_classes.")
+        raise VocabularyError(
+            f"Dataset {metadata.name}: unseen classes {missing} not in stuff_classes."
+        )
     return sorted(index[c] for c in unseen)
 
 

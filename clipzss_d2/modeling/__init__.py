@@ -1,3 +1,10 @@
 """Student model, text classifier and training-only teacher modules."""
 
 from .clip_loading import CLIPWeightsUnavailableError, create_clip_model
+from .embedding_head import (
+    EMBEDDING_HEAD_REGISTRY,
+    DeepLabV3PlusEmbeddingHead,
+    build_embedding_head,
+)
+from .meta_arch import CLIPZSS
+from .text_classifier import TEMPLATE_SETS, TextClassifier, build_text_classifier

@@ -17,7 +17,9 @@ def atomic_write_path(path: str | os.PathLike, suffix: str | None = None) -> Ite
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     ext = suffix if suffix is not None else os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=ext, dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix=".tmp-" + os.path.basename(path) + "-", suffix=ext, dir=directory
+    )
     os.close(fd)
     try:
         yield tmp

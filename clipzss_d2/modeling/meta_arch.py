@@ -1,0 +1,188 @@
+"""The CLIP-ZSS meta-architecture: a closed-set segmenter classified by CLIP text embeddings.
+
+This module only wires parts together. At inference nothing but the student runs (backbone,
+embedding head, a matrix product with cached text embeddings): no CLIP image encoder.
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+
+from ..vocabulary import parse_vocabulary, prompt_names, seen_class_ids
+from .embedding_head import build_embedding_head
+from .text_classifier import TextClassifier, build_text_classifier
+
+logger = logging.getLogger(__name__)
+
+
+def training_vocabulary(dataset_names: Sequence[str]) -> list[str]:
+    """Prompt names of the seen classes, in the order of the training mapper's label ids."""
+    vocabularies = []
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        names = prompt_names(meta)
+        vocabularies.append([names[i] for i in seen_class_ids(meta)])
+    if any(v != vocabularies[0] for v in vocabularies[1:]):
+        raise ValueError(f"Training datasets {list(dataset_names)} do not share one class list.")
+    return vocabularies[0] if vocabularies else []
+
+
+@META_ARCH_REGISTRY.register()
+class CLIPZSS(nn.Module):
+    """Student segmenter whose classifier is the CLIP text embeddings of the active vocabulary."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        embedding_head: nn.Module,
+        text_classifier: TextClassifier,
+        train_vocabulary: Sequence[str],
+        test_vocabulary: Sequence[str] | None,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        logit_scale: float = 1 / 0.07,
+        learn_logit_scale: bool = True,
+        max_logit_scale: float = 100.0,
+        size_divisibility: int = 32,
+        ignore_value: int = 255,
+        ce_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.embedding_head = embedding_head
+        # Kept off the module tree: CLIP weights are never part of the student or its checkpoint.
+        self.text_classifier = text_classifier
+        self.train_vocabulary = list(train_vocabulary)
+        self._vocabulary = list(test_vocabulary) if test_vocabulary else None
+        self._text_embeddings: dict[tuple[str, ...], torch.Tensor] = {}
+
+        log_scale = torch.tensor(math.log(logit_scale), dtype=torch.float32)
+        if learn_logit_scale:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale, persistent=False)
+        self.max_logit_scale = max_logit_scale
+        self.size_divisibility = max(size_divisibility, getattr(backbone, "size_divisibility", 0))
+        self.ignore_value = ignore_value
+        self.ce_weight = ce_weight
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        z = cfg.MODEL.CLIPZSS
+        if z.TEST_VOCABULARY:
+            test_vocabulary = parse_vocabulary(list(z.TEST_VOCABULARY))
+        elif cfg.DATASETS.TEST:
+            test_vocabulary = prompt_names(MetadataCatalog.get(cfg.DATASETS.TEST[0]))
+        else:
+            test_vocabulary = None
+        return {
+            "backbone": backbone,
+            "embedding_head": build_embedding_head(cfg, backbone.output_shape()),
+            "text_classifier": build_text_classifier(cfg),
+            "train_vocabulary": training_vocabulary(cfg.DATASETS.TRAIN),
+            "test_vocabulary": test_vocabulary,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "logit_scale": z.LOGIT_SCALE,
+            "learn_logit_scale": z.LEARN_LOGIT_SCALE,
+            "max_logit_scale": z.MAX_LOGIT_SCALE,
+            "size_divisibility": z.SIZE_DIVISIBILITY,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "ce_weight": z.LOSS.CE_WEIGHT,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    # -- vocabulary ----------------------------------------------------------------------------
+    @property
+    def vocabulary(self) -> list[str] | None:
+        return None if self._vocabulary is None else list(self._vocabulary)
+
+    def set_vocabulary(self, vocabulary: str | Sequence[str]) -> list[str]:
+        """Classes predicted at inference; "a,b" or a list, "a|b" entries are synonyms."""
+        self._vocabulary = parse_vocabulary(vocabulary)
+        return list(self._vocabulary)
+
+    def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:
+        key = tuple(vocabulary)
+        if key not in self._text_embeddings:
+            self._text_embeddings[key] = self.text_classifier(key)
+        return self._text_embeddings[key].to(self.device)
+
+    # -- forward -------------------------------------------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised per-pixel embeddings (B x C x h x w) at the head's output stride."""
+        embeddings = self.embedding_head(self.backbone(images))
+        return F.normalize(embeddings, dim=1)
+
+    def classify(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * torch.einsum(
+            "bchw,kc->bkhw", embeddings, text.to(embeddings.dtype)
+        )
+
+    def preprocess_images(self, batched_inputs) -> ImageList:
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs):
+        images = self.preprocess_images(batched_inputs)
+        if self.training:
+            return self.losses(images, batched_inputs)
+        return self.inference(images, batched_inputs)
+
+    def losses(self, images: ImageList, batched_inputs) -> dict[str, torch.Tensor]:
+        if not self.train_vocabulary:
+            raise ValueError("No training vocabulary: set DATASETS.TRAIN to a registered dataset.")
+        targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
+        targets = ImageList.from_tensors(
+            targets, self.size_divisibility, pad_value=self.ignore_value
+        ).tensor
+        embeddings = self.embed(images.tensor)
+        logits = self.classify(embeddings, self.text_embeddings(self.train_vocabulary))
+        logits = F.interpolate(
+            logits, size=targets.shape[-2:], mode="bilinear", align_corners=False
+        )
+        loss_ce = F.cross_entropy(logits, targets.long(), ignore_index=self.ignore_value)
+        return {"loss_ce": self.ce_weight * loss_ce}
+
+    @torch.no_grad()
+    def inference(self, images: ImageList, batched_inputs):
+        if self._vocabulary is None:
+            raise ValueError(
+                "No vocabulary to predict: set DATASETS.TEST, MODEL.CLIPZSS.TEST_VOCABULARY, "
+                "or call model.set_vocabulary([...])."
+            )
+        text = self.text_embeddings(self._vocabulary)
+        logits = self.classify(self.embed(images.tensor), text)
+        logits = F.interpolate(
+            logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        )
+        results = []
+        for logit, image_size, inputs in zip(logits, images.image_sizes, batched_inputs):
+            height = inputs.get("height", image_size[0])
+            width = inputs.get("width", image_size[1])
+            results.append({"sem_seg": sem_seg_postprocess(logit, image_size, height, width)})
+        return results

@@ -1,0 +1,153 @@
+import os
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipzss_d2.modeling import clip_loading
+from clipzss_d2.modeling.clip_loading import CLIPWeightsUnavailableError, create_clip_model
+from clipzss_d2.modeling.text_classifier import TEMPLATE_SETS, TextClassifier
+from clipzss_d2.vocabulary import VocabularyError
+
+from .helpers import TINY_CLIP
+
+CLASSES = ["cat", "sofa", "tv monitor", "grass"]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A random tiny CLIP saved like a real open_clip checkpoint (state_dict file)."""
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_CLIP)
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def make(tiny_weights, **kw):
+    kw.setdefault("templates", "vild")
+    return TextClassifier(TINY_CLIP, tiny_weights, **kw)
+
+
+def test_template_sets_have_published_sizes():
+    assert len(TEMPLATE_SETS["single"]) == 1
+    assert len(TEMPLATE_SETS["vild"]) == 14
+    assert len(TEMPLATE_SETS["imagenet"]) == 80
+    assert all("{}" in t for ts in TEMPLATE_SETS.values() for t in ts)
+
+
+def test_shapes_and_normalisation(tiny_weights):
+    emb = make(tiny_weights)(CLASSES)
+    assert emb.shape == (4, 32) and emb.dtype == torch.float32
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+
+
+@pytest.mark.parametrize("templates", ["single", "vild", "imagenet"])
+def test_matches_open_clip_zero_shot_classifier(tiny_weights, templates):
+    clf = make(tiny_weights, templates=templates)
+    ours = clf(CLASSES)
+    model = create_clip_model(TINY_CLIP, tiny_weights)
+    reference = open_clip.build_zero_shot_classifier(
+        model,
+        open_clip.get_tokenizer(TINY_CLIP),
+        CLASSES,
+        list(TEMPLATE_SETS[templates]),
+        num_classes_per_batch=2,
+    ).T
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_synonyms_are_averaged(tiny_weights):
+    clf = make(tiny_weights)
+    sofa, couch, both = clf(["sofa", "couch", "sofa|couch"])
+    torch.testing.assert_close(both, F.normalize(sofa + couch, dim=0), atol=1e-6, rtol=1e-5)
+
+
+def test_chunk_size_does_not_change_result(tiny_weights):
+    big = make(tiny_weights, chunk_size=1000)(CLASSES)
+    small = make(tiny_weights, chunk_size=3)(CLASSES)
+    torch.testing.assert_close(big, small, atol=1e-6, rtol=1e-5)
+
+
+def test_disk_cache_round_trip_needs_no_clip(tiny_weights, tmp_path):
+    first = make(tiny_weights, cache_dir=str(tmp_path))
+    emb = first(CLASSES)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1 and not list(tmp_path.glob(".tmp*"))
+
+    # A fresh process-like classifier whose weights file no longer exists: the cache suffices.
+    moved = tiny_weights + ".moved"
+    os.rename(tiny_weights, moved)
+    try:
+        second = TextClassifier(TINY_CLIP, tiny_weights, templates="vild", cache_dir=str(tmp_path))
+        torch.testing.assert_close(second(CLASSES), emb)
+        assert not second.clip_loaded
+    finally:
+        os.rename(moved, tiny_weights)
+
+
+def test_disk_cache_is_keyed_by_vocabulary_and_templates(tiny_weights, tmp_path):
+    make(tiny_weights, cache_dir=str(tmp_path))(CLASSES)
+    make(tiny_weights, cache_dir=str(tmp_path))(CLASSES[:2])
+    make(tiny_weights, cache_dir=str(tmp_path), templates="single")(CLASSES)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_cache_notices_replaced_weights(tiny_weights, tmp_path):
+    path = tmp_path / "w.pt"
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model(TINY_CLIP).state_dict(), path)
+    old = TextClassifier(TINY_CLIP, str(path), cache_dir=str(tmp_path / "c"))(CLASSES)
+    torch.manual_seed(2)
+    torch.save(open_clip.create_model(TINY_CLIP).state_dict(), path)
+    os.utime(path, ns=(1, 1))  # guarantee a different fingerprint even on coarse clocks
+    fresh = TextClassifier(TINY_CLIP, str(path), cache_dir=str(tmp_path / "c"))
+    new = fresh(CLASSES)
+    assert fresh.clip_loaded
+    assert not torch.allclose(old, new)
+
+
+def test_corrupt_cache_is_recomputed(tiny_weights, tmp_path):
+    clf = make(tiny_weights, cache_dir=str(tmp_path))
+    emb = clf(CLASSES)
+    path = clf.cache_path(CLASSES)
+    with open(path, "wb") as f:
+        f.write(b"not a safetensors file")
+    torch.testing.assert_close(make(tiny_weights, cache_dir=str(tmp_path))(CLASSES), emb)
+
+
+def test_memory_cache_reuses_per_class(tiny_weights):
+    clf = make(tiny_weights)
+    a = clf(["cat", "sofa"])
+    b = clf(["sofa", "cat", "grass"])
+    torch.testing.assert_close(b[0], a[1])
+    torch.testing.assert_close(b[1], a[0])
+
+
+def test_empty_vocabulary_is_refused(tiny_weights):
+    with pytest.raises(VocabularyError, match="empty"):
+        make(tiny_weights)([])
+
+
+def test_unknown_template_set_is_refused():
+    with pytest.raises(ValueError, match="MODEL.CLIPZSS.TEXT.TEMPLATES"):
+        TextClassifier(TINY_CLIP, "none", templates="fancy")
+
+
+def test_offline_tag_fails_fast_with_config_key(monkeypatch, tmp_path):
+    monkeypatch.setattr(clip_loading, "_reachable", lambda url, timeout=3.0: False)
+    with pytest.raises(CLIPWeightsUnavailableError, match="MODEL.CLIPZSS.CLIP.PRETRAINED") as e:
+        create_clip_model("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    assert "local file path" in str(e.value)
+
+
+def test_missing_weights_file_and_unknown_tag_are_explained():
+    with pytest.raises(CLIPWeightsUnavailableError, match="does not exist"):
+        create_clip_model(TINY_CLIP, "/nonexistent/clip.pt")
+    with pytest.raises(
+        CLIPWeightsUnavailableError, match="neither a file nor a known open_clip tag"
+    ):
+        create_clip_model("ViT-B-16", "no-such-tag")
+    with pytest.raises(ValueError, match="Unknown CLIP architecture"):
+        create_clip_model("ViT-Z-99", "none")
