@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import torch
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from clipzss_d2 import get_clipzss_cfg

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from detectron2.modeling import build_model
 
 from clipzss_d2.modeling import CLIPZSS

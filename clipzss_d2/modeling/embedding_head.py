@@ -4,12 +4,11 @@ A closed-set segmenter becomes an open-vocabulary one by swapping its last class
 for a projection to the CLIP dimension; heads are in a registry so any decoder can be plugged in.
 """
 
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 from detectron2.utils.registry import Registry
+from torch import nn
 
 EMBEDDING_HEAD_REGISTRY = Registry("CLIPZSS_EMBEDDING_HEAD")
 EMBEDDING_HEAD_REGISTRY.__doc__ = """

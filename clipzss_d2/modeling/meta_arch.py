@@ -10,13 +10,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
+from torch import nn
 
 from ..vocabulary import parse_vocabulary, prompt_names, seen_class_ids
 from .embedding_head import build_embedding_head
