@@ -83,6 +83,7 @@ def add_clipzss_config(cfg):
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.AMP.PRECISION = "float16"  # float16 | bfloat16 (bf16 needs no loss scaling)
 
     # Input pipeline extras.
     cfg.INPUT.COLOR_AUG_SSD = False

@@ -9,10 +9,12 @@ Metadata convention of every dataset registered by this project (see clipzss_d2/
 
 from collections.abc import Sequence
 
+from .errors import UserInputError
+
 SYNONYM_SEPARATOR = "|"
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UserInputError, ValueError):
     """A vocabulary that cannot be used as given."""
 
 

@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from ..errors import UserInputError
+
 logger = logging.getLogger(__name__)
 
 # Tiny CLIP architectures used by tests and the miniature world live beside the package, so
@@ -24,7 +26,7 @@ open_clip.add_model_config(CUSTOM_CONFIG_DIR)
 RANDOM_INIT_TAGS = ("", "none", "random")
 
 
-class CLIPWeightsUnavailableError(RuntimeError):
+class CLIPWeightsUnavailableError(UserInputError, RuntimeError):
     """The CLIP weights asked for are neither on disk nor downloadable."""
 
 

@@ -1,0 +1,32 @@
+# The README's two commands: `make main` (the end-to-end job) and `make test` (the test suite).
+# Both install what is missing first (scripts/install.sh; a second run takes about a second).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install main test test-fast lint format ablation clean
+
+install:
+	bash scripts/install.sh
+
+main: install
+	$(PY) tools/run_miniworld.py
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+ablation: install
+	$(PY) tools/run_miniworld.py --ablation
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: install
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+clean:
+	rm -rf output .pytest_cache .ruff_cache

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Train and evaluate CLIP-ZSS with detectron2's trainer.
+
+python train_net.py --config-file configs/voc.yaml --num-gpus 8
+python train_net.py --config-file configs/voc.yaml --eval-only MODEL.WEIGHTS output/voc/model_final.pth
+python train_net.py --config-file configs/voc.yaml --num-gpus 8 --resume
+"""
+
+import logging
+import sys
+import weakref
+from collections import OrderedDict
+
+import detectron2.utils.comm as comm
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
+from detectron2.projects.deeplab import build_lr_scheduler
+from detectron2.utils.logger import setup_logger
+
+from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2.data import ZeroShotSemSegDatasetMapper
+from clipzss_d2.errors import USER_ERRORS
+from clipzss_d2.evaluation import GZSSSemSegEvaluator
+from clipzss_d2.solver import build_optimizer
+from clipzss_d2.utils.weights import resolve_model_weights
+from clipzss_d2.vocabulary import prompt_names
+
+logger = logging.getLogger("clipzss_d2")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, plus two things it cannot do: build the training-only CLIP
+        # teacher, and wrap a CPU model in DDP (detectron2 always passes device_ids, which DDP
+        # rejects for CPU modules, so multi-process CPU runs need device_ids=None).
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        model.build_teacher()
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        on_cpu = model.device.type == "cpu"
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            device_ids=None if on_cpu else [comm.get_local_rank()],
+        )
+        use_amp = cfg.SOLVER.AMP.ENABLED and not on_cpu
+        if cfg.SOLVER.AMP.ENABLED and on_cpu:
+            logger.warning("SOLVER.AMP.ENABLED is ignored on the CPU; training in fp32.")
+        if use_amp:
+            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
+            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        if not (resume and self.checkpointer.has_checkpoint()):
+            resolve_model_weights(self.cfg.MODEL.WEIGHTS)  # clear error before a long start-up
+        super().resume_or_load(resume=resume)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(
+            cfg, mapper=ZeroShotSemSegDatasetMapper(cfg, is_train=True)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type != "gzss_sem_seg":
+            raise ValueError(
+                f"Dataset {dataset_name} has evaluator_type={evaluator_type!r}; CLIP-ZSS evaluates "
+                f"with 'gzss_sem_seg' (register the dataset through clipzss_d2.data)."
+            )
+        return GZSSSemSegEvaluator(
+            dataset_name,
+            distributed=True,
+            output_dir=output_folder,
+            report_both_conventions=cfg.TEST.REPORT_BOTH_CONVENTIONS,
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate each test set over its own class list (unless a vocabulary is forced)."""
+        results = OrderedDict()
+        for idx, name in enumerate(cfg.DATASETS.TEST):
+            if not cfg.MODEL.CLIPZSS.TEST_VOCABULARY:
+                unwrap(model).set_vocabulary(prompt_names(MetadataCatalog.get(name)))
+            single = cfg.clone()
+            single.defrost()
+            single.DATASETS.TEST = (name,)
+            evaluator = [evaluators[idx]] if evaluators else None
+            results[name] = super().test(single, model, evaluator)
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
+
+
+def setup(args):
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clipzss_d2")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    try:
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+                resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume
+            )
+            return Trainer.test(cfg, model)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
+    except USER_ERRORS as e:
+        logger.error("%s: %s", type(e).__name__, e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
