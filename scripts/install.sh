@@ -77,6 +77,7 @@ fi
 
 log "installing clipzss_d2 (editable) with its runtime and test dependencies"
 "${PIP[@]}" install -q -e ".[test]"
+log "note: pip may say sal-detectron2 'requires numpy<2' and 'black'; both are expected (README, Install)"
 
 "$PY" - <<'EOF'
 import detectron2, open_clip, torch, numpy
