@@ -1,8 +1,9 @@
 """Batched K-Means over many images at once, seeded deterministically from window means.
 
 PLM clusters the teacher's patch tokens of every training image every iteration, so this runs
-as a handful of batched matrix products per iteration (one image per batch row, one-hot
-matmuls for the centroid update) with no Python loop over images, clusters or tokens.
+as one batched matrix product per iteration for the assignment (one image per batch row) and
+one index_add over the flattened batch for the centroid update, with no Python loop over
+images, clusters or tokens.
 """
 
 from __future__ import annotations
@@ -23,11 +24,24 @@ class KMeansResult(NamedTuple):
 
 
 def _scores(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:
-    """B x N x K, larger = closer (cosine similarity, or negated squared distance minus |x|^2)."""
-    dots = torch.bmm(x, c.transpose(1, 2))
+    """B x N x K, larger = closer (cosine similarity, or 2 x.c - |c|^2 = |x|^2 - |x - c|^2)."""
     if metric == "cosine":
-        return dots
-    return 2 * dots - (c * c).sum(-1).unsqueeze(1)
+        return torch.bmm(x, c.transpose(1, 2))
+    sq = (c * c).sum(-1).unsqueeze(1)  # B x 1 x K
+    return torch.baddbmm(sq, x, c.transpose(1, 2), beta=-1.0, alpha=2.0)
+
+
+def _cluster_sums(xw, labels, weight, k, with_sums=True):
+    """Per-cluster weighted sums (B x K x C) and counts (B x K) with one index_add over the
+    flattened batch: O(N*C) work, where a one-hot matmul would cost O(N*K*C).
+    ``xw`` = points times their weight, flattened to (B*N) x C."""
+    b = labels.shape[0]
+    flat = (labels + torch.arange(b, device=labels.device).unsqueeze(1) * k).reshape(-1)
+    counts = weight.new_zeros(b * k).index_add_(0, flat, weight.reshape(-1)).view(b, k)
+    if not with_sums:
+        return None, counts
+    sums = xw.new_zeros(b * k, xw.shape[1]).index_add_(0, flat, xw).view(b, k, -1)
+    return sums, counts
 
 
 def kmeans(
@@ -45,8 +59,9 @@ def kmeans(
         seeds: B x K x C initial centroids.
         seed_valid: B x K bool; invalid seeds never receive points (padding of seed lists).
         token_valid: B x N bool; invalid tokens are neither clustered nor counted.
-        iters: number of (assign, update) steps; a final assign step follows so that the
-            returned assignments are consistent with the returned centroids (as scikit-learn).
+        iters: at most this many (update, assign) steps after the first assignment, so the
+            returned assignments are consistent with the returned centroids (as in
+            scikit-learn); stops early, exactly, once no assignment changes in the batch.
         metric: "cosine" = spherical K-Means (points and centroids L2-normalised, assignment by
             cosine similarity, centroid = normalised mean); "euclidean" = classic K-Means.
 
@@ -58,7 +73,7 @@ def kmeans(
         raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
     b, n, _ = tokens.shape
     k = seeds.shape[1]
-    x = tokens.float()
+    x = tokens.float().contiguous()  # transposed views make every per-iteration pass slow
     c = seeds.float()
     if metric == "cosine":
         x = F.normalize(x, dim=-1)
@@ -67,24 +82,29 @@ def kmeans(
         seed_valid = torch.ones(b, k, dtype=torch.bool, device=x.device)
     if token_valid is None:
         token_valid = torch.ones(b, n, dtype=torch.bool, device=x.device)
-    weight = token_valid.to(x.dtype).unsqueeze(-1)  # B x N x 1
+    weight = token_valid.to(x.dtype)  # B x N
+    xw = x if token_valid.all() else x * weight.unsqueeze(-1)
+    xw = xw.reshape(b * n, -1)
     blocked = (~seed_valid).unsqueeze(1)  # B x 1 x K
 
     def assign(cent):
         return _scores(x, cent, metric).masked_fill(blocked, float("-inf")).argmax(dim=-1)
 
+    labels = assign(c)
     for _ in range(iters):
-        onehot = F.one_hot(assign(c), k).to(x.dtype) * weight  # B x N x K
-        counts = onehot.sum(dim=1)  # B x K
-        sums = torch.bmm(onehot.transpose(1, 2), x)  # B x K x C
+        sums, counts = _cluster_sums(xw, labels, weight, k)
         new = sums / counts.clamp(min=1).unsqueeze(-1)
         if metric == "cosine":
             new = F.normalize(new, dim=-1)
         c = torch.where((counts > 0).unsqueeze(-1), new, c)
+        new_labels = assign(c)
+        # unchanged assignments for every image = fixed point: the remaining iterations would
+        # reproduce the same centroids, so stopping is exact (one host sync per iteration)
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
 
-    labels = assign(c)
-    onehot = F.one_hot(labels, k).to(x.dtype) * weight
-    counts = onehot.sum(dim=1)
+    _, counts = _cluster_sums(xw, labels, weight, k, with_sums=False)
     has_seed = seed_valid.any(dim=1, keepdim=True)
     labels = labels.masked_fill(~token_valid | ~has_seed, -1)
     valid = seed_valid & (counts > 0)
@@ -105,9 +125,10 @@ def window_seeds(
     kh, kw = min(window, h), min(window, w)
     if token_valid is None:
         m = tokens.new_ones(b, 1, h, w, dtype=torch.float32)
+        x = tokens.float()
     else:
         m = token_valid.to(torch.float32).reshape(b, 1, h, w)
-    x = tokens.float() * m
+        x = tokens.float() * m
     # both poolings divide by the same (clipped) window area, which cancels in the ratio
     s = F.avg_pool2d(x, (kh, kw), stride=(kh, kw), ceil_mode=True)
     cnt = F.avg_pool2d(m, (kh, kw), stride=(kh, kw), ceil_mode=True)

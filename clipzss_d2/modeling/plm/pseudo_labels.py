@@ -8,18 +8,20 @@ Pipeline (all batched over images, under no_grad):
 2. Mask fusion by centroid cosine similarity > lambda, each mask used once per merge step
    (``fuse_masks``), in one of two modes:
 
-   * ``"agglomerative"`` (default): the masks of all scales are pooled. Each round, every group
-     finds its most similar other group (cosine of centroids); pairs that are MUTUAL nearest
-     neighbours with similarity > lambda merge (centroid = size-weighted mean of all member
-     centroids, renormalised for cosine K-Means; sizes add). Mutual pairs are disjoint, so a
-     mask takes part in at most one merge per round and ends in exactly one group. Rounds
-     repeat until nothing merges. This is agglomerative clustering with centroid linkage and
-     a stopping threshold: on return no two groups have centroid similarity > lambda (the
-     most similar remaining pair would be mutual and merge), so near-duplicate clusters of
-     the same scale merge too (over-segmented stuff collapses into one region), while a mask
-     joins a group only if it is similar to the group's current centroid, so a chain of
-     pairwise-similar but mutually dissimilar masks is not glued together as single linkage
-     would do.
+   * ``"agglomerative"`` (default): the masks of all scales are pooled into groups and merged
+     in rounds. Each round every group finds its most similar other group (cosine of
+     centroids). Groups without a neighbour above lambda, and the lower-index member of each
+     MUTUAL nearest pair above lambda, are roots and stay; every other group whose nearest
+     neighbour is above lambda AND is a root moves into it (the rest wait for a later round).
+     A root absorbs all its movers at once; its centroid becomes the size-weighted mean of
+     all member centroids (renormalised for cosine K-Means) and sizes add. A mask thus takes
+     part in at most one merge per round and ends in exactly one group. Rounds repeat until
+     nothing moves, so on return no two groups have centroid similarity > lambda (the most
+     similar remaining pair would be mutual and merge). Near-duplicate clusters of the same
+     scale merge too (over-segmented stuff collapses into one region), and a mask only ever
+     joins a group whose current centroid it is similar to (one hop per round, similarities
+     re-evaluated against merged centroids), so a chain of pairwise-similar but mutually
+     dissimilar masks is not glued together at once as single linkage would do.
    * ``"cross_scale"``: scales are taken in order, keeping a fused set that starts as the first
      scale's masks; the next scale's masks are matched one-to-one to the fused set by mutual
      nearest neighbour with similarity > lambda, matched pairs merge as above, unmatched masks
@@ -79,24 +81,31 @@ def _agglomerative(centroids, sizes, valid, threshold, metric):
     membership = torch.where(valid, ar, torch.full_like(ar, -1))
     eye = torch.eye(m, dtype=torch.bool, device=centroids.device)
     acc = centroids * sizes.unsqueeze(-1)
-    # a merge needs a mutual pair, and the globally most similar pair always is one, so every
-    # round merges at least one pair per unfinished image: m - 1 rounds bound the loop
+    # Gram matrix of the groups' weighted sums; merges (acc_i += acc_j) are row and column
+    # additions on it, so a round costs O(M^2) instead of an O(M^2 C) re-multiplication.
+    gram = torch.bmm(acc, acc.transpose(1, 2))
+    # every round with an edge above the threshold moves at least the larger-index member of
+    # the most similar (hence mutual) pair, so m - 1 rounds bound the loop
     for _ in range(max(m - 1, 0)):
-        unit = F.normalize(acc, dim=-1)
-        sim = torch.bmm(unit, unit.transpose(1, 2))
+        norm = gram.diagonal(dim1=1, dim2=2).clamp(min=1e-12).sqrt()
+        sim = gram / (norm.unsqueeze(2) * norm.unsqueeze(1))
         blocked = eye | ~valid.unsqueeze(1) | ~valid.unsqueeze(2)
         sim = sim.masked_fill(blocked, float("-inf"))
         best, nn_idx = sim.max(dim=-1)  # B x M
-        mutual = (nn_idx.gather(1, nn_idx) == ar) & (best > threshold) & valid
-        if not bool(mutual.any()):
+        edge = valid & (best > threshold)
+        mutual = edge & (nn_idx.gather(1, nn_idx) == ar)
+        root = valid & (~edge | (mutual & (ar < nn_idx)))
+        mover = edge & ~root & root.gather(1, nn_idx)
+        if not bool(mover.any()):
             break
-        keeper = mutual & (ar < nn_idx)
-        absorbed = mutual & (ar > nn_idx)
-        partner_acc = acc.gather(1, nn_idx.unsqueeze(-1).expand_as(acc))
-        acc = torch.where(keeper.unsqueeze(-1), acc + partner_acc, acc)
-        sizes = torch.where(keeper, sizes + sizes.gather(1, nn_idx), sizes)
-        valid = valid & ~absorbed
-        redirect = torch.where(absorbed, nn_idx, ar)  # where each group's members go now
+        # add every mover's row, then column, into its root's (rows/cols of others add zero)
+        mv = mover.to(gram.dtype)
+        gram = gram.scatter_add(1, nn_idx.unsqueeze(2).expand(b, m, m), gram * mv.unsqueeze(2))
+        gram = gram.scatter_add(2, nn_idx.unsqueeze(1).expand(b, m, m), gram * mv.unsqueeze(1))
+        acc = acc.scatter_add(1, nn_idx.unsqueeze(2).expand_as(acc), acc * mv.unsqueeze(2))
+        sizes = sizes.scatter_add(1, nn_idx, sizes * mv)
+        valid = valid & ~mover
+        redirect = torch.where(mover, nn_idx, ar)  # where each group's members go now
         membership = torch.where(
             membership >= 0, redirect.gather(1, membership.clamp(min=0)), membership
         )
@@ -195,7 +204,7 @@ class PseudoLabeler:
         x = tokens.float()
         if self.metric == "cosine":
             x = F.normalize(x, dim=1)
-        flat = x.flatten(2).transpose(1, 2)
+        flat = x.flatten(2).transpose(1, 2).contiguous()  # once for all scales
         tv = None if token_valid is None else token_valid.reshape(b, h * w)
         results = []
         for win in self.window_sizes:
@@ -224,16 +233,21 @@ class PseudoLabeler:
             if token_valid is None
             else token_valid.reshape(b, h * w)
         )
-        # partition: nearest fused centroid per token
-        groups = fused.centroids
+        # partition: nearest fused centroid per token, over the valid groups only (compacted
+        # to the front: fusion usually leaves a few dozen of the hundreds of input masks)
+        keep_first = torch.sort(fused.valid.float(), dim=1, descending=True, stable=True)
+        n_groups = max(int(fused.valid.sum(1).max().item()), 1)
+        pick = keep_first.indices[:, :n_groups]
+        groups = fused.centroids.gather(1, pick.unsqueeze(-1).expand(b, n_groups, c))
+        group_valid = fused.valid.gather(1, pick)
         if self.metric == "cosine":
             groups = F.normalize(groups, dim=-1)
             scores = torch.bmm(x, groups.transpose(1, 2))
         else:
             scores = 2 * torch.bmm(x, groups.transpose(1, 2)) - (groups * groups).sum(-1)[:, None]
-        scores = scores.masked_fill(~fused.valid.unsqueeze(1), float("-inf"))
+        scores = scores.masked_fill(~group_valid.unsqueeze(1), float("-inf"))
         group_of = scores.argmax(dim=-1)
-        usable = tv & fused.valid.any(dim=1, keepdim=True)
+        usable = tv & group_valid.any(dim=1, keepdim=True)
         group_of = group_of.masked_fill(~usable, -1)
         g = groups.shape[1]
         _, sizes = _region_means(x, group_of, g)
