@@ -176,3 +176,13 @@ def test_from_config():
     assert teacher.embed_dim == 32
     out = teacher(torch.rand(1, 3, 32, 32) * 255)
     assert out.patch_embed.shape == (1, 32, 4, 4)
+
+
+def test_autocast_does_not_change_teacher_precision(clip_model):
+    teacher = make_teacher(clip_model)
+    raw = torch.rand(1, 3, 32, 32) * 255
+    ref = teacher(raw)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = teacher(raw)
+    assert out.cls_embed.dtype == torch.float32
+    torch.testing.assert_close(out.cls_embed, ref.cls_embed)

@@ -233,6 +233,11 @@ class CLIPTeacher(nn.Module):
         Pass ``normalized=True`` for a batch already normalised with the student's
         PIXEL_MEAN/STD (e.g. the padded ImageList tensor).
         """
+        # the teacher's precision is its own (TEACHER.PRECISION), whatever autocast is active
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self._forward(images, normalized)
+
+    def _forward(self, images: torch.Tensor, normalized: bool) -> TeacherOutput:
         vis = self.visual
         x = self.preprocess(images, normalized).to(self.dtype)
         x = vis.conv1(x)  # B x width x gh x gw (trailing pixels beyond a whole patch dropped)
