@@ -195,3 +195,42 @@ def test_from_config():
     cfg.MODEL.CLIPZSS.PLM.FUSION_MODE = "cross_scale"
     out = PixelLearningModule(cfg)(dense, labels, text, teacher, torch.tensor(10.0))
     assert out.logits.shape[:2] == (2, S + 3)
+
+
+def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
+    import open_clip
+
+    from clipzss_d2.modeling.clip_loading import create_clip_model
+    from clipzss_d2.modeling.glm import GlobalLearningModule
+    from clipzss_d2.modeling.losses import segmentation_losses
+    from clipzss_d2.modeling.teacher import CLIPTeacher
+
+    torch.manual_seed(0)
+    clip = create_clip_model("ClipZSS-Tiny-Test", "none")
+    teacher = CLIPTeacher(
+        visual=clip.visual,
+        clip_mean=open_clip.OPENAI_DATASET_MEAN,
+        clip_std=open_clip.OPENAI_DATASET_STD,
+        dense_mode="maskclip",
+    )
+    images = torch.rand(2, 3, 64, 64) * 255
+    labels = torch.full((2, 64, 64), 255)
+    labels[:, 32:] = torch.randint(0, S, (2, 32, 64))
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[1, :, 48:] = False
+    t_out = teacher(images)
+    assert t_out.patch_embed.shape == (2, 32, 8, 8)
+    dense = F.normalize(torch.randn(2, 32, 16, 16), dim=1).requires_grad_(True)
+    text = F.normalize(torch.randn(S, 32), dim=-1)
+    alpha = torch.tensor(14.0, requires_grad=True)
+    module = PixelLearningModule(embed_dim=32, synth_heads=4, fusion_threshold=0.5)
+    logits, targets, pseudo_valid, losses = module(dense, labels, text, t_out, alpha, valid)
+    class_valid = torch.cat([torch.ones(2, S, dtype=torch.bool), pseudo_valid], 1)
+    up = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
+    seg = segmentation_losses(up, targets, class_valid)
+    glm = GlobalLearningModule(embed_dim=32, bank_size=4)
+    total = sum(seg.values()) + losses["loss_bce"] + glm(dense, t_out.cls_embed)
+    assert torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(dense.grad).all() and dense.grad.abs().sum() > 0
+    assert (targets[1, :, 48:] == 255).all()
