@@ -134,7 +134,8 @@ class PixelLearningModule(nn.Module):
             text_seen: S x C normalised text embeddings of the seen classes (constants).
             teacher: TeacherOutput (cls_embed B x C, patch_embed B x C x h' x w'); may be None
                 only when both switches are off.
-            logit_scale: alpha (float or tensor; may be learnable).
+            logit_scale: alpha, the multiplier itself (not its log); float or tensor, may be
+                learnable. L_bce uses it detached, so only the segmentation losses tune it.
             valid_mask: B x H x W bool, False on padding.
 
         Returns PLMOutput(logits B x (S+Q) x h x w, targets B x H x W, pseudo_valid B x Q,
