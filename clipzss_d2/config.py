@@ -55,6 +55,13 @@ def add_clipzss_config(cfg):
     z.PLM.KMEANS_ITERS = 10
     z.PLM.KMEANS_METRIC = "cosine"  # cosine | euclidean
     z.PLM.FUSION_THRESHOLD = 0.9  # merge masks whose centroids have cosine similarity > this
+    # "agglomerative": masks of all scales pooled, mutual-nearest pairs above the threshold merge
+    # round after round (also within a scale); "cross_scale": scale by scale, one-to-one
+    # mutual-nearest matches with the fused set only. See modeling/plm/pseudo_labels.py.
+    z.PLM.FUSION_MODE = "agglomerative"
+    # A pseudo region whose pixels carry seen labels for more than this fraction gives no pseudo
+    # id (it is a seen object's halo, e.g. VOC's ignored boundaries); 1.0 = off (the paper).
+    z.PLM.REGION_MAX_SEEN_FRACTION = 1.0
     z.PLM.MIN_REGION_PATCHES = 1  # drop pseudo regions smaller than this many teacher patches
     z.PLM.MAX_REGIONS = 64  # cap on pseudo regions per image (padding size)
     z.PLM.PSEUDO_LOGIT_SCALE = 0.0  # beta; 0 = same as the classifier's logit scale (alpha)

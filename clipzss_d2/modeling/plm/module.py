@@ -1,0 +1,212 @@
+"""PLM (Pixel Learning Module): learn from the ignored area, where unseen objects live.
+
+Pseudo regions on ignored pixels become extra, nameless classes ("potential classes") whose
+classifier weights come from the synthesizer (or, with it off, from the teacher's own region
+centroids). The student is then trained over seen + pseudo classes, so unseen objects stop
+being pushed towards seen classes or left unconstrained.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from torch import nn
+
+from .pseudo_labels import IGNORE, PseudoLabeler, fuse_labels
+from .synthesizer import PseudoWeightSynthesizer, region_centroids
+
+# Logit of padded / invalid pseudo channels: far below any real logit (|scale * cos| <= ~100)
+# yet finite in fp16, so softmax CE stays finite and those channels get ~0 probability.
+INVALID_LOGIT = -1e4
+
+
+class PLMOutput(NamedTuple):
+    logits: torch.Tensor  # B x (S+Q) x h x w
+    targets: torch.Tensor  # B x H x W fused labels (seen ids, S + pseudo id, 255)
+    pseudo_valid: torch.Tensor  # B x Q bool
+    losses: dict  # {"loss_bce": weighted L_bce} when the synthesizer is on
+
+
+def bce_prototype_loss(
+    protos_seen: torch.Tensor, present: torch.Tensor, text_seen: torch.Tensor, scale
+) -> torch.Tensor:
+    """L_bce: each present seen prototype should match its own class's text embedding only.
+
+    For image b and seen class s present in b: z = scale * P_bs . T^T (S logits), target =
+    one-hot(s); loss_bs = mean over the S classes of sigmoid BCE(z, target). L_bce = sum of
+    loss_bs over present (b, s) / number of present (b, s) (0 when none; still on the graph so
+    every synthesizer parameter gets a gradient, which DDP needs).
+    """
+    b, s, _ = protos_seen.shape
+    z = scale * torch.einsum("bqc,sc->bqs", protos_seen.float(), text_seen.float())
+    target = torch.eye(s, device=z.device, dtype=z.dtype).expand(b, s, s)
+    per = F.binary_cross_entropy_with_logits(z, target, reduction="none").mean(dim=-1)
+    weight = present.to(per.dtype)
+    return (per * weight).sum() / weight.sum().clamp(min=1)
+
+
+class PixelLearningModule(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        pseudo_labels: bool = True,
+        synthesizer: bool = True,
+        window_sizes=(2, 4, 8),
+        kmeans_iters: int = 10,
+        kmeans_metric: str = "cosine",
+        fusion_threshold: float = 0.9,
+        fusion_mode: str = "agglomerative",
+        min_region_patches: int = 1,
+        max_regions: int = 64,
+        max_seen_fraction: float = 1.0,
+        pseudo_logit_scale: float = 0.0,
+        synth_layers: int = 2,
+        synth_heads: int = 8,
+        synth_use_patch_tokens: bool = False,
+        bce_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.use_pseudo_labels = bool(pseudo_labels)
+        self.labeler = (
+            PseudoLabeler(
+                window_sizes=window_sizes,
+                iters=kmeans_iters,
+                metric=kmeans_metric,
+                threshold=fusion_threshold,
+                fusion_mode=fusion_mode,
+                min_region_patches=min_region_patches,
+                max_regions=max_regions,
+            )
+            if self.use_pseudo_labels
+            else None
+        )
+        self.synthesizer = (
+            PseudoWeightSynthesizer(
+                embed_dim, synth_layers, synth_heads, use_patch_tokens=synth_use_patch_tokens
+            )
+            if synthesizer
+            else None
+        )
+        self.max_seen_fraction = float(max_seen_fraction)
+        self.pseudo_logit_scale = float(pseudo_logit_scale)
+        self.bce_weight = float(bce_weight)
+
+    @classmethod
+    def from_config(cls, cfg):
+        p = cfg.MODEL.CLIPZSS.PLM
+        return {
+            "embed_dim": cfg.MODEL.CLIPZSS.EMBED_DIM,
+            "pseudo_labels": p.PSEUDO_LABELS,
+            "synthesizer": p.SYNTHESIZER,
+            "window_sizes": tuple(p.WINDOW_SIZES),
+            "kmeans_iters": p.KMEANS_ITERS,
+            "kmeans_metric": p.KMEANS_METRIC,
+            "fusion_threshold": p.FUSION_THRESHOLD,
+            "fusion_mode": p.FUSION_MODE,
+            "min_region_patches": p.MIN_REGION_PATCHES,
+            "max_regions": p.MAX_REGIONS,
+            "max_seen_fraction": p.REGION_MAX_SEEN_FRACTION,
+            "pseudo_logit_scale": p.PSEUDO_LOGIT_SCALE,
+            "synth_layers": p.SYNTH_LAYERS,
+            "synth_heads": p.SYNTH_HEADS,
+            "synth_use_patch_tokens": p.SYNTH_USE_PATCH_TOKENS,
+            "bce_weight": p.BCE_WEIGHT,
+        }
+
+    def forward(
+        self,
+        dense: torch.Tensor,
+        labels: torch.Tensor,
+        text_seen: torch.Tensor,
+        teacher,
+        logit_scale,
+        valid_mask: torch.Tensor | None = None,
+    ) -> PLMOutput:
+        """
+        Args:
+            dense: B x C x h x w student embeddings R, L2-normalised per pixel.
+            labels: B x H x W seen ids 0..S-1 / 255, at input resolution.
+            text_seen: S x C normalised text embeddings of the seen classes (constants).
+            teacher: TeacherOutput (cls_embed B x C, patch_embed B x C x h' x w'); may be None
+                only when both switches are off.
+            logit_scale: alpha, the multiplier itself (not its log); float or tensor, may be
+                learnable. L_bce uses it detached, so only the segmentation losses tune it.
+            valid_mask: B x H x W bool, False on padding.
+
+        Returns PLMOutput(logits B x (S+Q) x h x w, targets B x H x W, pseudo_valid B x Q,
+        losses). Q = the largest number of pseudo classes of an image in the batch (one host
+        sync); channels S+q with q >= num_pseudo of an image, or without a prototype, hold
+        INVALID_LOGIT and pixels targeting them are set to 255.
+        """
+        b, c, h, w = dense.shape
+        s = text_seen.shape[0]
+        device = dense.device
+        text = text_seen.detach().to(dense.dtype)
+        seen_logits = logit_scale * torch.einsum("bchw,sc->bshw", dense, text)
+        valid = (
+            torch.ones_like(labels, dtype=torch.bool) if valid_mask is None else valid_mask.bool()
+        )
+        targets = torch.where(valid, labels.long(), IGNORE)
+        losses = {}
+
+        q = 0
+        num_pseudo = torch.zeros(b, dtype=torch.long, device=device)
+        if self.labeler is not None:
+            tokens = teacher.patch_embed.detach().float()
+            token_valid = None
+            if valid_mask is not None:
+                frac = F.interpolate(valid[:, None].float(), size=tokens.shape[-2:], mode="area")
+                token_valid = frac[:, 0] > 0.5
+            regions = self.labeler(tokens, token_valid)
+            fused = fuse_labels(
+                targets,
+                regions.region_map,
+                s,
+                valid,
+                num_regions=self.labeler.max_regions,
+                max_seen_fraction=self.max_seen_fraction,
+            )
+            targets = fused.labels
+            num_pseudo = fused.num_pseudo
+            q = int(num_pseudo.max().item()) if b > 0 else 0
+        pseudo_valid = torch.arange(q, device=device)[None] < num_pseudo[:, None]
+
+        protos_pseudo = None
+        if self.synthesizer is not None:
+            small = F.interpolate(targets[:, None].float(), size=(h, w), mode="nearest-exact")
+            cents, present = region_centroids(dense, small[:, 0].long(), s + q)
+            protos = self.synthesizer(cents, present, teacher.cls_embed, teacher.patch_embed)
+            scale = logit_scale.detach() if torch.is_tensor(logit_scale) else logit_scale
+            bce = bce_prototype_loss(protos[:, :s], present[:, :s], text_seen, scale)
+            losses["loss_bce"] = self.bce_weight * bce
+            protos_pseudo = protos[:, s:]
+            # a pseudo region too small to survive R's coarser grid has no centroid
+            pseudo_valid = pseudo_valid & present[:, s:]
+        elif q > 0:
+            region = fused.pseudo_region[:, :q]
+            gathered = regions.centroids.gather(
+                1, region.clamp(min=0)[..., None].expand(b, q, regions.centroids.shape[-1])
+            )
+            protos_pseudo = F.normalize(gathered, dim=-1)
+
+        logits = seen_logits
+        if q > 0:
+            beta = self.pseudo_logit_scale if self.pseudo_logit_scale > 0 else logit_scale
+            protos_pseudo = F.normalize(protos_pseudo, dim=-1).to(dense.dtype)
+            pseudo_logits = beta * torch.einsum("bchw,bqc->bqhw", dense, protos_pseudo)
+            pseudo_logits = torch.where(
+                pseudo_valid[:, :, None, None],
+                pseudo_logits,
+                torch.full_like(pseudo_logits, INVALID_LOGIT),
+            )
+            logits = torch.cat([seen_logits, pseudo_logits], dim=1)
+            pid = (targets - s).clamp(0, q - 1)
+            is_pseudo = (targets >= s) & (targets != IGNORE)
+            ok = pseudo_valid.gather(1, pid.flatten(1)).view_as(targets)
+            targets = torch.where(is_pseudo & ~ok, IGNORE, targets)
+        return PLMOutput(logits=logits, targets=targets, pseudo_valid=pseudo_valid, losses=losses)

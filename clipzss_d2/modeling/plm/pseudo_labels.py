@@ -1,0 +1,333 @@
+"""Class-agnostic pseudo regions from the teacher's patch tokens, and their fusion with labels.
+
+Pipeline (all batched over images, under no_grad):
+
+1. Multi-scale K-Means. For each window size w, seeds are the means of non-overlapping w x w
+   windows of the token grid (``window_seeds``); K-Means runs from them (``kmeans``). Every
+   non-empty cluster is a mask with a centroid and a size (number of tokens).
+2. Mask fusion by centroid cosine similarity > lambda, each mask used once per merge step
+   (``fuse_masks``), in one of two modes:
+
+   * ``"agglomerative"`` (default): the masks of all scales are pooled into groups and merged
+     in rounds. Each round every group finds its most similar other group (cosine of
+     centroids). Groups without a neighbour above lambda, and the lower-index member of each
+     MUTUAL nearest pair above lambda, are roots and stay; every other group whose nearest
+     neighbour is above lambda AND is a root moves into it (the rest wait for a later round).
+     A root absorbs all its movers at once; its centroid becomes the size-weighted mean of
+     all member centroids (renormalised for cosine K-Means) and sizes add. A mask thus takes
+     part in at most one merge per round and ends in exactly one group. Rounds repeat until
+     nothing moves, so on return no two groups have centroid similarity > lambda (the most
+     similar remaining pair would be mutual and merge). Near-duplicate clusters of the same
+     scale merge too (over-segmented stuff collapses into one region), and a mask only ever
+     joins a group whose current centroid it is similar to (one hop per round, similarities
+     re-evaluated against merged centroids), so a chain of pairwise-similar but mutually
+     dissimilar masks is not glued together at once as single linkage would do.
+   * ``"cross_scale"``: scales are taken in order, keeping a fused set that starts as the first
+     scale's masks; the next scale's masks are matched one-to-one to the fused set by mutual
+     nearest neighbour with similarity > lambda, matched pairs merge as above, unmatched masks
+     join the set as new entries. Masks of the same scale never merge with each other.
+
+3. Partition: every valid token takes the fused group whose centroid is nearest (same metric
+   as K-Means), which makes the regions non-overlapping. Regions with fewer than
+   ``min_region_patches`` tokens are dropped (their tokens get no region, -1), and at most
+   ``max_regions`` regions are kept, largest first; region ids are 0..R-1 by decreasing size.
+4. ``fuse_labels`` writes pseudo ids after the seen ids on pixels whose label is ignore.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .kmeans import METRICS, kmeans, window_seeds
+
+IGNORE = 255
+FUSION_MODES = ("agglomerative", "cross_scale")
+
+
+class FusionResult(NamedTuple):
+    centroids: torch.Tensor  # B x G x C
+    sizes: torch.Tensor  # B x G float (sum of member mask sizes)
+    valid: torch.Tensor  # B x G bool
+    membership: torch.Tensor  # B x M long: group of each input mask (-1: input mask invalid)
+
+
+class PseudoRegions(NamedTuple):
+    region_map: torch.Tensor  # B x h x w long, region id or -1 (no region)
+    centroids: torch.Tensor  # B x R x C, mean teacher token per region (unit norm for cosine)
+    sizes: torch.Tensor  # B x R float, tokens per region
+    valid: torch.Tensor  # B x R bool
+
+
+class FusedLabels(NamedTuple):
+    labels: torch.Tensor  # B x H x W long: seen ids, num_seen + pseudo id, or 255
+    num_pseudo: torch.Tensor  # B long
+    pseudo_region: torch.Tensor  # B x R long: region id behind pseudo id q (-1 beyond num_pseudo)
+
+
+def _centroid(acc, sizes, metric):
+    """Groups carry size-weighted sums, so a merged centroid is exactly the size-weighted mean
+    of all member centroids whatever the merge order."""
+    if metric == "cosine":
+        return F.normalize(acc, dim=-1)
+    return acc / sizes.clamp(min=1e-12).unsqueeze(-1)
+
+
+def _agglomerative(centroids, sizes, valid, threshold, metric):
+    b, m, _ = centroids.shape
+    ar = torch.arange(m, device=centroids.device).expand(b, m)
+    membership = torch.where(valid, ar, torch.full_like(ar, -1))
+    eye = torch.eye(m, dtype=torch.bool, device=centroids.device)
+    acc = centroids * sizes.unsqueeze(-1)
+    # Gram matrix of the groups' weighted sums; merges (acc_i += acc_j) are row and column
+    # additions on it, so a round costs O(M^2) instead of an O(M^2 C) re-multiplication.
+    gram = torch.bmm(acc, acc.transpose(1, 2))
+    # every round with an edge above the threshold moves at least the larger-index member of
+    # the most similar (hence mutual) pair, so m - 1 rounds bound the loop
+    for _ in range(max(m - 1, 0)):
+        norm = gram.diagonal(dim1=1, dim2=2).clamp(min=1e-12).sqrt()
+        sim = gram / (norm.unsqueeze(2) * norm.unsqueeze(1))
+        blocked = eye | ~valid.unsqueeze(1) | ~valid.unsqueeze(2)
+        sim = sim.masked_fill(blocked, float("-inf"))
+        best, nn_idx = sim.max(dim=-1)  # B x M
+        edge = valid & (best > threshold)
+        mutual = edge & (nn_idx.gather(1, nn_idx) == ar)
+        root = valid & (~edge | (mutual & (ar < nn_idx)))
+        mover = edge & ~root & root.gather(1, nn_idx)
+        if not bool(mover.any()):
+            break
+        # add every mover's row, then column, into its root's (rows/cols of others add zero)
+        mv = mover.to(gram.dtype)
+        gram = gram.scatter_add(1, nn_idx.unsqueeze(2).expand(b, m, m), gram * mv.unsqueeze(2))
+        gram = gram.scatter_add(2, nn_idx.unsqueeze(1).expand(b, m, m), gram * mv.unsqueeze(1))
+        acc = acc.scatter_add(1, nn_idx.unsqueeze(2).expand_as(acc), acc * mv.unsqueeze(2))
+        sizes = sizes.scatter_add(1, nn_idx, sizes * mv)
+        valid = valid & ~mover
+        redirect = torch.where(mover, nn_idx, ar)  # where each group's members go now
+        membership = torch.where(
+            membership >= 0, redirect.gather(1, membership.clamp(min=0)), membership
+        )
+    return FusionResult(_centroid(acc, sizes, metric), sizes, valid, membership)
+
+
+def _cross_scale(scales, threshold, metric):
+    fc, fs, fv = scales[0]
+    b = fc.shape[0]
+    facc = fc * fs.unsqueeze(-1)
+    ar0 = torch.arange(fc.shape[1], device=fc.device).expand(b, -1)
+    memberships = [torch.where(fv, ar0, torch.full_like(ar0, -1))]
+    for nc, ns, nv in scales[1:]:
+        m, k = facc.shape[1], nc.shape[1]
+        sim = torch.bmm(F.normalize(facc, dim=-1), F.normalize(nc, dim=-1).transpose(1, 2))
+        sim = sim.masked_fill(~fv.unsqueeze(2) | ~nv.unsqueeze(1), float("-inf"))
+        best_f, nn_f = sim.max(dim=2)  # fused -> new, B x M
+        best_n, nn_n = sim.max(dim=1)  # new -> fused, B x K
+        ar_k = torch.arange(k, device=fc.device).expand(b, k)
+        matched_n = (nn_f.gather(1, nn_n) == ar_k) & (best_n > threshold) & nv
+        ar_m = torch.arange(m, device=fc.device).expand(b, m)
+        matched_f = (nn_n.gather(1, nn_f) == ar_m) & (best_f > threshold) & fv
+        nacc = nc * ns.unsqueeze(-1)
+        partner = nacc.gather(1, nn_f.unsqueeze(-1).expand(b, m, nc.shape[2]))
+        facc = torch.where(matched_f.unsqueeze(-1), facc + partner, facc)
+        fs = torch.where(matched_f, fs + ns.gather(1, nn_f), fs)
+        memberships.append(
+            torch.where(matched_n, nn_n, torch.where(nv, ar_k + m, torch.full_like(ar_k, -1)))
+        )
+        facc = torch.cat([facc, nacc], dim=1)
+        fs = torch.cat([fs, ns], dim=1)
+        fv = torch.cat([fv, nv & ~matched_n], dim=1)
+    return FusionResult(_centroid(facc, fs, metric), fs, fv, torch.cat(memberships, dim=1))
+
+
+def fuse_masks(
+    scales: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    threshold: float,
+    mode: str = "agglomerative",
+    metric: str = "cosine",
+) -> FusionResult:
+    """Fuse per-scale masks given as (centroids B x K_s x C, sizes B x K_s, valid B x K_s).
+
+    See the module docstring for both modes. ``membership`` indexes masks in the order of
+    ``scales`` concatenated, and gives the fused group (column of ``centroids``) of each.
+    """
+    if mode not in FUSION_MODES:
+        raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got '{mode}'")
+    scales = [(c.float(), s.float(), v.bool()) for c, s, v in scales]
+    if mode == "cross_scale":
+        return _cross_scale(scales, threshold, metric)
+    cents, sizes, valid = (torch.cat(parts, dim=1) for parts in zip(*scales))
+    return _agglomerative(cents, sizes, valid, threshold, metric)
+
+
+def _region_means(x, labels, num, weight_dtype=torch.float32):
+    """Mean of x (B x N x C) per label in [0, num) (other labels ignored) -> B x num x C, counts."""
+    inside = (labels >= 0) & (labels < num)
+    onehot = F.one_hot(labels.clamp(0, num - 1), num).to(weight_dtype) * inside.unsqueeze(-1)
+    counts = onehot.sum(dim=1)
+    means = torch.bmm(onehot.transpose(1, 2), x) / counts.clamp(min=1).unsqueeze(-1)
+    return means, counts
+
+
+class PseudoLabeler:
+    """Multi-scale K-Means + mask fusion + partition on teacher patch tokens (no parameters)."""
+
+    def __init__(
+        self,
+        window_sizes=(2, 4, 8),
+        iters: int = 10,
+        metric: str = "cosine",
+        threshold: float = 0.9,
+        fusion_mode: str = "agglomerative",
+        min_region_patches: int = 1,
+        max_regions: int = 64,
+    ):
+        if metric not in METRICS:
+            raise ValueError(f"K-Means metric must be one of {METRICS}, got '{metric}'")
+        if fusion_mode not in FUSION_MODES:
+            raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got '{fusion_mode}'")
+        if not window_sizes or min(window_sizes) < 1:
+            raise ValueError(f"window sizes must be positive integers, got {window_sizes}")
+        self.window_sizes = tuple(int(w) for w in window_sizes)
+        self.iters = int(iters)
+        self.metric = metric
+        self.threshold = float(threshold)
+        self.fusion_mode = fusion_mode
+        self.min_region_patches = int(min_region_patches)
+        self.max_regions = int(max_regions)
+
+    @torch.no_grad()
+    def cluster_scales(self, tokens: torch.Tensor, token_valid: torch.Tensor | None = None):
+        """K-Means per window size on B x C x h x w tokens -> list of KMeansResult."""
+        b, c, h, w = tokens.shape
+        x = tokens.float()
+        if self.metric == "cosine":
+            x = F.normalize(x, dim=1)
+        flat = x.flatten(2).transpose(1, 2).contiguous()  # once for all scales
+        tv = None if token_valid is None else token_valid.reshape(b, h * w)
+        results = []
+        for win in self.window_sizes:
+            seeds, seed_valid = window_seeds(x, win, token_valid)
+            results.append(kmeans(flat, seeds, seed_valid, tv, self.iters, self.metric))
+        return results
+
+    @torch.no_grad()
+    def __call__(
+        self, tokens: torch.Tensor, token_valid: torch.Tensor | None = None
+    ) -> PseudoRegions:
+        """tokens: B x C x h x w teacher patch tokens; token_valid: B x h x w bool (padding)."""
+        b, c, h, w = tokens.shape
+        results = self.cluster_scales(tokens, token_valid)
+        fused = fuse_masks(
+            [(r.centroids, r.counts, r.valid) for r in results],
+            self.threshold,
+            self.fusion_mode,
+            self.metric,
+        )
+        x = tokens.float().flatten(2).transpose(1, 2)
+        if self.metric == "cosine":
+            x = F.normalize(x, dim=-1)
+        tv = (
+            torch.ones(b, h * w, dtype=torch.bool, device=x.device)
+            if token_valid is None
+            else token_valid.reshape(b, h * w)
+        )
+        # partition: nearest fused centroid per token, over the valid groups only (compacted
+        # to the front: fusion usually leaves a few dozen of the hundreds of input masks)
+        keep_first = torch.sort(fused.valid.float(), dim=1, descending=True, stable=True)
+        n_groups = max(int(fused.valid.sum(1).max().item()), 1)
+        pick = keep_first.indices[:, :n_groups]
+        groups = fused.centroids.gather(1, pick.unsqueeze(-1).expand(b, n_groups, c))
+        group_valid = fused.valid.gather(1, pick)
+        if self.metric == "cosine":
+            groups = F.normalize(groups, dim=-1)
+            scores = torch.bmm(x, groups.transpose(1, 2))
+        else:
+            scores = 2 * torch.bmm(x, groups.transpose(1, 2)) - (groups * groups).sum(-1)[:, None]
+        scores = scores.masked_fill(~group_valid.unsqueeze(1), float("-inf"))
+        group_of = scores.argmax(dim=-1)
+        usable = tv & group_valid.any(dim=1, keepdim=True)
+        group_of = group_of.masked_fill(~usable, -1)
+        g = groups.shape[1]
+        _, sizes = _region_means(x, group_of, g)
+        # keep regions >= min size, largest first, at most max_regions
+        keep = sizes >= max(self.min_region_patches, 1)
+        order = torch.sort(sizes.masked_fill(~keep, -1.0), dim=1, descending=True, stable=True)[1]
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(g, device=x.device).expand(b, g)
+        )
+        region_of_group = torch.where(keep & (rank < self.max_regions), rank, -1)
+        region_of_group = torch.cat([region_of_group, region_of_group.new_full((b, 1), -1)], 1)
+        region = region_of_group.gather(1, group_of.masked_fill(group_of < 0, g))  # B x N
+        r = self.max_regions
+        centroids, counts = _region_means(x, region, r)
+        if self.metric == "cosine":
+            centroids = F.normalize(centroids, dim=-1)
+        return PseudoRegions(
+            region_map=region.reshape(b, h, w),
+            centroids=centroids,
+            sizes=counts,
+            valid=counts > 0,
+        )
+
+
+@torch.no_grad()
+def fuse_labels(
+    labels: torch.Tensor,
+    region_map: torch.Tensor,
+    num_seen: int,
+    valid_mask: torch.Tensor | None = None,
+    num_regions: int | None = None,
+    max_seen_fraction: float = 1.0,
+) -> FusedLabels:
+    """Ground truth where labelled, ``num_seen + pseudo id`` on ignored pixels inside a region.
+
+    Args:
+        labels: B x H x W long, seen ids 0..num_seen-1 and 255 (ignore, incl. unseen classes).
+        region_map: B x h' x w' long region ids (-1 = none); resized to H x W by nearest
+            neighbour (pixel-centre aligned: 'nearest-exact').
+        valid_mask: B x H x W bool, False on padding: those pixels become 255.
+        num_regions: size of the region id space (default: max id + 1, a host sync).
+        max_seen_fraction: a region whose valid pixels carry a seen label for MORE than this
+            fraction is taken to be (the halo of) a seen object and gives no pseudo id; 1.0
+            (default) disables the check, as in the method.
+
+    Only regions that cover at least one ignored valid pixel get a pseudo id; ids are compact
+    per image (0..num_pseudo-1, in region id order, i.e. by decreasing region size).
+    """
+    b, hh, ww = labels.shape
+    if num_regions is None:
+        num_regions = int(region_map.max().item()) + 1 if region_map.numel() else 0
+    num_regions = max(int(num_regions), 0)
+    up = F.interpolate(region_map[:, None].float(), size=(hh, ww), mode="nearest-exact")
+    up = up[:, 0].long()
+    valid = torch.ones_like(labels, dtype=torch.bool) if valid_mask is None else valid_mask.bool()
+    ignored = (labels == IGNORE) & valid & (up >= 0)
+    idx = (up + 1).clamp(0, num_regions).flatten(1)  # 0 = no region
+    zeros = torch.zeros(b, num_regions + 1, device=labels.device)
+    cover = zeros.scatter_add(1, idx, ignored.flatten(1).float())[:, 1:]
+    present = cover > 0
+    if max_seen_fraction < 1.0:
+        seen_px = valid & (labels != IGNORE)
+        n_valid = zeros.scatter_add(1, idx, valid.flatten(1).float())[:, 1:]
+        n_seen = zeros.scatter_add(1, idx, seen_px.flatten(1).float())[:, 1:]
+        present &= n_seen <= max_seen_fraction * n_valid
+    pseudo_of_region = torch.where(present, present.long().cumsum(1) - 1, -1)
+    num_pseudo = present.long().sum(1)
+    lookup = torch.cat([pseudo_of_region.new_full((b, 1), -1), pseudo_of_region], dim=1)
+    pid = lookup.gather(1, idx).view(b, hh, ww)
+    fused = torch.where(ignored & (pid >= 0), num_seen + pid, labels)
+    fused = torch.where(valid, fused, IGNORE)
+    # inverse map pseudo id -> region id (padding -1)
+    pseudo_region = torch.full((b, num_regions + 1), -1, dtype=torch.long, device=labels.device)
+    region_ids = torch.arange(num_regions, device=labels.device).expand(b, num_regions)
+    dest = torch.where(present, pseudo_of_region, num_regions)  # absent -> dump slot
+    pseudo_region.scatter_(1, dest, region_ids)
+    pseudo_region = pseudo_region[:, :num_regions]
+    pseudo_region = torch.where(
+        torch.arange(num_regions, device=labels.device)[None] < num_pseudo[:, None],
+        pseudo_region,
+        -1,
+    )
+    return FusedLabels(labels=fused, num_pseudo=num_pseudo, pseudo_region=pseudo_region)

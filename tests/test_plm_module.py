@@ -1,0 +1,236 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipzss_d2.modeling.plm.module import INVALID_LOGIT, PixelLearningModule, bce_prototype_loss
+from clipzss_d2.modeling.teacher import TeacherOutput
+
+C, S = 16, 3
+
+
+def world(b=2, seed=0):
+    """32x32 images; teacher grid 4x4 with three planted regions: top half (A), bottom-left
+    (B), bottom-right (D). Labels: B is seen class 0, everything else ignored."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = F.normalize(torch.randn(3, C, generator=g), dim=-1)
+    truth = torch.zeros(4, 4, dtype=torch.long)
+    truth[2:, :2] = 1
+    truth[2:, 2:] = 2
+    tokens = dirs[truth] + 0.03 * torch.randn(b, 4, 4, C, generator=g)
+    teacher = TeacherOutput(
+        cls_embed=torch.randn(b, C, generator=g) * 3, patch_embed=tokens.permute(0, 3, 1, 2)
+    )
+    labels = torch.full((b, 32, 32), 255)
+    labels[:, 16:, :16] = 0
+    dense = F.normalize(torch.randn(b, C, 8, 8, generator=g), dim=1).requires_grad_(True)
+    text = F.normalize(torch.randn(S, C, generator=g), dim=-1)
+    return dense, labels, text, teacher, truth
+
+
+def plm(**kw):
+    torch.manual_seed(0)
+    args = dict(embed_dim=C, synth_heads=4, synth_layers=1, fusion_threshold=0.9)
+    args.update(kw)
+    return PixelLearningModule(**args)
+
+
+def test_pseudo_ids_only_on_ignored_pixels_and_shapes():
+    dense, labels, text, teacher, _ = world()
+    alpha = torch.tensor(10.0, requires_grad=True)
+    out = plm()(dense, labels, text, teacher, alpha)
+    logits, targets, pseudo_valid, losses = out
+    assert logits.shape == (2, S + 2, 8, 8) and pseudo_valid.shape == (2, 2)
+    assert pseudo_valid.all()
+    is_pseudo = (targets >= S) & (targets != 255)
+    assert (labels[is_pseudo] == 255).all()
+    assert torch.equal(targets[labels != 255], labels[labels != 255])
+    # top half and bottom-right are two different pseudo classes
+    for b in range(2):
+        top, bottom_right = targets[b, :16].unique(), targets[b, 16:, 16:].unique()
+        assert len(top) == 1 and len(bottom_right) == 1
+        assert {int(top), int(bottom_right)} == {S, S + 1}
+    assert set(losses) == {"loss_bce"} and torch.isfinite(losses["loss_bce"])
+    # seen logits are alpha * <R, T>
+    ref = 10.0 * torch.einsum("bchw,sc->bshw", dense, text)
+    torch.testing.assert_close(logits[:, :S], ref)
+
+
+def test_zero_one_and_many_pseudo_regions():
+    dense, labels, text, teacher, _ = world()
+    alpha = torch.tensor(10.0)
+    no_ignore = torch.zeros_like(labels)
+    out = plm()(dense, no_ignore, text, teacher, alpha)
+    assert out.logits.shape == (2, S, 8, 8) and out.pseudo_valid.shape == (2, 0)
+    one = labels.clone()
+    one[:, 16:, 16:] = 1  # only the top half stays ignored
+    out = plm()(dense, one, text, teacher, alpha)
+    assert out.logits.shape == (2, S + 1, 8, 8)
+    assert set(out.targets[:, :16].unique().tolist()) == {S}
+    # many regions: random 8x8 tokens, one seed per token (nothing merges: 64 regions, capped
+    # to the 20 kept); image 1 is ignored on its two left token columns only
+    g = torch.Generator().manual_seed(3)
+    rnd = TeacherOutput(teacher.cls_embed, torch.randn(2, C, 8, 8, generator=g))
+    many = torch.full((2, 32, 32), 255)
+    many[1, :, 8:] = 2
+    out = plm(window_sizes=(1,), max_regions=20)(dense, many, text, rnd, alpha)
+    q = out.logits.shape[1] - S
+    n_valid = out.pseudo_valid.sum(1)
+    assert q == 20 and n_valid.tolist() == [20, 6]
+    pad = ~out.pseudo_valid[1]
+    assert (out.logits[1, S:][pad] == INVALID_LOGIT).all()
+    up = F.interpolate(out.logits, size=(32, 32), mode="bilinear", align_corners=False)
+    ce = F.cross_entropy(up, out.targets, ignore_index=255)
+    assert torch.isfinite(ce)
+
+
+def test_synthesizer_off_uses_teacher_region_centroids():
+    dense, labels, text, teacher, truth = world()
+    module = plm(synthesizer=False, pseudo_logit_scale=5.0)
+    assert module.synthesizer is None
+    out = module(dense, labels, text, teacher, torch.tensor(10.0))
+    assert out.losses == {}
+    assert out.logits.shape == (2, S + 2, 8, 8)
+    tokens = F.normalize(teacher.patch_embed, dim=1)  # B x C x 4 x 4
+    for b in range(2):
+        for q in range(2):
+            # which planted teacher region carries pseudo id q: read it off the fused labels
+            ys, xs = (out.targets[b] == S + q).nonzero()[0].tolist()
+            region = truth[ys // 8, xs // 8]
+            proto = F.normalize(tokens[b][:, truth == region].mean(1), dim=0)
+            ref = 5.0 * torch.einsum("chw,c->hw", dense[b], proto)
+            torch.testing.assert_close(out.logits[b, S + q], ref)
+
+
+def test_switches_off():
+    dense, labels, text, teacher, _ = world()
+    alpha = torch.tensor(10.0)
+    out = plm(pseudo_labels=False)(dense, labels, text, teacher, alpha)
+    assert out.logits.shape == (2, S, 8, 8) and torch.equal(out.targets, labels)
+    assert "loss_bce" in out.losses and out.losses["loss_bce"] > 0
+    both_off = plm(pseudo_labels=False, synthesizer=False)
+    out = both_off(dense, labels, text, None, alpha)
+    assert out.logits.shape == (2, S, 8, 8) and out.losses == {}
+    assert list(both_off.parameters()) == []
+
+
+def test_padding_and_vanishing_pseudo_region():
+    dense, labels, text, teacher, _ = world(b=1)
+    valid = torch.ones(1, 32, 32, dtype=torch.bool)
+    valid[:, :, 24:] = False
+    out = plm()(dense, labels, text, teacher, torch.tensor(10.0), valid_mask=valid)
+    assert (out.targets[:, :, 24:] == 255).all()
+    # the top region keeps a single ignored pixel, not sampled on R's 8x8 grid: its pseudo
+    # class exists in the fused labels but has no centroid, so it is invalid and ignored
+    lab = labels.clone()
+    lab[:, :16] = 1
+    lab[0, 0, 0] = 255
+    out = plm()(dense, lab, text, teacher, torch.tensor(10.0))
+    q_top = [q for q in range(out.pseudo_valid.shape[1]) if not out.pseudo_valid[0, q]]
+    assert len(q_top) == 1
+    assert out.targets[0, 0, 0] == 255
+    assert (out.logits[0, S + q_top[0]] == INVALID_LOGIT).all()
+
+
+def test_bce_against_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    protos = F.normalize(torch.randn(2, S, C, generator=g), dim=-1)
+    present = torch.tensor([[True, False, True], [False, True, False]])
+    text = F.normalize(torch.randn(S, C, generator=g), dim=-1)
+    scale = 7.0
+    loss = bce_prototype_loss(protos, present, text, scale)
+    total, n = 0.0, 0
+    for b in range(2):
+        for s in range(S):
+            if not present[b, s]:
+                continue
+            row = 0.0
+            for j in range(S):
+                z = scale * float(protos[b, s] @ text[j])
+                p = 1 / (1 + math.exp(-z))
+                y = 1.0 if j == s else 0.0  # target matrix = identity over seen classes
+                row += -(y * math.log(p) + (1 - y) * math.log(1 - p))
+            total += row / S
+            n += 1
+    assert loss.item() == pytest.approx(total / n, rel=1e-5)
+    none = bce_prototype_loss(protos.requires_grad_(True), present & False, text, scale)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_gradients_reach_dense_synthesizer_and_scale():
+    dense, labels, text, teacher, _ = world()
+    alpha = torch.tensor(10.0, requires_grad=True)
+    module = plm(synth_use_patch_tokens=True)
+    out = module(dense, labels, text, teacher, alpha)
+    up = F.interpolate(out.logits, size=(32, 32), mode="bilinear", align_corners=False)
+    loss = F.cross_entropy(up, out.targets, ignore_index=255) + out.losses["loss_bce"]
+    loss.backward()
+    assert dense.grad.abs().sum() > 0
+    assert alpha.grad is not None and alpha.grad != 0
+    grads = [p.grad for p in module.synthesizer.parameters()]
+    assert all(gr is not None for gr in grads) and sum(gr.abs().sum() for gr in grads) > 0
+    assert teacher.cls_embed.grad is None
+
+
+def test_from_config():
+    from detectron2.config import get_cfg
+    from detectron2.projects.deeplab import add_deeplab_config
+
+    from clipzss_d2.config import add_clipzss_config
+
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_clipzss_config(cfg)
+    cfg.MODEL.CLIPZSS.EMBED_DIM = C
+    cfg.MODEL.CLIPZSS.PLM.SYNTH_HEADS = 4
+    cfg.MODEL.CLIPZSS.PLM.REGION_MAX_SEEN_FRACTION = 0.5
+    module = PixelLearningModule(cfg)
+    assert module.labeler.fusion_mode == "agglomerative" and module.max_seen_fraction == 0.5
+    assert module.labeler.window_sizes == (2, 4, 8) and module.synthesizer is not None
+    dense, labels, text, teacher, _ = world()
+    out = module(dense, labels, text, teacher, torch.tensor(10.0))
+    assert out.logits.shape[:2] == (2, S + 2)
+    # cross-scale fusion never merges the two same-scale clusters of the top region
+    cfg.MODEL.CLIPZSS.PLM.FUSION_MODE = "cross_scale"
+    out = PixelLearningModule(cfg)(dense, labels, text, teacher, torch.tensor(10.0))
+    assert out.logits.shape[:2] == (2, S + 3)
+
+
+def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
+    import open_clip
+
+    from clipzss_d2.modeling.clip_loading import create_clip_model
+    from clipzss_d2.modeling.glm import GlobalLearningModule
+    from clipzss_d2.modeling.losses import segmentation_losses
+    from clipzss_d2.modeling.teacher import CLIPTeacher
+
+    torch.manual_seed(0)
+    clip = create_clip_model("ClipZSS-Tiny-Test", "none")
+    teacher = CLIPTeacher(
+        visual=clip.visual,
+        clip_mean=open_clip.OPENAI_DATASET_MEAN,
+        clip_std=open_clip.OPENAI_DATASET_STD,
+        dense_mode="maskclip",
+    )
+    images = torch.rand(2, 3, 64, 64) * 255
+    labels = torch.full((2, 64, 64), 255)
+    labels[:, 32:] = torch.randint(0, S, (2, 32, 64))
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[1, :, 48:] = False
+    t_out = teacher(images)
+    assert t_out.patch_embed.shape == (2, 32, 8, 8)
+    dense = F.normalize(torch.randn(2, 32, 16, 16), dim=1).requires_grad_(True)
+    text = F.normalize(torch.randn(S, 32), dim=-1)
+    alpha = torch.tensor(14.0, requires_grad=True)
+    module = PixelLearningModule(embed_dim=32, synth_heads=4, fusion_threshold=0.5)
+    logits, targets, pseudo_valid, losses = module(dense, labels, text, t_out, alpha, valid)
+    class_valid = torch.cat([torch.ones(2, S, dtype=torch.bool), pseudo_valid], 1)
+    up = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
+    seg = segmentation_losses(up, targets, class_valid)
+    glm = GlobalLearningModule(embed_dim=32, bank_size=4)
+    total = sum(seg.values()) + losses["loss_bce"] + glm(dense, t_out.cls_embed)
+    assert torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(dense.grad).all() and dense.grad.abs().sum() > 0
+    assert (targets[1, :, 48:] == 255).all()
