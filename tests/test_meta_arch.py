@@ -20,24 +20,79 @@ def test_registered_and_built_from_config(model):
     assert model.vocabulary == TOY_CLASSES
 
 
-def test_training_forward_backward(model):
+BASELINE = [
+    "MODEL.CLIPZSS.GLM.ENABLED",
+    False,
+    "MODEL.CLIPZSS.PLM.PSEUDO_LABELS",
+    False,
+    "MODEL.CLIPZSS.PLM.SYNTHESIZER",
+    False,
+]
+SEG = {"loss_ce", "loss_focal", "loss_dice"}
+
+
+@pytest.mark.parametrize(
+    "glm,pseudo,synth,expected",
+    [
+        (True, True, True, SEG | {"loss_glm", "loss_bce"}),
+        (False, False, False, SEG),
+        (True, False, False, SEG | {"loss_glm"}),
+        (False, True, False, SEG),
+        (False, False, True, SEG | {"loss_bce"}),
+        (False, True, True, SEG | {"loss_bce"}),
+    ],
+)
+def test_training_losses_for_each_module_switch(glm, pseudo, synth, expected):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(
+        extra_opts=[
+            "MODEL.CLIPZSS.GLM.ENABLED",
+            glm,
+            "MODEL.CLIPZSS.PLM.PSEUDO_LABELS",
+            pseudo,
+            "MODEL.CLIPZSS.PLM.SYNTHESIZER",
+            synth,
+        ]
+    )
+    model = build_model(cfg)
     model.train()
     losses = model(toy_batch())
-    assert set(losses) == {"loss_ce"}
-    loss = sum(losses.values())
-    assert torch.isfinite(loss)
-    loss.backward()
+    assert set(losses) == expected
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    params = dict(model.named_parameters())
     for name in (
         "backbone.stem.conv1.weight",
         "embedding_head.projection.weight",
         "log_logit_scale",
     ):
-        grad = dict(model.named_parameters())[name].grad
-        assert grad is not None and grad.abs().sum() > 0, name
+        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+    if synth:
+        synth_grads = [p.grad for n, p in params.items() if n.startswith("plm.synthesizer.")]
+        assert synth_grads and all(g is not None for g in synth_grads)
+    # The teacher exists only when a module needs it, and is never trained or saved.
+    assert (model.teacher is not None) == (glm or pseudo or synth)
+    if model.teacher is not None:
+        assert not model.teacher.training
+        assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
+    assert not any(k.startswith(("_teacher", "teacher")) for k in model.state_dict())
 
 
-def test_loss_decreases_on_learnable_pattern(model):
+def test_teacher_stays_frozen_and_out_of_the_module_tree(model):
+    model.train()
+    teacher = model.build_teacher()
+    assert teacher is not None and not teacher.training
+    assert all(m is not teacher for m in model.modules())
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    assert n_teacher > 0 and all(
+        p is not q for p in teacher.parameters() for q in model.parameters()
+    )
+
+
+def test_loss_decreases_on_learnable_pattern():
     """Coloured squares: a correct student must fit them quickly through the text classifier."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(extra_opts=BASELINE))
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     batch = toy_batch(batch_size=4, size=64, seed=1)
@@ -73,8 +128,14 @@ def test_vocabulary_set_at_run_time(model):
 
 
 def test_checkpoint_holds_only_student_weights(model):
+    model.train()
+    model(toy_batch(batch_size=1))  # builds the teacher
     keys = model.state_dict().keys()
-    assert all(k.startswith(("backbone.", "embedding_head.", "log_logit_scale")) for k in keys)
+    # Student plus the synthesizer (trainable, needed to resume); no teacher, no GLM bank.
+    assert all(
+        k.startswith(("backbone.", "embedding_head.", "log_logit_scale", "plm.synthesizer."))
+        for k in keys
+    )
     model.eval()
     model(toy_batch(batch_size=1))
     # The text tower was loaded for the vocabulary, without any image encoder.

@@ -1,7 +1,9 @@
 """The CLIP-ZSS meta-architecture: a closed-set segmenter classified by CLIP text embeddings.
 
-This module only wires parts together. At inference nothing but the student runs (backbone,
-embedding head, a matrix product with cached text embeddings): no CLIP image encoder.
+This module only wires parts together. In training a frozen CLIP image encoder (the teacher)
+feeds GLM and PLM; it is built on demand, kept off the module tree and never checkpointed. At
+inference nothing but the student runs (backbone, embedding head, a matrix product with cached
+text embeddings): no CLIP image encoder.
 """
 
 import logging
@@ -19,6 +21,10 @@ from torch import nn
 
 from ..vocabulary import parse_vocabulary, prompt_names, seen_class_ids
 from .embedding_head import build_embedding_head
+from .glm import GlobalLearningModule
+from .losses import segmentation_losses
+from .plm import PixelLearningModule
+from .teacher import CLIPTeacher, TeacherOutput
 from .text_classifier import TextClassifier, build_text_classifier
 
 logger = logging.getLogger(__name__)
@@ -56,8 +62,20 @@ class CLIPZSS(nn.Module):
         max_logit_scale: float = 100.0,
         size_divisibility: int = 32,
         ignore_value: int = 255,
-        ce_weight: float = 1.0,
+        glm: GlobalLearningModule | None = None,
+        glm_weight: float = 1.0,
+        plm: PixelLearningModule | None = None,
+        teacher_factory=None,
+        loss_weights: dict | None = None,
     ):
+        """
+        Args:
+            glm, plm: training-only modules (None = switched off); with both off, training is
+                the supervised baseline on the seen classes.
+            teacher_factory: callable building the frozen CLIP teacher; called by
+                `build_teacher()` and only when GLM or PLM needs it.
+            loss_weights: keyword arguments of `segmentation_losses` (CE, focal, dice weights).
+        """
         super().__init__()
         self.backbone = backbone
         self.embedding_head = embedding_head
@@ -75,7 +93,14 @@ class CLIPZSS(nn.Module):
         self.max_logit_scale = max_logit_scale
         self.size_divisibility = max(size_divisibility, getattr(backbone, "size_divisibility", 0))
         self.ignore_value = ignore_value
-        self.ce_weight = ce_weight
+        self.glm = glm
+        self.glm_weight = glm_weight
+        self.plm = plm
+        self.loss_weights = dict(loss_weights or {})
+        self._teacher_factory = teacher_factory
+        # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
+        # model.train() never flips it out of eval mode.
+        self.__dict__["_teacher"] = None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -83,6 +108,7 @@ class CLIPZSS(nn.Module):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         z = cfg.MODEL.CLIPZSS
+        plm_on = z.PLM.PSEUDO_LABELS or z.PLM.SYNTHESIZER
         if z.TEST_VOCABULARY:
             test_vocabulary = parse_vocabulary(list(z.TEST_VOCABULARY))
         elif cfg.DATASETS.TEST:
@@ -102,7 +128,18 @@ class CLIPZSS(nn.Module):
             "max_logit_scale": z.MAX_LOGIT_SCALE,
             "size_divisibility": z.SIZE_DIVISIBILITY,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "ce_weight": z.LOSS.CE_WEIGHT,
+            "glm": GlobalLearningModule(cfg) if z.GLM.ENABLED else None,
+            "glm_weight": z.GLM.LOSS_WEIGHT,
+            "plm": PixelLearningModule(cfg) if plm_on else None,
+            "teacher_factory": (lambda: CLIPTeacher(cfg)) if (z.GLM.ENABLED or plm_on) else None,
+            "loss_weights": {
+                "ce_weight": z.LOSS.CE_WEIGHT,
+                "nel_weight": z.LOSS.NEL_WEIGHT,
+                "focal_weight": z.LOSS.FOCAL_WEIGHT,
+                "focal_alpha": z.LOSS.FOCAL_ALPHA,
+                "focal_gamma": z.LOSS.FOCAL_GAMMA,
+                "dice_weight": z.LOSS.DICE_WEIGHT,
+            },
         }
 
     @property
@@ -112,6 +149,29 @@ class CLIPZSS(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    # -- training-only teacher -----------------------------------------------------------------
+    @property
+    def needs_teacher(self) -> bool:
+        return self._teacher_factory is not None
+
+    @property
+    def teacher(self) -> CLIPTeacher | None:
+        return self._teacher
+
+    def build_teacher(self) -> CLIPTeacher | None:
+        """Load the frozen CLIP image encoder for training (no-op for the baseline)."""
+        if self.needs_teacher and self._teacher is None:
+            self.__dict__["_teacher"] = self._teacher_factory().to(self.device)
+        return self._teacher
+
+    def run_teacher(self, images: ImageList) -> TeacherOutput | None:
+        teacher = self.build_teacher()
+        if teacher is None:
+            return None
+        if next(teacher.parameters()).device != self.device:
+            teacher.to(self.device)
+        return teacher(images.tensor, normalized=True)
 
     # -- vocabulary ----------------------------------------------------------------------------
     @property
@@ -159,13 +219,30 @@ class CLIPZSS(nn.Module):
         targets = ImageList.from_tensors(
             targets, self.size_divisibility, pad_value=self.ignore_value
         ).tensor
+        targets = targets.long()
+        valid = torch.zeros_like(targets, dtype=torch.bool)
+        for i, (h, w) in enumerate(images.image_sizes):
+            valid[i, :h, :w] = True  # padding is not image: no pseudo labels there
+
         embeddings = self.embed(images.tensor)
-        logits = self.classify(embeddings, self.text_embeddings(self.train_vocabulary))
+        text_seen = self.text_embeddings(self.train_vocabulary)
+        teacher_out = self.run_teacher(images)
+        losses = {}
+        if self.glm is not None:
+            losses["loss_glm"] = self.glm_weight * self.glm(embeddings, teacher_out.cls_embed)
+        if self.plm is not None:
+            out = self.plm(embeddings, targets, text_seen, teacher_out, self.logit_scale, valid)
+            logits, targets = out.logits, out.targets
+            seen_valid = out.pseudo_valid.new_ones(len(targets), len(text_seen))
+            class_valid = torch.cat([seen_valid, out.pseudo_valid], dim=1)
+            losses.update(out.losses)
+        else:
+            logits, class_valid = self.classify(embeddings, text_seen), None
         logits = F.interpolate(
             logits, size=targets.shape[-2:], mode="bilinear", align_corners=False
         )
-        loss_ce = F.cross_entropy(logits, targets.long(), ignore_index=self.ignore_value)
-        return {"loss_ce": self.ce_weight * loss_ce}
+        losses.update(segmentation_losses(logits, targets, class_valid, **self.loss_weights))
+        return losses
 
     @torch.no_grad()
     def inference(self, images: ImageList, batched_inputs):
