@@ -72,6 +72,10 @@ def add_clipzss_config(cfg):
 
     # Segmentation losses on the (fused) labels.
     z.LOSS = CN()
+    # Where the losses are computed: "feature" = at the embedding head's resolution (stride 4)
+    # with labels downsampled (nearest), 16x fewer pixels; "input" = logits upsampled to the
+    # label resolution, as ZegCLIP does (GBs of activations with 150+ classes at 512^2).
+    z.LOSS.RESOLUTION = "feature"
     z.LOSS.CE_WEIGHT = 1.0
     z.LOSS.NEL_WEIGHT = 1.0  # non-mutually-exclusive loss = focal * FOCAL_WEIGHT + dice
     z.LOSS.FOCAL_WEIGHT = 100.0

@@ -147,3 +147,32 @@ def test_fixed_logit_scale_is_not_a_parameter():
     model = build_model(tiny_cfg(extra_opts=["MODEL.CLIPZSS.LEARN_LOGIT_SCALE", False]))
     assert "log_logit_scale" not in dict(model.named_parameters())
     assert model.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+@pytest.mark.parametrize("resolution", ["feature", "input"])
+def test_loss_resolution_modes_agree_on_a_constant_image(resolution):
+    """On a single-class image both modes see the same targets, so their CE must agree."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(extra_opts=BASELINE + ["MODEL.CLIPZSS.LOSS.RESOLUTION", resolution])
+    model = build_model(cfg)
+    model.eval()  # BN in eval: identical forward in both runs
+    batch = toy_batch(batch_size=1)
+    batch[0]["sem_seg"][:] = 1
+    with torch.no_grad():
+        images = model.preprocess_images(batch)
+        loss = model.losses(images, batch)["loss_ce"]
+        logits = model.classify(
+            model.embed(images.tensor), model.text_embeddings(model.train_vocabulary)
+        )
+    # Independent reference: mean CE of class 1 over the logit grid (feature) or the upsampled grid.
+    if resolution == "input":
+        logits = torch.nn.functional.interpolate(
+            logits, size=(64, 64), mode="bilinear", align_corners=False
+        )
+    expected = -torch.log_softmax(logits, dim=1)[:, 1].mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_unknown_loss_resolution_is_refused():
+    with pytest.raises(ValueError, match="LOSS.RESOLUTION"):
+        build_model(tiny_cfg(extra_opts=["MODEL.CLIPZSS.LOSS.RESOLUTION", "half"]))

@@ -80,11 +80,12 @@ def segmentation_losses(
     prob = torch.sigmoid(x)
 
     if focal_weight:
+        # one-hot targets: p_t and alpha_t are selections, not arithmetic (memory-bound op count)
+        is_pos = y.bool()
         bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
-        p_t = prob * y + (1 - prob) * (1 - y)
-        fl = bce * (1 - p_t) ** focal_gamma
+        fl = bce * torch.where(is_pos, 1 - prob, prob).pow(focal_gamma)
         if focal_alpha >= 0:
-            fl = (focal_alpha * y + (1 - focal_alpha) * (1 - y)) * fl
+            fl = fl * torch.where(is_pos, focal_alpha, 1 - focal_alpha)
         per_mask = (fl * pixf).flatten(2).sum(-1) / per_image_pix.clamp(min=1).unsqueeze(1)
         out["loss_focal"] = nel_weight * focal_weight * (per_mask * masks).sum() / n_masks
     else:

@@ -67,6 +67,7 @@ class CLIPZSS(nn.Module):
         plm: PixelLearningModule | None = None,
         teacher_factory=None,
         loss_weights: dict | None = None,
+        loss_resolution: str = "feature",
     ):
         """
         Args:
@@ -75,6 +76,8 @@ class CLIPZSS(nn.Module):
             teacher_factory: callable building the frozen CLIP teacher; called by
                 `build_teacher()` and only when GLM or PLM needs it.
             loss_weights: keyword arguments of `segmentation_losses` (CE, focal, dice weights).
+            loss_resolution: "feature" (labels downsampled to the logits) or "input" (logits
+                upsampled to the labels).
         """
         super().__init__()
         self.backbone = backbone
@@ -97,6 +100,11 @@ class CLIPZSS(nn.Module):
         self.glm_weight = glm_weight
         self.plm = plm
         self.loss_weights = dict(loss_weights or {})
+        if loss_resolution not in ("feature", "input"):
+            raise ValueError(
+                f"MODEL.CLIPZSS.LOSS.RESOLUTION must be 'feature' or 'input', got {loss_resolution!r}"
+            )
+        self.loss_resolution = loss_resolution
         self._teacher_factory = teacher_factory
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
         # model.train() never flips it out of eval mode.
@@ -140,6 +148,7 @@ class CLIPZSS(nn.Module):
                 "focal_gamma": z.LOSS.FOCAL_GAMMA,
                 "dice_weight": z.LOSS.DICE_WEIGHT,
             },
+            "loss_resolution": z.LOSS.RESOLUTION,
         }
 
     @property
@@ -238,9 +247,13 @@ class CLIPZSS(nn.Module):
             losses.update(out.losses)
         else:
             logits, class_valid = self.classify(embeddings, text_seen), None
-        logits = F.interpolate(
-            logits, size=targets.shape[-2:], mode="bilinear", align_corners=False
-        )
+        if self.loss_resolution == "input":
+            size = targets.shape[-2:]
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        else:
+            size = logits.shape[-2:]
+            targets = F.interpolate(targets[:, None].float(), size=size, mode="nearest-exact")
+            targets = targets[:, 0].long()
         losses.update(segmentation_losses(logits, targets, class_valid, **self.loss_weights))
         return losses
 
