@@ -90,6 +90,35 @@ def add_clipzss_config(cfg):
     z.INFERENCE.FLIP = False  # test-time horizontal flip averaging
     z.INFERENCE.SCALES = [1.0]  # test-time multi-scale factors
 
+    # detectron2's Swin (MODEL.BACKBONE.NAME "build_clipzss_swin_backbone"), Swin-T defaults.
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.APE = False
+    cfg.MODEL.SWIN.OUT_FEATURES = ["p0", "p1", "p2", "p3"]
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+
+    # detectron2's ViT + simple feature pyramid (MODEL.BACKBONE.NAME
+    # "build_clipzss_vit_backbone"), ViT-B/16 defaults.
+    cfg.MODEL.VIT = CN()
+    cfg.MODEL.VIT.IMG_SIZE = 512
+    cfg.MODEL.VIT.PATCH_SIZE = 16
+    cfg.MODEL.VIT.EMBED_DIM = 768
+    cfg.MODEL.VIT.DEPTH = 12
+    cfg.MODEL.VIT.NUM_HEADS = 12
+    cfg.MODEL.VIT.DROP_PATH_RATE = 0.1
+    cfg.MODEL.VIT.WINDOW_SIZE = 14
+    cfg.MODEL.VIT.WINDOW_BLOCK_INDEXES = [0, 1, 3, 4, 6, 7, 9, 10]
+    cfg.MODEL.VIT.USE_REL_POS = True
+    cfg.MODEL.VIT.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.VIT.OUT_CHANNELS = 256
+
     # Solver extras (AdamW with per-group multipliers).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1

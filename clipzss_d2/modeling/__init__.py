@@ -1,5 +1,6 @@
 """Student model, text classifier and training-only teacher modules."""
 
+from .backbones import build_clipzss_swin_backbone, build_clipzss_vit_backbone
 from .clip_loading import CLIPWeightsUnavailableError, create_clip_model
 from .embedding_head import (
     EMBEDDING_HEAD_REGISTRY,
