@@ -7,6 +7,7 @@ pixels no mask covers with ids of other 459-label classes, as the real LabelMaps
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,10 @@ def context_label_maps(shared: Path, ids) -> dict[str, np.ndarray]:
         rows = np.arange(h)[:, None] * len(CONTEXT_FILLER_IDS) // h
         label = np.broadcast_to(np.asarray(CONTEXT_FILLER_IDS, np.uint16)[rows], (h, w)).copy()
         for category_id, rle in anns:
-            label[mask_util.decode(rle).astype(bool)] = category_id
+            with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword deprecation
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                mask = mask_util.decode(rle)
+            label[mask.astype(bool)] = category_id
         maps[stem] = label
     return maps
 
