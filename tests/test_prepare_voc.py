@@ -97,10 +97,31 @@ def test_grayscale_segmentation_class_aug_is_accepted(voc, shared_data):
     # Its JPEG is not among the samples; a stand-in of the same size is enough for the size check.
     Image.new("RGB", original.shape[::-1]).save(root / "VOC2012" / "JPEGImages" / "2007_000032.jpg")
     (root / "aug.txt").write_text("2007_000032\n")
-    prepare_voc(str(root), aug_list=str(root / "aug.txt"), val_list=lists["val_list"], **QUIET)
+    # With the sample train list 2007_000032 counts as SBD-only, so its SBD label is read.
+    prepare_voc(str(root), **{**lists, "aug_list": str(root / "aug.txt")}, **QUIET)
     out = read_png(root / "VOC2012" / "annotations_detectron2" / "train" / "2007_000032.png")
     np.testing.assert_array_equal(out, expected_voc(original))
     assert (out < 20).any() and (out == 255).any()
+
+
+def test_mmseg_aug_list_is_completed_with_the_voc_train_list(voc, shared_data):
+    root, lists = voc
+    sets = root / "VOC2012" / "ImageSets"
+    (sets / "SegmentationAug" / "train_aug.txt").unlink()
+    # mmseg's voc_aug.py writes SBD minus VOC trainval to ImageSets/Segmentation/aug.txt.
+    (sets / "Segmentation" / "aug.txt").write_text("".join(f"{i}\n" for i in VOC_SBD_ONLY))
+    # VOC-train ids must come from SegmentationClass: an SBD copy of one of them is not read.
+    aug_copy = root / "VOC2012" / "SegmentationClassAug" / "2011_000003.png"
+    aug_copy.write_bytes(b"not a png")
+    summaries = prepare_voc(
+        str(root), train_list=lists["train_list"], val_list=lists["val_list"], **QUIET
+    )
+    assert [(s.written, len(s.rejected)) for s in summaries] == [(9, 0), (17, 0)]
+    out = root / "VOC2012" / "annotations_detectron2" / "train"
+    for i in VOC_TRAIN + VOC_SBD_ONLY:
+        folder = "SegmentationClass" if i in VOC_TRAIN else "SegmentationClassAug"
+        original = read_png(shared_data / "voc" / "VOC2012" / folder / f"{i}.png")
+        np.testing.assert_array_equal(read_png(out / f"{i}.png"), expected_voc(original))
 
 
 def test_rerun_skips_finished_files(voc):

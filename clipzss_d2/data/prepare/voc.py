@@ -1,8 +1,9 @@
 """PASCAL VOC 2012 -> `VOC2012/annotations_detectron2/{train,val}` (ids 0..19, 255 ignore).
 
-Sources: `SegmentationClass` (palette PNGs) for val, and for train either SBD's
-`SegmentationClassAug` with the train_aug list (10,582 images, when present) or
-`SegmentationClass` with the official train list (1,464 images).
+Sources: `SegmentationClass` (palette PNGs) for val and for the 1,464 ids of the official train
+list; when SBD's `SegmentationClassAug` (palette or grayscale) is present, train is the 10,582-id
+train_aug list (DeepLab's `ImageSets/SegmentationAug/train_aug.txt`, or mmseg's
+`ImageSets/Segmentation/aug.txt` + train.txt) and its SBD-only ids take SBD labels.
 """
 
 import os
@@ -67,19 +68,28 @@ def voc_split_jobs(
     train_list = train_list or os.path.join(sets, "train.txt")
     val_list = val_list or os.path.join(sets, "val.txt")
     aug_dir = aug_dir or os.path.join(voc, "SegmentationClassAug")
-    aug_list = aug_list or os.path.join(voc, "ImageSets", "SegmentationAug", "train_aug.txt")
-    sbd_hint = SBD_HINT.format(aug=aug_dir, aug_list=aug_list)
+    deeplab_list = os.path.join(voc, "ImageSets", "SegmentationAug", "train_aug.txt")
+    mmseg_list = os.path.join(sets, "aug.txt")
+    sbd_hint = SBD_HINT.format(aug=aug_dir, aug_list=deeplab_list)
 
     if use_aug is None:
         use_aug = os.path.isdir(aug_dir)
     val_ids = read_id_list(val_list, "VOC val list", hint)
+    train_ids = read_id_list(train_list, "VOC train list", hint)
+    voc_train = set(train_ids)
+    lists = train_list
     if use_aug:
         require_dir(aug_dir, "SBD SegmentationClassAug folder", sbd_hint)
-        train_ids = read_id_list(aug_list, "VOC train_aug list", sbd_hint)
-        train_src, train_desc = (
-            aug_dir,
-            f"train = train_aug list ({len(train_ids)} ids, SBD labels)",
-        )
+        if aug_list or os.path.isfile(deeplab_list) or not os.path.isfile(mmseg_list):
+            # DeepLab's train_aug.txt: VOC train + SBD, without VOC val (10,582 ids).
+            aug_list = aug_list or deeplab_list
+            aug_ids = read_id_list(aug_list, "VOC train_aug list", sbd_hint)
+        else:
+            # mmseg's voc_aug.py writes aug.txt = SBD minus VOC trainval; train.txt completes it.
+            aug_list = mmseg_list
+            aug_ids = read_id_list(aug_list, "mmseg SBD aug list", sbd_hint)
+            aug_ids = train_ids + [i for i in aug_ids if i not in voc_train]
+        train_ids, lists = aug_ids, aug_list
         leaked = sorted(set(train_ids) & set(val_ids))
         if leaked:
             raise PrepareError(
@@ -87,29 +97,33 @@ def voc_split_jobs(
                 f"{val_list} (e.g. {', '.join(leaked[:5])}): training on them would leak the val "
                 f"set. Use the standard 10,582-id train_aug.txt."
             )
+        n_sbd = sum(i not in voc_train for i in train_ids)
+        train_desc = (
+            f"train = train_aug ({len(train_ids)} ids: {len(train_ids) - n_sbd} with VOC "
+            f"SegmentationClass labels, {n_sbd} with SBD SegmentationClassAug labels; list {aug_list})"
+        )
     else:
-        train_ids = read_id_list(train_list, "VOC train list", hint)
-        train_src, train_desc = seg, f"train = VOC train list ({len(train_ids)} ids; no SBD)"
+        train_desc = f"train = VOC train list ({len(train_ids)} ids; no SBD; list {train_list})"
 
     out = os.path.join(voc, "annotations_detectron2")
     result = {}
-    for split, ids, src_dir, desc, id_list in (
-        ("train", train_ids, train_src, train_desc, aug_list if use_aug else train_list),
-        ("val", val_ids, seg, f"val = VOC val list ({len(val_ids)} ids)", val_list),
+    for split, ids, desc, id_list in (
+        ("train", train_ids, train_desc, lists),
+        ("val", val_ids, f"val = VOC val list ({len(val_ids)} ids; list {val_list})", val_list),
     ):
         out_dir = os.path.join(out, split)
+        # VOC's own labels where they exist (val, and the train ids of the official list);
+        # SBD's for the other train_aug ids. For VOC ids the two are the same maps anyway.
         jobs = [
             Job(
                 key=i,
-                src=os.path.join(src_dir, i + ".png"),
+                src=os.path.join(seg if split == "val" or i in voc_train else aug_dir, i + ".png"),
                 image=os.path.join(images, i + ".jpg"),
                 dst=os.path.join(out_dir, i + ".png"),
             )
             for i in ids
         ]
-        check_sources_exist(
-            jobs, sbd_hint if src_dir == aug_dir else hint, f"for the ids in {id_list}"
-        )
+        check_sources_exist(jobs, sbd_hint if use_aug else hint, f"for the ids in {id_list}")
         result[split] = (jobs, out_dir, desc)
     return result
 
