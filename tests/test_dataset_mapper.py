@@ -202,6 +202,24 @@ def test_test_mode_keeps_full_ids(prepared_root):
     assert (out["height"], out["width"]) == read_png(record["sem_seg_file_name"]).shape
 
 
+def test_images_keep_their_stored_orientation(prepared_root, tmp_path):
+    record = dict(DatasetCatalog.get("voc20_zs_val")[0])
+    with Image.open(record["file_name"]) as img:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90": detectron2's read_image would turn the image
+        img.save(tmp_path / "tagged.jpg", exif=exif, quality=95)
+    record["file_name"] = str(tmp_path / "tagged.jpg")
+    cfg = make_cfg()
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    for mapper in (ZeroShotSemSegDatasetMapper(cfg, is_train=False), unaugmented_mapper(cfg)):
+        out = mapper(record)
+        assert (
+            out["image"].shape[1:]
+            == out["sem_seg"].shape
+            == read_png(record["sem_seg_file_name"]).shape
+        )
+
+
 def test_vocabulary_order_is_the_mapper_order(prepared_root):
     for name in ("voc20_zs_train", "coco_stuff171_zs_train", "pcontext59_zsb_train"):
         meta = MetadataCatalog.get(name)

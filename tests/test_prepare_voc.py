@@ -133,10 +133,12 @@ def test_rerun_skips_finished_files(voc):
     summaries = prepare_voc(str(root), **kwargs)
     assert [(s.written, s.skipped) for s in summaries] == [(0, 9), (0, 17)]
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*.png")} == before
-    # A deleted output is redone, alone.
+    # A deleted output is redone, alone; a killed run's temporary file is cleared away.
     (out / "val" / "2007_000129.png").unlink()
+    (out / "val" / ".tmp-2007_000129.png-x1y2.png").write_bytes(b"partial")
     summaries = prepare_voc(str(root), **kwargs)
     assert [(s.written, s.skipped) for s in summaries] == [(0, 9), (1, 16)]
+    assert not temp_files(root)
 
 
 def _val_only(root: Path, ids) -> dict:

@@ -17,6 +17,8 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
 from ..errors import UserInputError
 from ..vocabulary import prompt_names, seen_class_ids, unseen_class_ids
@@ -88,6 +90,17 @@ def seen_label_map(meta) -> np.ndarray:
         table[full_id] = seen_index
     table[ignore] = ignore
     return table
+
+
+def read_image_as_stored(path: str, image_format: str) -> np.ndarray:
+    """The image in its stored pixel orientation (EXIF rotation is NOT applied).
+
+    Label maps are drawn on the stored pixels and the prepare scripts check sizes against them;
+    detectron2's read_image would rotate the few photos that carry an EXIF orientation tag away
+    from their labels.
+    """
+    with PathManager.open(path, "rb") as f, Image.open(f) as img:
+        return utils.convert_PIL_to_numpy(img, image_format)
 
 
 class ZeroShotSemSegDatasetMapper:
@@ -246,7 +259,7 @@ class ZeroShotSemSegDatasetMapper:
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_as_stored(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         height, width = image.shape[:2]
 

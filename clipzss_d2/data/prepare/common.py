@@ -10,6 +10,7 @@ file and the run goes on, so one bad download is reported together with all the 
 
 import argparse
 import collections
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -255,6 +256,11 @@ def run_jobs(
         else:
             todo.append(job)
     os.makedirs(out_dir, exist_ok=True)
+    # Temporary files of a run that was killed (SIGKILL, power loss) before it could clean up.
+    for f in os.listdir(out_dir):
+        if f.startswith(".tmp-"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, f))
     run = functools.partial(_run_one, convert=convert)
     bar = tqdm(total=len(todo), desc=title, unit="img", dynamic_ncols=True, mininterval=0.5)
     with bar:
@@ -307,6 +313,13 @@ def run_cli(prepare: Callable[[], list[Summary]], root: str) -> int:
     """Run a prepare function: print its summaries; bad input -> message and exit status 2."""
     try:
         summaries = prepare()
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: finished files are kept and no partial file is left; run the same "
+            "command again to continue.",
+            file=sys.stderr,
+        )
+        return 130
     except PrepareError as e:
         print(
             f"error: {e}\n  (dataset root: {os.path.abspath(root)}; set it with --root or "
