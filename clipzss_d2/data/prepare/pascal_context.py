@@ -43,7 +43,7 @@ CONTEXT_HINT = (
     "PASCAL Context needs the VOC2010 images (VOCtrainval_03-May-2010.tar, "
     "http://host.robots.ox.ac.uk/pascal/VOC/voc2010/, extracted to {root}/VOCdevkit) and one "
     "label source: trainval.tar.gz from https://cs.stanford.edu/~roozbeh/pascal-context/ "
-    "extracted to {voc}/trainval (459-class .mat files), or mmseg's SegmentationClassContext "
+    "(its trainval/ folder of 459-class .mat files at {voc}/trainval, labels.txt beside it), or mmseg's SegmentationClassContext "
     "PNGs in {voc}/SegmentationClassContext, or the Detail API's trainval_merged.json at "
     "{voc}/trainval_merged.json (see datasets/README.md)."
 )
