@@ -1,0 +1,297 @@
+"""Dataset mapper of the inductive zero-shot protocol, and the training vocabulary it implies.
+
+Training labels are mapped to the *seen-index* space: full id -> position in
+`seen_class_ids(meta)`, unseen ids -> ignore. The model's training vocabulary is
+`get_training_vocabulary(DATASETS.TRAIN)`, in the same order, so the two agree by construction and
+unseen pixels and names never reach training.
+"""
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.utils.file_io import PathManager
+from PIL import Image
+
+from ..errors import UserInputError
+from ..vocabulary import prompt_names, seen_class_ids, unseen_class_ids
+from .label_io import read_label_map
+from .transforms import ColorAugSSD
+
+__all__ = ["ZeroShotSemSegDatasetMapper", "get_training_vocabulary", "shared_metadata"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetConfigError(UserInputError, ValueError):
+    """The configured datasets cannot be used together (or are not registered)."""
+
+
+def shared_metadata(dataset_names: Sequence[str]):
+    """Metadata of the first dataset, after checking all of them share one labelling."""
+    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    if not names:
+        raise DatasetConfigError("No dataset given: set DATASETS.TRAIN to a registered dataset.")
+    metas = []
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        if not meta.get("stuff_classes"):
+            raise DatasetConfigError(
+                f"Dataset {name!r} has no stuff_classes: is it registered (import clipzss_d2; "
+                f"names are listed in datasets/README.md)?"
+            )
+        metas.append(meta)
+
+    def signature(m):
+        return (
+            list(m.stuff_classes),
+            prompt_names(m),
+            sorted(m.get("unseen_classes", []) or []),
+            m.get("ignore_label", 255),
+        )
+
+    first = signature(metas[0])
+    for name, meta in zip(names[1:], metas[1:]):
+        if signature(meta) != first:
+            raise DatasetConfigError(
+                f"Datasets {names[0]!r} and {name!r} differ in classes, prompt names, unseen "
+                f"classes or ignore label; datasets trained together must share one class list "
+                f"and one seen/unseen split."
+            )
+    return metas[0]
+
+
+def get_training_vocabulary(dataset_names: Sequence[str]) -> list[str]:
+    """Prompt names of the seen classes, in the order of the training mapper's label ids."""
+    meta = shared_metadata(dataset_names)
+    names = prompt_names(meta)
+    return [names[i] for i in seen_class_ids(meta)]
+
+
+def seen_label_map(meta) -> np.ndarray:
+    """256-entry table: full id -> seen index, unseen ids and ignore -> ignore, others -> -1."""
+    ignore = meta.get("ignore_label", 255)
+    num_classes = len(meta.stuff_classes)
+    if num_classes >= 255 or ignore != 255:
+        raise DatasetConfigError(
+            f"Dataset {meta.name}: the mapper supports at most 254 classes with ignore_label 255 "
+            f"(got {num_classes} classes, ignore_label {ignore})."
+        )
+    table = np.full(256, -1, dtype=np.int16)
+    table[: len(meta.stuff_classes)] = ignore
+    for seen_index, full_id in enumerate(seen_class_ids(meta)):
+        table[full_id] = seen_index
+    table[ignore] = ignore
+    return table
+
+
+def read_image_as_stored(path: str, image_format: str) -> np.ndarray:
+    """The image in its stored pixel orientation (EXIF rotation is NOT applied).
+
+    Label maps are drawn on the stored pixels and the prepare scripts check sizes against them;
+    detectron2's read_image would rotate the few photos that carry an EXIF orientation tag away
+    from their labels.
+    """
+    with PathManager.open(path, "rb") as f, Image.open(f) as img:
+        return utils.convert_PIL_to_numpy(img, image_format)
+
+
+class ZeroShotSemSegDatasetMapper:
+    """Reads an image and its label map, augments both, and maps labels for the protocol.
+
+    Training: labels -> seen-index space (before any augmentation, so the crop's category-area
+    check never sees unseen labels), resize, crop, photometric jitter, flip, then padding to the
+    crop size / size divisibility (image with the pixel mean, labels with ignore).
+    Test: the image is resized as for inference; the label map keeps its full ids.
+    Output: image (CHW uint8 tensor in `image_format`), sem_seg (HW int64), height and width of
+    the original image, file_name.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: list,
+        image_format: str,
+        label_map: np.ndarray | None = None,
+        num_classes: int | None = None,
+        ignore_label: int = 255,
+        pad_to: tuple[int, int] | None = None,
+        size_divisibility: int = -1,
+        pad_value: Sequence[int] | int = 0,
+    ):
+        """
+        Args:
+            label_map: 256-entry table full id -> output id (-1 = must not occur); None keeps
+                the full ids.
+            num_classes: number of full classes; values >= it (other than ignore) are errors.
+            pad_to: minimum (height, width) after augmentation (training crop size).
+            size_divisibility: pad height and width up to a multiple of this (<= 0: off).
+            pad_value: image value of padded pixels (per channel or one value).
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.label_map = None if label_map is None else np.asarray(label_map, dtype=np.int16)
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.pad_to = tuple(pad_to) if pad_to else None
+        self.size_divisibility = size_divisibility
+        self.pad_value = pad_value
+        if self.label_map is not None:
+            out = self.label_map[(self.label_map >= 0) & (self.label_map != ignore_label)]
+            self.num_output_classes = int(out.max()) + 1 if out.size else 0
+        else:
+            self.num_output_classes = num_classes
+        mode = "training" if is_train else "inference"
+        logger.info(f"[ZeroShotSemSegDatasetMapper] {mode} augmentations: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        if is_train:
+            meta = shared_metadata(cfg.DATASETS.TRAIN)
+            ignore = meta.get("ignore_label", 255)
+            augs = [
+                T.ResizeShortestEdge(
+                    cfg.INPUT.MIN_SIZE_TRAIN,
+                    cfg.INPUT.MAX_SIZE_TRAIN,
+                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+                )
+            ]
+            pad_to = None
+            if cfg.INPUT.CROP.ENABLED:
+                augs.append(
+                    T.RandomCrop_CategoryAreaConstraint(
+                        cfg.INPUT.CROP.TYPE,
+                        cfg.INPUT.CROP.SIZE,
+                        cfg.INPUT.CROP.get("SINGLE_CATEGORY_MAX_AREA", 1.0),
+                        ignored_category=ignore,
+                    )
+                )
+                if cfg.INPUT.CROP.TYPE == "absolute":
+                    pad_to = tuple(cfg.INPUT.CROP.SIZE)
+            if cfg.INPUT.get("COLOR_AUG_SSD", False):
+                augs.append(ColorAugSSD(cfg.INPUT.FORMAT))
+            if cfg.INPUT.RANDOM_FLIP != "none":
+                augs.append(
+                    T.RandomFlip(
+                        horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                        vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+                    )
+                )
+            n_seen, n_unseen = len(seen_class_ids(meta)), len(unseen_class_ids(meta))
+            logger.info(
+                f"Training labels of {list(cfg.DATASETS.TRAIN)}: {n_seen} seen classes -> ids "
+                f"0..{n_seen - 1}; {n_unseen} unseen classes -> ignore ({ignore})."
+            )
+            mean = cfg.MODEL.PIXEL_MEAN
+            return {
+                "is_train": True,
+                "augmentations": augs,
+                "image_format": cfg.INPUT.FORMAT,
+                "label_map": seen_label_map(meta),
+                "num_classes": len(meta.stuff_classes),
+                "ignore_label": ignore,
+                "pad_to": pad_to,
+                "size_divisibility": cfg.INPUT.get("SIZE_DIVISIBILITY", -1),
+                "pad_value": [int(round(v)) for v in mean] if len(mean) > 1 else int(mean[0]),
+            }
+        augs = []
+        if cfg.INPUT.MIN_SIZE_TEST > 0:
+            augs.append(
+                T.ResizeShortestEdge(
+                    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, sample_style="choice"
+                )
+            )
+        return {"is_train": False, "augmentations": augs, "image_format": cfg.INPUT.FORMAT}
+
+    # ------------------------------------------------------------------------------------------
+
+    def _load_labels(self, path: str) -> np.ndarray:
+        sem_seg = read_label_map(path)
+        if sem_seg.ndim != 2:
+            raise ValueError(f"{path}: label map has shape {sem_seg.shape}, expected H x W")
+        present = np.flatnonzero(np.bincount(sem_seg.ravel().astype(np.int64)))
+        if self.label_map is not None:
+            bad = [int(v) for v in present if v >= len(self.label_map) or self.label_map[v] < 0]
+        elif self.num_classes is not None:
+            bad = [int(v) for v in present if v >= self.num_classes and v != self.ignore_label]
+        else:
+            bad = [int(v) for v in present if v > 255]
+        if bad:
+            raise ValueError(
+                f"{path} holds label ids {bad[:10]} outside 0..{self.num_classes - 1 if self.num_classes else 254} "
+                f"and {self.ignore_label}: was it prepared with datasets/prepare_*.py for this dataset?"
+            )
+        if self.label_map is not None:
+            return self.label_map[sem_seg].astype(np.uint8)
+        return sem_seg.astype(np.uint8)
+
+    def _pad(self, image: np.ndarray, sem_seg: np.ndarray | None):
+        h, w = image.shape[:2]
+        th, tw = h, w
+        if self.pad_to is not None:
+            th, tw = max(th, self.pad_to[0]), max(tw, self.pad_to[1])
+        if self.size_divisibility > 0:
+            d = self.size_divisibility
+            th, tw = math.ceil(th / d) * d, math.ceil(tw / d) * d
+        if (th, tw) == (h, w):
+            return image, sem_seg
+        fill = np.asarray(self.pad_value, dtype=np.float64)
+        if image.ndim == 2 or fill.size not in (1, image.shape[2]):
+            fill = fill.mean()  # e.g. a grayscale INPUT.FORMAT with a 3-channel PIXEL_MEAN
+        padded = np.empty((th, tw) + image.shape[2:], dtype=image.dtype)
+        padded[...] = np.rint(fill).astype(image.dtype)
+        padded[:h, :w] = image
+        if sem_seg is not None:
+            seg = np.full((th, tw), self.ignore_label, dtype=sem_seg.dtype)
+            seg[:h, :w] = sem_seg
+            sem_seg = seg
+        return padded, sem_seg
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image_as_stored(dataset_dict["file_name"], self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        height, width = image.shape[:2]
+
+        sem_seg = None
+        if "sem_seg_file_name" in dataset_dict:
+            sem_seg = self._load_labels(dataset_dict["sem_seg_file_name"])
+            if sem_seg.shape != (height, width):
+                raise ValueError(
+                    f"{dataset_dict['sem_seg_file_name']} is {sem_seg.shape[1]}x{sem_seg.shape[0]} "
+                    f"but its image {dataset_dict['file_name']} is {width}x{height}"
+                )
+        elif self.is_train:
+            raise ValueError(f"Training record of {dataset_dict['file_name']} has no label map")
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        self.augmentations(aug_input)
+        image, sem_seg = aug_input.image, aug_input.sem_seg
+        if self.is_train:
+            image, sem_seg = self._pad(image, sem_seg)
+
+        if self.is_train and self.num_output_classes is not None:
+            bad = (sem_seg != self.ignore_label) & (sem_seg >= self.num_output_classes)
+            if bad.any():  # an explicit check, not `assert`: it must survive python -O
+                raise RuntimeError(
+                    f"Mapper produced label ids outside the {self.num_output_classes} seen classes "
+                    f"for {dataset_dict['file_name']}: {np.unique(sem_seg[bad]).tolist()}"
+                )
+
+        if image.ndim == 2:
+            image = image[:, :, None]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype(np.int64))
+        dataset_dict["height"], dataset_dict["width"] = height, width
+        return dataset_dict

@@ -1,0 +1,340 @@
+"""Shared machinery of the dataset prepare scripts.
+
+A conversion is a list of jobs (one output PNG each) and a per-job function that returns the
+label map or raises `LabelRejected` with a reason. `run_jobs` skips outputs that already exist
+(writes are atomic, so an existing file is a finished one), runs the rest in a process pool with
+a progress bar, and collects a summary. Problems with the input *as a whole* (missing folders,
+lists, files) raise `PrepareError` before any work starts; problems with one file reject that
+file and the run goes on, so one bad download is reported together with all the others.
+"""
+
+import argparse
+import collections
+import contextlib
+import functools
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ...errors import UserInputError
+from ...utils.io import atomic_write_path
+
+IGNORE = 255
+# Exit statuses of the prepare CLIs.
+EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class PrepareError(UserInputError):
+    """The input as a whole cannot be converted; the message says what is wrong and what to do."""
+
+
+class LabelRejected(Exception):
+    """One label file cannot be converted; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str  # image id, used in messages
+    dst: str  # output PNG
+    src: str | None = None  # label source file
+    image: str | None = None  # image whose size the label must match
+    payload: Any = None  # source data passed in memory (e.g. decoded from a JSON)
+
+
+@dataclass
+class Summary:
+    title: str
+    out_dir: str
+    written: int = 0
+    skipped: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    stale: int = 0  # PNGs in out_dir that no job produces (left by a run with another list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected
+
+    def report(self, max_reasons: int = 20) -> str:
+        lines = [
+            f"{self.title}: {self.written} written, {self.skipped} skipped (already done), "
+            f"{len(self.rejected)} rejected -> {self.out_dir}"
+        ]
+        for key, reason in sorted(self.rejected)[:max_reasons]:
+            lines.append(f"  rejected {key}: {reason}")
+        if len(self.rejected) > max_reasons:
+            lines.append(f"  ... and {len(self.rejected) - max_reasons} more rejected files")
+        if self.stale:
+            lines.append(
+                f"  note: {self.stale} other PNG(s) in {self.out_dir} are not in this run's list "
+                f"(left by an earlier run with another list?); the dataset loader reads every PNG "
+                f"there, so delete the folder and run again if they do not belong"
+            )
+        return "\n".join(lines)
+
+
+# ---- input checks --------------------------------------------------------------------------
+
+
+def require_dir(path: str, what: str, hint: str) -> str:
+    if not os.path.isdir(path):
+        raise PrepareError(f"{what} not found: {path}\n  {hint}")
+    return path
+
+
+def require_file(path: str, what: str, hint: str) -> str:
+    if not os.path.isfile(path):
+        raise PrepareError(f"{what} not found: {path}\n  {hint}")
+    return path
+
+
+def read_id_list(path: str, what: str, hint: str) -> list[str]:
+    """Image ids of a split list: one per line; "/JPEGImages/x.jpg /Seg.../x.png" lines give x."""
+    require_file(path, what, hint)
+    ids = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            tokens = line.split()
+            if tokens:
+                ids.append(os.path.splitext(os.path.basename(tokens[0]))[0])
+    if not ids:
+        raise PrepareError(f"{what} is empty: {path}\n  {hint}")
+    counts = collections.Counter(ids)
+    if len(counts) != len(ids):
+        dup = sorted(i for i, n in counts.items() if n > 1)[:5]
+        raise PrepareError(f"{what} lists some ids twice ({', '.join(dup)}): {path}\n  {hint}")
+    return ids
+
+
+def check_sources_exist(
+    jobs: Sequence[Job], hint: str, origin: str = "listed for conversion"
+) -> None:
+    """Every job's source and image must exist before any work starts."""
+    missing = []
+    for job in jobs:
+        for path in (job.src, job.image):
+            if path is not None and not os.path.isfile(path):
+                missing.append(path)
+    if missing:
+        shown = "\n    ".join(missing[:10])
+        more = f"\n    ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise PrepareError(
+            f"{len(missing)} input file(s) {origin} do not exist:\n    {shown}{more}\n  {hint}"
+        )
+
+
+# ---- per-file reading and checks (these raise LabelRejected) --------------------------------
+
+
+def open_label_png(path: str, modes: Sequence[str]) -> np.ndarray:
+    """Decode an index PNG fully (a truncated file fails here, not later) and check its mode."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            array = np.asarray(img)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error ...
+        raise LabelRejected(
+            f"{path} cannot be decoded ({type(e).__name__}: {e}); the file is truncated or "
+            f"corrupt: extract it again from the original archive"
+        ) from None
+    if mode not in modes:
+        raise LabelRejected(
+            f"{path} has image mode {mode}, expected {' or '.join(modes)} (class indices, one "
+            f"channel): a colour rendering of the labels cannot be converted; use the original file"
+        )
+    return array
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image, read from its header."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception as e:
+        raise LabelRejected(
+            f"image {path} cannot be read ({type(e).__name__}: {e}); extract it again"
+        ) from None
+    return h, w
+
+
+def check_same_size(label: np.ndarray, label_path: str, image_path: str | None) -> None:
+    if label.ndim != 2:
+        raise LabelRejected(f"{label_path} has shape {label.shape}, expected a 2-D label map")
+    if image_path is None:
+        return
+    h, w = image_size(image_path)
+    if label.shape != (h, w):
+        raise LabelRejected(
+            f"size mismatch: {label_path} is {label.shape[1]}x{label.shape[0]} but image "
+            f"{image_path} is {w}x{h} (width x height); the label belongs to another image or "
+            f"was resized: extract both from the original archives"
+        )
+
+
+def lookup_table(mapping: dict[int, int], size: int) -> np.ndarray:
+    """Dense table value -> output id; -1 marks values that must not occur."""
+    lut = np.full(size, -1, dtype=np.int16)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut
+
+
+def apply_lookup(label: np.ndarray, lut: np.ndarray, path: str, expected: str, hint: str = ""):
+    """Map every value through `lut`; reject the file if it holds a value the table lacks."""
+    if not np.issubdtype(label.dtype, np.integer):
+        raise LabelRejected(f"{path} holds {label.dtype} values, expected integer class ids")
+    if label.size and int(label.min()) < 0:
+        raise LabelRejected(f"{path} holds negative values, expected {expected}")
+    present = np.flatnonzero(np.bincount(label.ravel().astype(np.int64)))
+    bad = [int(v) for v in present if v >= len(lut) or lut[v] < 0]
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise LabelRejected(f"{path} holds values {shown} outside the expected {expected}{hint}")
+    return lut[label].astype(np.uint8)
+
+
+def write_label_png(label: np.ndarray, dst: str) -> None:
+    """Single-channel 8-bit PNG, written under a temporary name and renamed when complete."""
+    assert label.dtype == np.uint8 and label.ndim == 2
+    with atomic_write_path(dst) as tmp:
+        Image.fromarray(label).save(tmp, format="PNG")
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+
+def _run_one(job: Job, convert: Callable[[Job], np.ndarray]) -> tuple[str, str, str]:
+    try:
+        label = convert(job)
+    except LabelRejected as e:
+        return "rejected", job.key, e.reason
+    write_label_png(label, job.dst)
+    return "written", job.key, ""
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def run_jobs(
+    jobs: Iterable[Job],
+    convert: Callable[[Job], np.ndarray],
+    *,
+    title: str,
+    out_dir: str,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> Summary:
+    """Convert every job whose output is missing (all of them with `overwrite`).
+
+    `convert` must be a module-level function (it is sent to worker processes).
+    """
+    summary = Summary(title=title, out_dir=out_dir)
+    jobs = list(jobs)
+    todo = []
+    if os.path.isdir(out_dir):
+        expected = {os.path.basename(job.dst) for job in jobs}
+        summary.stale = sum(
+            1
+            for f in os.listdir(out_dir)
+            if f.endswith(".png") and not f.startswith(".") and f not in expected
+        )
+    for job in jobs:
+        if not overwrite and os.path.isfile(job.dst):
+            summary.skipped += 1
+        else:
+            todo.append(job)
+    os.makedirs(out_dir, exist_ok=True)
+    # Temporary files of a run that was killed (SIGKILL, power loss) before it could clean up.
+    for f in os.listdir(out_dir):
+        if f.startswith(".tmp-"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, f))
+    run = functools.partial(_run_one, convert=convert)
+    bar = tqdm(total=len(todo), desc=title, unit="img", dynamic_ncols=True, mininterval=0.5)
+    with bar:
+        if workers > 1 and len(todo) > 1:
+            chunk = max(1, min(32, len(todo) // (workers * 8)))
+            with multiprocessing.Pool(min(workers, len(todo))) as pool:
+                results = pool.imap_unordered(run, todo, chunksize=chunk)
+                _collect(results, summary, bar)
+        else:
+            _collect(map(run, todo), summary, bar)
+    return summary
+
+
+def _collect(results, summary: Summary, bar) -> None:
+    for status, key, reason in results:
+        if status == "written":
+            summary.written += 1
+        else:
+            summary.rejected.append((key, reason))
+        bar.update(1)
+
+
+# ---- CLI helpers -----------------------------------------------------------------------------
+
+
+def default_root() -> str:
+    return os.getenv("DETECTRON2_DATASETS", "datasets")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root",
+        default=default_root(),
+        help="dataset root (default: $DETECTRON2_DATASETS or ./datasets; now %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="worker processes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="convert again even where the output file exists (default: skip finished files)",
+    )
+
+
+def run_cli(prepare: Callable[[], list[Summary]], root: str) -> int:
+    """Run a prepare function: print its summaries; bad input -> message and exit status 2."""
+    try:
+        summaries = prepare()
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: finished files are kept and no partial file is left; run the same "
+            "command again to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    except PrepareError as e:
+        print(
+            f"error: {e}\n  (dataset root: {os.path.abspath(root)}; set it with --root or "
+            f"$DETECTRON2_DATASETS)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    print("\nSummary", flush=True)
+    for s in summaries:
+        print(s.report(), flush=True)
+    if all(s.ok for s in summaries):
+        return EXIT_OK
+    print(
+        "\nSome files were rejected (reasons above). Their outputs were not written; fix or "
+        "re-download those files and run the same command again (finished files are skipped).",
+        file=sys.stderr,
+    )
+    return EXIT_REJECTED
