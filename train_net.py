@@ -14,7 +14,11 @@ from collections import OrderedDict
 import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -89,6 +93,12 @@ class Trainer(DefaultTrainer):
         return build_detection_train_loader(
             cfg, mapper=ZeroShotSemSegDatasetMapper(cfg, is_train=True)
         )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # Images are read as stored (no EXIF rotation), exactly like their label maps.
+        mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -19,7 +19,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..vocabulary import parse_vocabulary, prompt_names, seen_class_ids
+from ..data import get_training_vocabulary
+from ..vocabulary import parse_vocabulary, prompt_names
 from .embedding_head import build_embedding_head
 from .glm import GlobalLearningModule
 from .losses import segmentation_losses
@@ -28,18 +29,6 @@ from .teacher import CLIPTeacher, TeacherOutput
 from .text_classifier import TextClassifier, build_text_classifier
 
 logger = logging.getLogger(__name__)
-
-
-def training_vocabulary(dataset_names: Sequence[str]) -> list[str]:
-    """Prompt names of the seen classes, in the order of the training mapper's label ids."""
-    vocabularies = []
-    for name in dataset_names:
-        meta = MetadataCatalog.get(name)
-        names = prompt_names(meta)
-        vocabularies.append([names[i] for i in seen_class_ids(meta)])
-    if any(v != vocabularies[0] for v in vocabularies[1:]):
-        raise ValueError(f"Training datasets {list(dataset_names)} do not share one class list.")
-    return vocabularies[0] if vocabularies else []
 
 
 @META_ARCH_REGISTRY.register()
@@ -127,7 +116,9 @@ class CLIPZSS(nn.Module):
             "backbone": backbone,
             "embedding_head": build_embedding_head(cfg, backbone.output_shape()),
             "text_classifier": build_text_classifier(cfg),
-            "train_vocabulary": training_vocabulary(cfg.DATASETS.TRAIN),
+            "train_vocabulary": (
+                get_training_vocabulary(cfg.DATASETS.TRAIN) if cfg.DATASETS.TRAIN else []
+            ),
             "test_vocabulary": test_vocabulary,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,

@@ -1,0 +1,53 @@
+"""Every shipped YAML loads and builds a model (tiny widths, random CLIP: no downloads)."""
+
+from pathlib import Path
+
+import pytest
+from detectron2.modeling import build_model
+
+from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2.modeling import CLIPZSS
+
+from .helpers import TINY_MODEL_OPTS
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def test_configs_are_found():
+    names = {p.name for p in CONFIGS}
+    assert {"Base-CLIPZSS.yaml", "voc.yaml", "coco_stuff.yaml", "pascal_context.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_config_loads_and_builds(path):
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(str(path))
+    published = (tuple(cfg.DATASETS.TRAIN), tuple(cfg.DATASETS.TEST), cfg.SOLVER.MAX_ITER)
+    keep = cfg.MODEL.BACKBONE.NAME  # tiny widths for ResNets only; other backbones as configured
+    if keep == "build_resnet_deeplab_backbone":
+        cfg.merge_from_list(TINY_MODEL_OPTS)
+    else:
+        cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    assert isinstance(model, CLIPZSS)
+    assert (tuple(cfg.DATASETS.TRAIN), tuple(cfg.DATASETS.TEST), cfg.SOLVER.MAX_ITER) == published
+    if cfg.DATASETS.TRAIN:
+        assert model.train_vocabulary, "training vocabulary comes from the train dataset"
+
+
+@pytest.mark.parametrize(
+    "name,iters,train,test",
+    [
+        ("voc.yaml", 20000, "voc20_zs_train", "voc20_zs_val"),
+        ("coco_stuff.yaml", 80000, "coco_stuff171_zs_train", "coco_stuff171_zs_val"),
+        ("pascal_context.yaml", 40000, "pcontext59_zs_train", "pcontext59_zs_val"),
+    ],
+)
+def test_published_schedules(name, iters, train, test):
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(str(CONFIG_DIR / name))
+    assert cfg.SOLVER.MAX_ITER == iters and cfg.SOLVER.IMS_PER_BATCH == 16
+    assert tuple(cfg.INPUT.CROP.SIZE) == (512, 512) and cfg.SOLVER.OPTIMIZER == "ADAMW"
+    assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR"
+    assert cfg.DATASETS.TRAIN == (train,) and cfg.DATASETS.TEST == (test,)
