@@ -87,6 +87,10 @@ class Trainer(DefaultTrainer):
         if not (resume and self.checkpointer.has_checkpoint()):
             resolve_model_weights(self.cfg.MODEL.WEIGHTS)  # clear error before a long start-up
         super().resume_or_load(resume=resume)
+        # A checkpoint restores the scheduler's whole state, schedule length included; the
+        # config must win so a run can be extended (--resume with a larger SOLVER.MAX_ITER).
+        if hasattr(self.scheduler, "max_iters"):
+            self.scheduler.max_iters = self.cfg.SOLVER.MAX_ITER
 
     @classmethod
     def build_train_loader(cls, cfg):
