@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
@@ -27,7 +28,7 @@ from .config import get_clipzss_cfg
 from .errors import UserInputError
 from .modeling.meta_arch import CLIPZSS
 from .utils.weights import resolve_model_weights
-from .vocabulary import display_name, parse_vocabulary
+from .vocabulary import display_name, parse_vocabulary, prompt_names
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,50 @@ class SegmentationResult:
             name = "unlabelled" if i == self.unlabelled_id else names[i]
             fractions[name] = c / total
         return fractions
+
+
+def read_vocabulary_file(path: str) -> list[str]:
+    """Classes from a text file, one per line ("a|b" synonyms); blank and "#" lines skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError:
+        raise UserInputError(f"Vocabulary file {path}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(
+            f"Vocabulary file {path} cannot be read as UTF-8 text ({e})."
+        ) from None
+    names = [line for line in lines if line and not line.startswith("#")]
+    if not names:
+        raise UserInputError(f"Vocabulary file {path} holds no class names.")
+    try:
+        return parse_vocabulary(names)
+    except UserInputError as e:
+        raise UserInputError(f"Vocabulary file {path}: {e}") from None
+
+
+@dataclass
+class DatasetVocabulary:
+    """The classes of a registered dataset, read from its metadata (no files on disk needed)."""
+
+    entries: list[str]  # names given to CLIP (prompt_names, "a|b" synonyms)
+    class_names: list[str]  # stuff_classes, for display
+    colors: list | None  # stuff_colors when the dataset defines them
+
+
+def dataset_vocabulary(name: str) -> DatasetVocabulary:
+    known = sorted(n for n in MetadataCatalog.list() if MetadataCatalog.get(n).get("stuff_classes"))
+    if name not in known:
+        raise UserInputError(
+            f"{name!r} is not a registered dataset with class names. Registered: "
+            f"{', '.join(known) if known else 'none'}."
+        )
+    meta = MetadataCatalog.get(name)
+    return DatasetVocabulary(
+        entries=parse_vocabulary(prompt_names(meta)),
+        class_names=list(meta.stuff_classes),
+        colors=meta.get("stuff_colors", None),
+    )
 
 
 class _StudentCheckpointer(DetectionCheckpointer):

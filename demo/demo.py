@@ -41,7 +41,6 @@ for path in (str(Path(__file__).resolve().parent), str(ROOT)):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -49,9 +48,14 @@ from visualization import class_colors, legend_font_size, render  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
-from clipzss_d2.predictor import OpenVocabularyPredictor, SegmentationResult  # noqa: E402
+from clipzss_d2.predictor import (  # noqa: E402
+    OpenVocabularyPredictor,
+    SegmentationResult,
+    dataset_vocabulary,
+    read_vocabulary_file,
+)
 from clipzss_d2.utils.io import atomic_write_path  # noqa: E402
-from clipzss_d2.vocabulary import display_name, parse_vocabulary, prompt_names  # noqa: E402
+from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
 
 try:  # the EXIF handling of detectron2.data.detection_utils.read_image
     from detectron2.data.detection_utils import _apply_exif_orientation
@@ -117,37 +121,11 @@ def read_vocabulary(args) -> tuple[list[str] | None, list[str] | None, list | No
         entries = parse_vocabulary(args.vocab)
         return entries, [display_name(e) for e in entries], None
     if args.vocab_file is not None:
-        try:
-            with open(args.vocab_file, encoding="utf-8") as f:
-                lines = [line.strip() for line in f]
-        except FileNotFoundError:
-            raise UserInputError(f"--vocab-file {args.vocab_file}: no such file.") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserInputError(
-                f"--vocab-file {args.vocab_file} cannot be read as UTF-8 text ({e})."
-            ) from None
-        names = [line for line in lines if line and not line.startswith("#")]
-        if not names:
-            raise UserInputError(f"--vocab-file {args.vocab_file} holds no class names.")
-        try:
-            entries = parse_vocabulary(names)
-        except UserInputError as e:
-            raise UserInputError(f"--vocab-file {args.vocab_file}: {e}") from None
+        entries = read_vocabulary_file(args.vocab_file)
         return entries, [display_name(e) for e in entries], None
     if args.vocab_dataset is not None:
-        name = args.vocab_dataset
-        known = sorted(
-            n for n in MetadataCatalog.list() if MetadataCatalog.get(n).get("stuff_classes")
-        )
-        if name not in known:
-            listing = ", ".join(known) if known else "none"
-            raise UserInputError(
-                f"--vocab-dataset {name!r} is not a registered dataset with class names. "
-                f"Registered: {listing}."
-            )
-        meta = MetadataCatalog.get(name)
-        entries = parse_vocabulary(prompt_names(meta))
-        return entries, list(meta.stuff_classes), meta.get("stuff_colors", None)
+        vocab = dataset_vocabulary(args.vocab_dataset)
+        return vocab.entries, vocab.class_names, vocab.colors
     return None, None, None
 
 
