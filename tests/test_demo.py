@@ -352,11 +352,26 @@ def test_video_file(tiny, capsys, tmp_path):
     assert frames[0][1] > 64  # legend panel beside the frame
     assert no_temp_files(out)
 
+    code, _, err = run_demo(
+        tiny, capsys, "--video-input", str(tmp_path / "gone.mp4"), "--output", str(out)
+    )
+    assert code == 1 and "gone.mp4: no such file" in err
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(os.urandom(1000))
     code, _, err = run_demo(tiny, capsys, "--video-input", str(broken), "--output", str(out))
     assert code == 1 and "broken.mp4" in err
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"]
+
+
+def test_webcam_that_cannot_be_opened(tiny, capsys, tmp_path):
+    probe = cv2.VideoCapture(0)
+    present = probe.isOpened()
+    probe.release()
+    if present:
+        pytest.skip("a webcam is attached; this test checks the message when there is none")
+    code, _, err = run_demo(tiny, capsys, "--webcam", "--output", str(tmp_path / "cam.mp4"))
+    assert code == 1 and "cannot open webcam 0" in err
+    assert not (tmp_path / "cam.mp4").exists()
 
 
 # -- a real process: the exit code a shell sees ----------------------------------------------------
