@@ -89,6 +89,7 @@ def add_clipzss_config(cfg):
     z.INFERENCE.SLIDE_STRIDE = 341
     z.INFERENCE.FLIP = False  # test-time horizontal flip averaging
     z.INFERENCE.SCALES = [1.0]  # test-time multi-scale factors
+    z.INFERENCE.SLIDE_BATCH_SIZE = 8  # windows per forward pass in slide mode; 0 = all at once
 
     # detectron2's Swin (MODEL.BACKBONE.NAME "build_clipzss_swin_backbone"), Swin-T defaults.
     cfg.MODEL.SWIN = CN()

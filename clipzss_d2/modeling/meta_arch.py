@@ -23,6 +23,7 @@ from ..data import get_training_vocabulary
 from ..vocabulary import parse_vocabulary, prompt_names
 from .embedding_head import build_embedding_head
 from .glm import GlobalLearningModule
+from .inference import TestTimeInference
 from .losses import segmentation_losses
 from .plm import PixelLearningModule
 from .teacher import CLIPTeacher, TeacherOutput
@@ -57,6 +58,7 @@ class CLIPZSS(nn.Module):
         teacher_factory=None,
         loss_weights: dict | None = None,
         loss_resolution: str = "feature",
+        test_time: TestTimeInference | None = None,
     ):
         """
         Args:
@@ -67,6 +69,8 @@ class CLIPZSS(nn.Module):
             loss_weights: keyword arguments of `segmentation_losses` (CE, focal, dice weights).
             loss_resolution: "feature" (labels downsampled to the logits) or "input" (logits
                 upsampled to the labels).
+            test_time: how inference computes logits (whole / sliding window, flip, scales);
+                default one whole-image pass.
         """
         super().__init__()
         self.backbone = backbone
@@ -98,6 +102,7 @@ class CLIPZSS(nn.Module):
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
         # model.train() never flips it out of eval mode.
         self.__dict__["_teacher"] = None
+        self.test_time = test_time or TestTimeInference()
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -140,6 +145,7 @@ class CLIPZSS(nn.Module):
                 "dice_weight": z.LOSS.DICE_WEIGHT,
             },
             "loss_resolution": z.LOSS.RESOLUTION,
+            "test_time": TestTimeInference.from_config(cfg),
         }
 
     @property
@@ -250,19 +256,27 @@ class CLIPZSS(nn.Module):
 
     @torch.no_grad()
     def inference(self, images: ImageList, batched_inputs):
+        """Per-image K x height x width logits over the active vocabulary (`sem_seg`).
+
+        Whole-image, sliding-window, flip and multi-scale inference follow `self.test_time`
+        (MODEL.CLIPZSS.INFERENCE); logits are resized to each input's "height"/"width".
+        """
         if self._vocabulary is None:
             raise ValueError(
                 "No vocabulary to predict: set DATASETS.TEST, MODEL.CLIPZSS.TEST_VOCABULARY, "
                 "or call model.set_vocabulary([...])."
             )
         text = self.text_embeddings(self._vocabulary)
-        logits = self.classify(self.embed(images.tensor), text)
-        logits = F.interpolate(
-            logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
+
+        def logits_fn(x: torch.Tensor) -> torch.Tensor:
+            return self.classify(self.embed(x), text)
+
+        logits = self.test_time(logits_fn, images, self.size_divisibility)
         results = []
         for logit, image_size, inputs in zip(logits, images.image_sizes, batched_inputs):
             height = inputs.get("height", image_size[0])
             width = inputs.get("width", image_size[1])
-            results.append({"sem_seg": sem_seg_postprocess(logit, image_size, height, width)})
+            if (height, width) != tuple(logit.shape[-2:]):
+                logit = sem_seg_postprocess(logit, image_size, height, width)
+            results.append({"sem_seg": logit})
         return results

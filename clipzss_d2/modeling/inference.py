@@ -1,0 +1,277 @@
+"""How the student is run at test time: whole image, sliding window, flip and multi-scale.
+
+This lives in the model rather than in a predictor so that evaluation (train_net), the demo, the
+benchmark and the exported model all predict the same way. Everything is batched tensor work: the
+windows of an image (and of its flipped copy) are stacked into one batch, overlaps are averaged
+with a per-pixel window count, and the only Python loops run over windows, scales and images.
+
+All strategies average *logits* (scale x cosine similarity), so ``sem_seg`` keeps the same units
+whatever the mode and a softmax of it stays comparable between modes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import ImageList
+from torch import nn
+
+# normalised N x 3 x h x w batch (h, w divisible by the model's size divisibility)
+#   -> N x K x h' x w' logits at the model's output stride
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+INFERENCE_MODES = ("whole", "slide")
+
+
+def pad_to_divisible(images: torch.Tensor, divisibility: int) -> torch.Tensor:
+    """Zero-pad bottom/right like ImageList.from_tensors (zero = the mean colour once normalised)."""
+    if divisibility <= 1:
+        return images
+    h, w = images.shape[-2:]
+    pad_h = (divisibility - h % divisibility) % divisibility
+    pad_w = (divisibility - w % divisibility) % divisibility
+    return F.pad(images, (0, pad_w, 0, pad_h))
+
+
+def dense_logits(
+    logits_fn: LogitsFn, images: torch.Tensor, size_divisibility: int = 0
+) -> torch.Tensor:
+    """N x K x H x W logits at the size of `images` (N x 3 x H x W, already normalised).
+
+    Upsamples to the padded size, then crops, exactly as detectron2 semantic segmentors do, so
+    a padded batch and a single unpadded image give the same logits on the image area.
+    """
+    h, w = images.shape[-2:]
+    padded = pad_to_divisible(images, size_divisibility)
+    logits = logits_fn(padded)
+    logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+    return logits[..., :h, :w]
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window offsets along one axis; the last window is shifted back to end at the border.
+
+    Every pixel is covered at least once when stride <= crop; an axis no longer than the crop
+    gets one window of the axis' size.
+    """
+    if size <= crop:
+        return [0]
+    num = math.ceil((size - crop) / stride) + 1
+    return sorted({min(i * stride, size - crop) for i in range(num)})
+
+
+def slide_logits(
+    logits_fn: LogitsFn,
+    images: torch.Tensor,
+    crop: tuple[int, int],
+    stride: tuple[int, int],
+    size_divisibility: int = 0,
+    batch_size: int = 0,
+) -> torch.Tensor:
+    """Sliding-window logits (N x K x H x W) for same-sized images (N x 3 x H x W).
+
+    Windows of all N images are stacked and run `batch_size` at a time (0 = all at once);
+    overlapping predictions are averaged by the number of windows covering each pixel.
+    """
+    n, _, height, width = images.shape
+    ch, cw = min(crop[0], height), min(crop[1], width)
+    boxes = [
+        (y, x)
+        for y in window_starts(height, ch, stride[0])
+        for x in window_starts(width, cw, stride[1])
+    ]
+    # (windows x N) x 3 x ch x cw, window-major so that one box's N crops are contiguous
+    crops = torch.stack([images[:, :, y : y + ch, x : x + cw] for y, x in boxes]).flatten(0, 1)
+    count = images.new_zeros(1, 1, height, width)
+    for y, x in boxes:
+        count[..., y : y + ch, x : x + cw] += 1
+
+    chunk = len(crops) if batch_size <= 0 else max(batch_size, 1)
+    out = None
+    for start in range(0, len(crops), chunk):
+        logits = dense_logits(logits_fn, crops[start : start + chunk], size_divisibility)
+        if out is None:
+            out = logits.new_zeros(n, logits.shape[1], height, width)
+        for j in range(len(logits)):
+            box, image = divmod(start + j, n)
+            y, x = boxes[box]
+            out[image, :, y : y + ch, x : x + cw] += logits[j]
+    return out / count.to(out.dtype)
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(
+        image[None], size=size, mode="bilinear", align_corners=False, antialias=shrink
+    )[0]
+
+
+@dataclass
+class TestTimeInference:
+    """MODEL.CLIPZSS.INFERENCE: how logits are computed from a preprocessed ImageList.
+
+    mode: "whole" (the padded batch in one pass) or "slide" (crop x crop windows every stride
+        pixels, for images much larger than the training crop).
+    flip: also run the horizontally flipped image and average (detectron2's TTA idea, inside
+        the model so the evaluator benefits).
+    scales: resize factors applied to the (already test-resized) image; logits are brought
+        back to its size and averaged.
+    slide_batch_size: windows per forward pass in slide mode (0 = all windows of an image).
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    mode: str = "whole"
+    crop: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    slide_batch_size: int = 0
+
+    def __post_init__(self):
+        self.crop = _pair(self.crop)
+        self.stride = _pair(self.stride)
+        self.scales = tuple(float(s) for s in self.scales)
+        key = "MODEL.CLIPZSS.INFERENCE"
+        if self.mode not in INFERENCE_MODES:
+            raise ValueError(f"{key}.MODE must be one of {INFERENCE_MODES}, got {self.mode!r}.")
+        if min(self.crop) <= 0 or min(self.stride) <= 0:
+            raise ValueError(
+                f"{key}.SLIDE_CROP and SLIDE_STRIDE must be positive, got {self.crop} and "
+                f"{self.stride}."
+            )
+        if any(s > c for s, c in zip(self.stride, self.crop)):
+            raise ValueError(
+                f"{key}.SLIDE_STRIDE {self.stride} is larger than SLIDE_CROP {self.crop}: "
+                f"windows would leave pixels without a prediction."
+            )
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"{key}.SCALES must be positive factors, got {list(self.scales)}.")
+
+    @classmethod
+    def from_config(cls, cfg) -> TestTimeInference:
+        inf = cfg.MODEL.CLIPZSS.INFERENCE
+        return cls(
+            mode=inf.MODE,
+            crop=inf.SLIDE_CROP,
+            stride=inf.SLIDE_STRIDE,
+            flip=inf.FLIP,
+            scales=tuple(inf.SCALES),
+            slide_batch_size=inf.SLIDE_BATCH_SIZE,
+        )
+
+    @property
+    def is_plain(self) -> bool:
+        """One whole-image pass, no augmentation: the cheapest path (and the exportable one)."""
+        return self.mode == "whole" and not self.flip and self.scales == (1.0,)
+
+    def __call__(
+        self, logits_fn: LogitsFn, images: ImageList, size_divisibility: int = 0
+    ) -> list[torch.Tensor]:
+        """K x h x w logits for each image of the batch, at its unpadded size in `images`."""
+        sizes = [tuple(s) for s in images.image_sizes]
+        if self.is_plain:
+            logits = dense_logits(logits_fn, images.tensor, size_divisibility)
+            return [logit[:, :h, :w] for logit, (h, w) in zip(logits, sizes)]
+        unpadded = [img[:, :h, :w] for img, (h, w) in zip(images.tensor, sizes)]
+        return self.augmented(logits_fn, unpadded, size_divisibility)
+
+    def augmented(
+        self, logits_fn: LogitsFn, images: Sequence[torch.Tensor], size_divisibility: int = 0
+    ) -> list[torch.Tensor]:
+        """Average over scales and flips of `run` on each (3 x h x w) image."""
+        sums: list[torch.Tensor | None] = [None] * len(images)
+        for scale in self.scales:
+            sizes = [_scaled_size(img.shape[-2:], scale) for img in images]
+            batch = [_resize(img, size) for img, size in zip(images, sizes)]
+            if self.flip:
+                batch += [img.flip(-1) for img in batch]
+            outs = self.run(logits_fn, batch, size_divisibility)
+            if self.flip:
+                outs = [a + b.flip(-1) for a, b in zip(outs[: len(images)], outs[len(images) :])]
+            for i, (out, img) in enumerate(zip(outs, images)):
+                out = _resize(out, tuple(img.shape[-2:]))
+                sums[i] = out if sums[i] is None else sums[i] + out
+        views = len(self.scales) * (2 if self.flip else 1)
+        return [s / views for s in sums]
+
+    def run(
+        self, logits_fn: LogitsFn, images: Sequence[torch.Tensor], size_divisibility: int = 0
+    ) -> list[torch.Tensor]:
+        """One view: whole-image (padded batch) or sliding-window logits per image."""
+        if self.mode == "whole":
+            batch = ImageList.from_tensors(list(images), size_divisibility)
+            logits = dense_logits(logits_fn, batch.tensor, size_divisibility)
+            return [logit[:, :h, :w] for logit, (h, w) in zip(logits, batch.image_sizes)]
+        # slide: images of one size (e.g. an image and its flip) share their window batches
+        out: list[torch.Tensor | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(tuple(img.shape[-2:]), []).append(i)
+        for idx in groups.values():
+            stacked = torch.stack([images[i] for i in idx])
+            logits = slide_logits(
+                logits_fn,
+                stacked,
+                self.crop,
+                self.stride,
+                size_divisibility,
+                self.slide_batch_size,
+            )
+            for i, logit in zip(idx, logits):
+                out[i] = logit
+        return out
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    return value if len(value) == 2 else (value[0], value[0])
+
+
+def _scaled_size(size, scale: float) -> tuple[int, int]:
+    return tuple(max(1, int(round(s * scale))) for s in size)
+
+
+class FixedVocabularySegmenter(nn.Module):
+    """The deployable student: backbone + embedding head + a baked-in text classifier.
+
+    Holds the vocabulary's text embeddings as a buffer and nothing of CLIP. Input: N x 3 x H x W
+    uint8 or float (0..255) in the channel order of the model's INPUT.FORMAT, any H, W (padded
+    inside to the size divisibility). Output: N x K x H x W logits, or (labels N x H x W int64,
+    scores N x H x W float = softmax probability of the predicted class).
+    """
+
+    def __init__(self, model: nn.Module, vocabulary: Sequence[str], output: str = "logits"):
+        super().__init__()
+        if output not in ("logits", "labels"):
+            raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
+        self.backbone = model.backbone
+        self.embedding_head = model.embedding_head
+        self.size_divisibility = int(model.size_divisibility)
+        self.output = output
+        self.vocabulary = list(vocabulary)
+        text = model.text_embeddings(self.vocabulary).detach().float()
+        self.register_buffer("text_embeddings", text.clone())
+        self.register_buffer("logit_scale", model.logit_scale.detach().float().clone())
+        self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().view(1, -1, 1, 1))
+        self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, -1, 1, 1))
+
+    def logits_fn(self, images: torch.Tensor) -> torch.Tensor:
+        embeddings = F.normalize(self.embedding_head(self.backbone(images)), dim=1)
+        return self.logit_scale * torch.einsum("bchw,kc->bkhw", embeddings, self.text_embeddings)
+
+    def forward(self, images: torch.Tensor):
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        logits = dense_logits(self.logits_fn, x, self.size_divisibility)
+        if self.output == "logits":
+            return logits
+        scores, labels = logits.softmax(dim=1).max(dim=1)
+        return labels, scores

@@ -1,0 +1,332 @@
+"""Open-vocabulary predictor: images and a list of class names in, per-pixel classes out.
+
+Works like detectron2's DefaultPredictor (test-time ResizeShortestEdge, BGR arrays by default, the
+model's own forward, so sliding-window / flip / multi-scale come from MODEL.CLIPZSS.INFERENCE),
+with three differences users of open-vocabulary models ask for: the vocabulary is an argument
+(set once or per call), the result is brought back to the input size as class ids and scores,
+and weights that do not fit the config are an error instead of a warning.
+
+No dataset is needed on disk and no CLIP image encoder is built. Text embeddings come from the
+on-disk cache (MODEL.CLIPZSS.TEXT.CACHE_DIR) when present, else from the CLIP text tower, loaded
+once, on the first vocabulary that misses the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+
+from .config import get_clipzss_cfg
+from .errors import UserInputError
+from .modeling.meta_arch import CLIPZSS
+from .utils.weights import resolve_model_weights
+from .vocabulary import display_name, parse_vocabulary, prompt_names
+
+logger = logging.getLogger(__name__)
+
+INPUT_FORMATS = ("BGR", "RGB")
+# Parameters the deployed student needs; other entries (GLM/PLM training modules) may be absent.
+STUDENT_PREFIXES = ("backbone.", "embedding_head.", "log_logit_scale")
+
+
+class IncompatibleWeightsError(UserInputError, ValueError):
+    """MODEL.WEIGHTS does not hold the student that the config builds."""
+
+
+@dataclass
+class SegmentationResult:
+    """Per-pixel prediction at the input image's size.
+
+    labels: H x W int64, index into `vocabulary`.
+    scores: H x W float32, softmax probability of the predicted class over the vocabulary.
+    vocabulary: the entries given to CLIP (synonyms joined by "|").
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    vocabulary: list[str]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Display names (first synonym of each entry)."""
+        return [display_name(v) for v in self.vocabulary]
+
+    @property
+    def unlabelled_id(self) -> int:
+        """Value marking unlabelled pixels in `label_map`: 255, or 65535 past 255 classes."""
+        return 255 if len(self.vocabulary) <= 255 else 65535
+
+    def label_map(self, confidence_threshold: float = 0.0) -> np.ndarray:
+        """uint8 (uint16 past 255 classes) ids; pixels scoring below the threshold unlabelled."""
+        dtype = np.uint8 if self.unlabelled_id == 255 else np.uint16
+        out = self.labels.astype(dtype)
+        if confidence_threshold > 0:
+            out[self.scores < confidence_threshold] = self.unlabelled_id
+        return out
+
+    def class_fractions(self, confidence_threshold: float = 0.0) -> dict[str, float]:
+        """Fraction of the image per predicted class (largest first), plus "unlabelled" if any."""
+        labels = self.label_map(confidence_threshold)
+        ids, counts = np.unique(labels, return_counts=True)
+        total = float(labels.size)
+        names = self.class_names
+        fractions = {}
+        for i, c in sorted(zip(ids.tolist(), counts.tolist()), key=lambda t: -t[1]):
+            name = "unlabelled" if i == self.unlabelled_id else names[i]
+            fractions[name] = c / total
+        return fractions
+
+
+def read_vocabulary_file(path: str) -> list[str]:
+    """Classes from a text file, one per line ("a|b" synonyms); blank and "#" lines skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError:
+        raise UserInputError(f"Vocabulary file {path}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(
+            f"Vocabulary file {path} cannot be read as UTF-8 text ({e})."
+        ) from None
+    names = [line for line in lines if line and not line.startswith("#")]
+    if not names:
+        raise UserInputError(f"Vocabulary file {path} holds no class names.")
+    try:
+        return parse_vocabulary(names)
+    except UserInputError as e:
+        raise UserInputError(f"Vocabulary file {path}: {e}") from None
+
+
+@dataclass
+class DatasetVocabulary:
+    """The classes of a registered dataset, read from its metadata (no files on disk needed)."""
+
+    entries: list[str]  # names given to CLIP (prompt_names, "a|b" synonyms)
+    class_names: list[str]  # stuff_classes, for display
+    colors: list | None  # stuff_colors when the dataset defines them
+
+
+def dataset_vocabulary(name: str) -> DatasetVocabulary:
+    known = sorted(n for n in MetadataCatalog.list() if MetadataCatalog.get(n).get("stuff_classes"))
+    if name not in known:
+        raise UserInputError(
+            f"{name!r} is not a registered dataset with class names. Registered: "
+            f"{', '.join(known) if known else 'none'}."
+        )
+    meta = MetadataCatalog.get(name)
+    return DatasetVocabulary(
+        entries=parse_vocabulary(prompt_names(meta)),
+        class_names=list(meta.stuff_classes),
+        colors=meta.get("stuff_colors", None),
+    )
+
+
+class _StudentCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that refuses weights not matching the model (it only warns)."""
+
+    def __init__(self, model, config_name: str, weights: str):
+        super().__init__(model)
+        self.config_name = config_name
+        self.weights = weights
+
+    def _load_file(self, filename):
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # pickle, zip and torch errors all mean "not a checkpoint"
+            raise IncompatibleWeightsError(
+                f"MODEL.WEIGHTS = {self.weights!r} could not be read as a checkpoint "
+                f"({type(e).__name__}: {e})."
+            ) from e
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        hint = (
+            f"MODEL.WEIGHTS = {self.weights!r} does not fit the model built from {self.config_name}"
+        )
+        if incompatible.incorrect_shapes:
+            key, ckpt_shape, model_shape = incompatible.incorrect_shapes[0]
+            raise IncompatibleWeightsError(
+                f"{hint}: {len(incompatible.incorrect_shapes)} tensors have other shapes, e.g. "
+                f"{key}: {tuple(ckpt_shape)} in the checkpoint vs {tuple(model_shape)} in the "
+                f"model. The weights were trained with a different config (backbone depth or "
+                f"width, head channels, MODEL.CLIPZSS.EMBED_DIM ...): pass the config file they "
+                f"were trained with."
+            )
+        missing = [k for k in incompatible.missing_keys if k.startswith(STUDENT_PREFIXES)]
+        if missing:
+            raise IncompatibleWeightsError(
+                f"{hint}: {len(missing)} student weights are missing from the checkpoint, e.g. "
+                f"{missing[:3]}. Is it a trained CLIP-ZSS model (not a backbone-only "
+                f"initialisation such as detectron2's R-103.pkl)?"
+            )
+        # Training-only modules (GLM, PLM synthesizer) do not matter here, present or not.
+        for kind, keys in (
+            ("unused checkpoint entries", incompatible.unexpected_keys),
+            ("training-only model entries absent from the checkpoint", incompatible.missing_keys),
+        ):
+            if keys:
+                logger.info("Ignoring %d %s (e.g. %s).", len(keys), kind, keys[:3])
+                keys.clear()
+        return incompatible
+
+
+def load_student_weights(model: CLIPZSS, weights: str, config_name: str = "the config") -> None:
+    """Load MODEL.WEIGHTS into `model`, refusing files that do not hold this config's student."""
+    if not weights:
+        logger.warning("MODEL.WEIGHTS is empty: the student has RANDOM weights.")
+        return
+    path = resolve_model_weights(weights)
+    _StudentCheckpointer(model, config_name, weights).load(path, checkpointables=[])
+
+
+class OpenVocabularyPredictor:
+    """Segment images over any vocabulary with a trained CLIP-ZSS student.
+
+    Images are uint8 arrays H x W x 3 in BGR order by default (OpenCV's, like detectron2's
+    DefaultPredictor); pass ``input_format="RGB"`` for PIL/matplotlib arrays. Grayscale (H x W)
+    and RGBA/BGRA (alpha dropped) arrays are accepted. Not thread-safe: the vocabulary is set on
+    the shared model for each call.
+
+    Example:
+        predictor = OpenVocabularyPredictor.from_config_file(
+            "configs/coco_stuff.yaml", ["MODEL.WEIGHTS", "model_final.pth"])
+        result = predictor(cv2.imread("street.jpg"), vocabulary="car,road,tree|trees,sky")
+        result.labels, result.scores, result.class_names
+    """
+
+    def __init__(
+        self, cfg, vocabulary: str | Sequence[str] | None = None, *, config_name: str | None = None
+    ):
+        self.cfg = cfg.clone()
+        self.cfg.freeze()
+        self.model = build_model(self.cfg)
+        if not isinstance(self.model, CLIPZSS):
+            raise UserInputError(
+                f"MODEL.META_ARCHITECTURE is {self.cfg.MODEL.META_ARCHITECTURE!r}; the "
+                f"open-vocabulary predictor needs 'CLIPZSS'."
+            )
+        self.model.eval()
+        load_student_weights(self.model, self.cfg.MODEL.WEIGHTS, config_name or "the config")
+        min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
+        self.model_format = self.cfg.INPUT.FORMAT
+        if self.model_format not in INPUT_FORMATS:
+            raise UserInputError(f"INPUT.FORMAT must be BGR or RGB, got {self.model_format!r}.")
+        self._vocabulary = self.model.vocabulary
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+
+    @classmethod
+    def from_config_file(
+        cls,
+        config_file: str,
+        opts: Sequence[str] = (),
+        vocabulary: str | Sequence[str] | None = None,
+    ) -> OpenVocabularyPredictor:
+        cfg = get_clipzss_cfg()
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+        return cls(cfg, vocabulary, config_name=config_file)
+
+    # -- vocabulary ----------------------------------------------------------------------------
+    @property
+    def vocabulary(self) -> list[str] | None:
+        return None if self._vocabulary is None else list(self._vocabulary)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None if self._vocabulary is None else [display_name(v) for v in self._vocabulary]
+
+    def set_vocabulary(self, vocabulary: str | Sequence[str]) -> list[str]:
+        """Default classes ("a,b|c" or a list); their text embeddings are computed now."""
+        entries = parse_vocabulary(vocabulary)
+        self.model.text_embeddings(entries)  # fail here, not at the first image
+        self._vocabulary = entries
+        return list(entries)
+
+    def _use_vocabulary(self, vocabulary) -> list[str]:
+        entries = self._vocabulary if vocabulary is None else parse_vocabulary(vocabulary)
+        if entries is None:
+            raise UserInputError(
+                "No vocabulary: pass vocabulary=['cat', 'sofa|couch', ...] or call "
+                "set_vocabulary(), or set MODEL.CLIPZSS.TEST_VOCABULARY / DATASETS.TEST."
+            )
+        self.model.set_vocabulary(entries)
+        return entries
+
+    # -- prediction ----------------------------------------------------------------------------
+    def __call__(
+        self, image: np.ndarray, vocabulary=None, input_format: str = "BGR"
+    ) -> SegmentationResult:
+        return self.predict_batch([image], vocabulary, input_format)[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self, images: Sequence[np.ndarray], vocabulary=None, input_format: str = "BGR"
+    ) -> list[SegmentationResult]:
+        """One result per image. Images of equal (resized) size share a forward pass; others run
+        apart, so padding never makes an image's prediction depend on its batch neighbours."""
+        entries = self._use_vocabulary(vocabulary)
+        inputs = [self._prepare(image, input_format) for image in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x["image"].shape), []).append(i)
+        results: list[SegmentationResult | None] = [None] * len(inputs)
+        for idx in groups.values():
+            outputs = self.model([inputs[i] for i in idx])
+            for i, out in zip(idx, outputs):
+                results[i] = _to_result(out["sem_seg"], entries)
+        return results
+
+    def _prepare(self, image, input_format: str) -> dict:
+        image = _as_uint8_image(image)
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}")
+        if input_format != self.model_format:
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        if self.aug is not None:
+            image = self.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        return {"image": tensor, "height": height, "width": width}
+
+
+def _as_uint8_image(image) -> np.ndarray:
+    """H x W x 3 uint8 view of what users pass (gray and 4-channel arrays converted)."""
+    if isinstance(image, torch.Tensor):
+        raise TypeError("Pass the image as a numpy array (H x W x 3 uint8), not a torch tensor.")
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(
+            f"Expected a uint8 image (0..255), got dtype {image.dtype}. Convert it first, e.g. "
+            f"np.clip(img * 255, 0, 255).astype(np.uint8) for a 0..1 float image."
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"Expected an image of shape H x W, H x W x 3 or H x W x 4, got {image.shape}."
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"The image is empty (shape {image.shape}).")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
+
+
+def _to_result(logits: torch.Tensor, entries: list[str]) -> SegmentationResult:
+    top, labels = logits.max(dim=0)
+    scores = torch.exp(top - torch.logsumexp(logits, dim=0))
+    return SegmentationResult(
+        labels=labels.cpu().numpy(),
+        scores=scores.float().cpu().numpy(),
+        vocabulary=list(entries),
+    )

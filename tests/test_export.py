@@ -1,0 +1,137 @@
+"""tools/export_model.py: TorchScript and ONNX artefacts reproduce PyTorch and hold no CLIP."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import open_clip
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from onnx import numpy_helper
+
+from clipzss_d2.predictor import OpenVocabularyPredictor
+
+from .helpers import TINY_CLIP, tiny_cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = "cat,dog,sofa|couch,grass"
+CLIP_MARKERS = ("token_embedding", "transformer", "visual", "text_projection", "ln_final")
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "clipzss_export_tool", ROOT / "tools" / "export_model.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = load_tool()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    cfg = tiny_cfg(extra_opts=["DATASETS.TRAIN", (), "DATASETS.TEST", ()])
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model")
+    (folder / "config.yaml").write_text(cfg.dump())
+    # The tiny CLIP is random at every build: the tool and the reference share embeddings
+    # through the on-disk text cache, as a deployment would.
+    opts = ["MODEL.WEIGHTS", str(folder / "model.pth")]
+    opts += ["MODEL.CLIPZSS.TEXT.CACHE_DIR", str(folder / "text_cache")]
+    return folder, opts
+
+
+def reference(folder, opts, images: torch.Tensor) -> torch.Tensor:
+    """Logits of the PyTorch model on the same input, through CLIPZSS.forward."""
+    cfg = tiny_cfg(extra_opts=["DATASETS.TRAIN", (), "DATASETS.TEST", ()] + opts)
+    predictor = OpenVocabularyPredictor(cfg, VOCAB)
+    assert not predictor.model.text_classifier.clip_loaded  # embeddings came from the cache
+    predictor.model.set_vocabulary(VOCAB)
+    with torch.no_grad():
+        return torch.stack([o["sem_seg"] for o in predictor.model([{"image": x} for x in images])])
+
+
+def test_dynamic_export_matches_pytorch_and_holds_no_clip(tiny, capsys):
+    folder, opts = tiny
+    out = folder / "dynamic"
+    argv = ["--config-file", str(folder / "config.yaml"), "--vocab", VOCAB, "--output", str(out)]
+    argv += ["--dynamic", "--height", "64", "--width", "96", "--opts", *opts]
+    assert tool.main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model.ts"]
+    spec = json.loads((out / "export.json").read_text())
+    assert spec["onnx_exporter"] == "dynamo" and spec["input"]["channels"] == "RGB"
+    assert spec["class_names"] == ["cat", "dog", "sofa", "grass"]
+
+    images = torch.randint(0, 256, (2, 3, 41, 59), dtype=torch.uint8)  # unseen batch and size
+    logits = reference(folder, opts, images.float())
+    scores, labels = logits.softmax(1).max(1)
+
+    scripted = torch.jit.load(str(out / "model.ts"))
+    ts_labels, ts_scores = scripted(images)
+    torch.testing.assert_close(ts_labels, labels)
+    torch.testing.assert_close(ts_scores, scores, atol=1e-5, rtol=1e-5)
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_labels, onnx_scores = session.run(None, {"image": images.numpy()})
+    assert (onnx_labels == labels.numpy()).mean() > 0.999
+    np.testing.assert_allclose(onnx_scores, scores.numpy(), atol=1e-4)
+
+    # Nothing of CLIP inside: only student tensors and the K x C text constant.
+    clip_numel = sum(p.numel() for p in open_clip.create_model(TINY_CLIP).parameters())
+    ts_state = scripted.state_dict()
+    assert not [k for k in ts_state if any(m in k for m in CLIP_MARKERS)]
+    assert {k.split(".")[0] for k in ts_state} == {
+        "backbone",
+        "embedding_head",
+        "text_embeddings",
+        "logit_scale",
+        "pixel_mean",
+        "pixel_std",
+    }
+    assert ts_state["text_embeddings"].shape == (4, 32)
+    graph = onnx.load(str(out / "model.onnx")).graph
+    names = [t.name for t in graph.initializer]
+    assert not [n for n in names if any(m in n for m in CLIP_MARKERS)]
+    onnx_numel = sum(numpy_helper.to_array(t).size for t in graph.initializer)
+    ts_numel = sum(v.numel() for v in ts_state.values())
+    assert onnx_numel <= ts_numel + 64 < clip_numel
+
+
+def test_fixed_size_legacy_export_of_float_logits(tiny, capsys):
+    folder, opts = tiny
+    out = folder / "fixed"
+    argv = ["--config-file", str(folder / "config.yaml"), "--vocab", VOCAB, "--output", str(out)]
+    argv += ["--format", "onnx", "--onnx-exporter", "legacy", "--output-kind", "logits"]
+    argv += ["--input-dtype", "float32", "--height", "48", "--width", "80", "--opts", *opts]
+    assert tool.main(argv) == 0, capsys.readouterr().err
+    model = onnx.load(str(out / "model.onnx"))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 48, 80]
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    image = torch.rand(1, 3, 48, 80) * 255
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": image.numpy()})
+    np.testing.assert_allclose(got, reference(folder, opts, image).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_bad_vocabulary_and_checks_fail_loudly(tiny, capsys):
+    folder, opts = tiny
+    argv = ["--config-file", str(folder / "config.yaml"), "--vocab", "cat,,dog"]
+    assert tool.main(argv + ["--output", str(folder / "bad"), "--opts", *opts]) == 2
+    assert "blank" in capsys.readouterr().err and not (folder / "bad").exists()
+    # The checks the tool relies on can fail.
+    with pytest.raises(AssertionError, match="not the student's"):
+        tool.check_no_clip({"backbone.w": 10, "clip.token_embedding.weight": 5}, 100, "x")
+    with pytest.raises(AssertionError, match="more than the student's"):
+        tool.check_no_clip({"backbone.w": 10, "val_3": 5000}, 100, "x")
+    expected = (torch.zeros(1, 4, 4, dtype=torch.int64), torch.ones(1, 4, 4))
+    assert tool.compare("x", (np.zeros((1, 4, 4)), np.ones((1, 4, 4))), expected) == []
+    assert tool.compare("x", (np.ones((1, 4, 4)), np.ones((1, 4, 4)) * 2), expected)
