@@ -9,5 +9,6 @@ warnings.filterwarnings(
 
 from . import data, modeling  # noqa: E402,F401  (registration side effects)
 from .config import add_clipzss_config, get_clipzss_cfg  # noqa: E402
+from .predictor import OpenVocabularyPredictor, SegmentationResult  # noqa: E402
 
-__all__ = ["add_clipzss_config", "get_clipzss_cfg"]
+__all__ = ["OpenVocabularyPredictor", "SegmentationResult", "add_clipzss_config", "get_clipzss_cfg"]

@@ -226,18 +226,10 @@ def _pil_to_rgb8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_file(path: str, data: bytes) -> None:
-    """Atomic write with the usual permissions (a bare mkstemp file would stay 0600)."""
     with atomic_write_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-        os.chmod(tmp, _file_mode())
 
 
 def encode(path: str, image: np.ndarray) -> bytes:
@@ -320,7 +312,6 @@ class Demo:
             frames = self._frames(capture, (tmp, output), title, total, until_interrupt)
             if frames == 0:
                 raise InputError("no frame could be read (corrupt file or unsupported codec)")
-            os.chmod(tmp, _file_mode())
         return frames
 
     def _frames(self, capture, target, title, total, until_interrupt) -> int:

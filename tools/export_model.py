@@ -133,12 +133,6 @@ def check_no_clip(names_and_sizes: dict[str, int], student_numel: int, what: str
         )
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def export_torchscript(segmenter, example: torch.Tensor, path: str):
     # torch.jit is deprecated in favour of torch.export, but TorchScript is still what C++ and
     # mobile deployments load; silence the per-call deprecation and tracer notes.
@@ -148,7 +142,6 @@ def export_torchscript(segmenter, example: torch.Tensor, path: str):
         traced = torch.jit.trace(segmenter, example, check_trace=False)
         with atomic_write_path(path) as tmp:
             torch.jit.save(traced, tmp)
-            os.chmod(tmp, _file_mode())  # mkstemp's 0600 is not what users expect of an artefact
         return torch.jit.load(path)
 
 
@@ -188,7 +181,6 @@ def export_onnx(segmenter, example: torch.Tensor, path: str, args) -> None:
                 torch.onnx.export(
                     segmenter, (example,), tmp, dynamo=False, dynamic_axes=axes, **kwargs
                 )
-        os.chmod(tmp, _file_mode())
 
 
 def reference_outputs(model, segmenter, image: torch.Tensor):
@@ -313,7 +305,6 @@ def run(args) -> int:
     spec_path = os.path.join(args.output, "export.json")
     with atomic_write_path(spec_path) as tmp:
         Path(tmp).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, _file_mode())
     if problems:
         print("export_model.py: exported models do not match PyTorch:", file=sys.stderr)
         for p in problems:

@@ -1,0 +1,25 @@
+import os
+import stat
+
+import pytest
+
+from clipzss_d2.utils.io import atomic_write_path, atomic_write_text
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.png"
+    with pytest.raises(RuntimeError), atomic_write_path(target) as tmp:
+        assert tmp.endswith(".png")
+        open(tmp, "wb").write(b"partial")
+        raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_result_has_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "hello")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
