@@ -54,7 +54,7 @@ from clipzss_d2.predictor import (  # noqa: E402
     dataset_vocabulary,
     read_vocabulary_file,
 )
-from clipzss_d2.utils.io import atomic_write_path  # noqa: E402
+from clipzss_d2.utils.io import atomic_write_bytes, atomic_write_path  # noqa: E402
 from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
 
 try:  # the EXIF handling of detectron2.data.detection_utils.read_image
@@ -226,12 +226,6 @@ def _pil_to_rgb8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def write_file(path: str, data: bytes) -> None:
-    with atomic_write_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-
 def encode(path: str, image: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
     if not ok:
@@ -292,10 +286,10 @@ class Demo:
             "label_map": os.path.basename(out["label_map"]) if save_label_map else None,
             "unlabelled_id": result.unlabelled_id,
         }
-        write_file(out["overlay"], encode(out["overlay"], overlay[:, :, ::-1]))
+        atomic_write_bytes(out["overlay"], encode(out["overlay"], overlay[:, :, ::-1]))
         if save_label_map:
-            write_file(out["label_map"], encode(out["label_map"], labels))
-        write_file(out["json"], (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+            atomic_write_bytes(out["label_map"], encode(out["label_map"], labels))
+        atomic_write_bytes(out["json"], (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
         return summary
 
     # -- video ------------------------------------------------------------------------------------
