@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""The main job: CLIP-ZSS end to end on the built-in miniature world, on the CPU, in minutes.
+
+1. generate the world (synthetic scenes + label maps, seen/unseen split in the metadata);
+2. get the teacher: a tiny CLIP trained here on captions naming all classes (cached);
+3. train the student with seen labels only (unseen pixels are ignored, unseen names unseen);
+4. evaluate mIoU(seen), mIoU(unseen), hIoU with the generalized zero-shot evaluator;
+5. run the demo on validation images with a vocabulary that includes the unseen names.
+
+    python tools/run_miniworld.py                      # the README's main job (full method)
+    python tools/run_miniworld.py --ablation           # baseline / +GLM / +PLM / full, 2 seeds
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import clipzss_d2  # noqa: E402,F401  (registers everything, quiets third-party import noise)
+from detectron2.utils.env import seed_all_rng  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from clipzss_d2 import get_clipzss_cfg  # noqa: E402
+from clipzss_d2.miniworld import register_miniworld, world  # noqa: E402
+from clipzss_d2.miniworld.generate import generate_world  # noqa: E402
+from clipzss_d2.miniworld.train_teacher import (  # noqa: E402
+    TeacherConfig,
+    cached_teacher_info,
+    get_miniworld_teacher,
+)
+from clipzss_d2.utils.io import atomic_write_text  # noqa: E402
+from train_net import Trainer  # noqa: E402
+
+VARIANTS = ("baseline", "glm-only", "plm-only", "full")
+METRICS = ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU", "pAcc")
+logger = logging.getLogger("clipzss_d2.miniworld")
+
+
+def stage(title):
+    print(f"\n=== {title} ===", flush=True)
+    return time.perf_counter()
+
+
+def train_and_evaluate(variant, seed, args, teacher_path, world_root):
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / f"{variant}.yaml"))
+    out_dir = os.path.join(args.output, variant, f"seed{seed}")
+    opts = [
+        "MODEL.CLIPZSS.CLIP.PRETRAINED", teacher_path,
+        "MODEL.CLIPZSS.TEXT.CACHE_DIR", os.path.join(args.output, "text_cache"),
+        "OUTPUT_DIR", out_dir,
+        "SEED", seed,
+    ]  # fmt: skip
+    if args.iters:
+        opts += ["SOLVER.MAX_ITER", args.iters, "SOLVER.WARMUP_ITERS", min(100, args.iters // 10)]
+    cfg.merge_from_list(opts + args.opts)
+    cfg.freeze()
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, "config.yaml"), cfg.dump())
+    seed_all_rng(seed)
+    start = time.perf_counter()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()["sem_seg"]
+    minutes = (time.perf_counter() - start) / 60
+    row = {k: results.get(k, float("nan")) for k in METRICS}
+    row.update(variant=variant, seed=seed, train_minutes=minutes, output_dir=out_dir)
+    atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(row, indent=2))
+    return row
+
+
+def fmt(values):
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
+
+
+def results_table(rows, seeds):
+    """Markdown: one line per variant, mean ± population std over seeds, and every run."""
+    header = "| method | mIoU(seen) | mIoU(unseen) | hIoU | mIoU(all) | train time (min) |\n"
+    header += "|---|---:|---:|---:|---:|---:|\n"
+    lines = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        runs = [r for r in rows if r["variant"] == variant]
+        cells = [fmt([r[k] for r in runs]) for k in ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU")]
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {fmt([r['train_minutes'] for r in runs])} |")
+    per_run = "\n\nPer run (seed: seen / unseen / hIoU):\n\n" + "\n".join(
+        f"- {r['variant']}, seed {r['seed']}: {r['mIoU(seen)']:.1f} / {r['mIoU(unseen)']:.1f} / {r['hIoU']:.1f}"
+        for r in rows
+    )
+    note = f"\n\nmean ± std over seeds {list(seeds)}" if len(seeds) > 1 else ""
+    return header + "\n".join(lines) + note + per_run + "\n"
+
+
+def run_demo(row, args, world_root):
+    """The real demo script, as a user runs it, on a few validation images."""
+    images = sorted((Path(world_root) / "images" / "val").glob("*"))[: args.demo_images]
+    out = os.path.join(args.output, "demo")
+    vocab = ",".join(world.CLASSES)
+    cmd = [
+        sys.executable, str(ROOT / "demo" / "demo.py"),
+        "--config-file", os.path.join(row["output_dir"], "config.yaml"),
+        "--input", *map(str, images),
+        "--output", out,
+        "--vocab", vocab,
+        "--opts", "MODEL.WEIGHTS", os.path.join(row["output_dir"], "model_final.pth"),
+    ]  # fmt: skip
+    print(f"vocabulary (unseen: {', '.join(world.UNSEEN)}): {vocab}")
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    print(f"overlays, label maps and JSON summaries in {out}/")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--output", default="output/miniworld")
+    ap.add_argument("--ablation", action="store_true", help="all four variants (default: full only)")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, help="override the variants to train")
+    ap.add_argument("--seeds", type=int, nargs="+", help="default: 0 (main job) or 0 1 (ablation)")
+    ap.add_argument("--iters", type=int, default=0, help="override SOLVER.MAX_ITER")
+    ap.add_argument("--num-train", type=int, default=3000)
+    ap.add_argument("--num-val", type=int, default=500)
+    ap.add_argument("--teacher-steps", type=int, default=0, help="override the teacher's steps")
+    ap.add_argument("--demo-images", type=int, default=4)
+    ap.add_argument("--no-demo", action="store_true")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = ap.parse_args(argv)
+    variants = args.variants or (VARIANTS if args.ablation else ("full",))
+    seeds = args.seeds or ([0, 1] if args.ablation else [0])
+    setup_logger(name="detectron2", abbrev_name="d2")
+    setup_logger(name="clipzss_d2")
+    timings = {}
+
+    t = stage("1/5 world")
+    world_root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "miniworld")
+    manifest = generate_world(world_root, seed=0, num_train=args.num_train, num_val=args.num_val)
+    register_miniworld(world_root)
+    timings["world"] = time.perf_counter() - t
+    print(f"{world_root}: {manifest.get('num_train')} train / {manifest.get('num_val')} val images, "
+          f"{len(world.CLASSES)} classes, unseen = {', '.join(world.UNSEEN)}")  # fmt: skip
+
+    t = stage("2/5 teacher (tiny CLIP trained on captions naming all classes)")
+    teacher_cfg = TeacherConfig(steps=args.teacher_steps) if args.teacher_steps else None
+    teacher_path = get_miniworld_teacher(
+        os.path.join(args.output, "teacher", "clip_miniworld.pt"), cfg=teacher_cfg
+    )
+    timings["teacher"] = time.perf_counter() - t
+    info = cached_teacher_info(teacher_path, teacher_cfg) or {}
+    print(f"teacher: {teacher_path}; {json.dumps(info.get('evaluation', {}))}")
+
+    rows = []
+    t = stage(f"3-4/5 student training + evaluation: {', '.join(variants)} x seeds {seeds}")
+    for variant in variants:
+        for seed in seeds:
+            print(f"\n--- {variant}, seed {seed} ---", flush=True)
+            rows.append(train_and_evaluate(variant, seed, args, teacher_path, world_root))
+    timings["students"] = time.perf_counter() - t
+    table = results_table(rows, seeds)
+    path = os.path.join(args.output, "ablation.md" if len(rows) > 1 else "results.md")
+    atomic_write_text(path, table)
+    atomic_write_text(path[:-3] + ".json", json.dumps({"rows": rows, "timings_s": timings}, indent=2))
+    print("\n" + table + f"\n(saved to {path})")
+
+    if not args.no_demo:
+        t = stage("5/5 demo with a vocabulary that includes the unseen classes")
+        full = [r for r in rows if r["variant"] == "full"] or rows
+        run_demo(full[0], args, world_root)
+        timings["demo"] = time.perf_counter() - t
+    print("\nstage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
