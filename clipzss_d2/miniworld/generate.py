@@ -1,0 +1,252 @@
+"""Write the miniature world to disk in the layout of a real semantic-segmentation dataset.
+
+    <root>/images/{train,val}/000000.jpg                    RGB JPEG
+    <root>/annotations_detectron2/{train,val}/000000.png    uint8 class ids, 255 = ignore
+    <root>/manifest.json                                    written last: the world is complete
+
+Image i of a split depends only on (seed, split, i), so any number of worker processes writes the
+same bytes, and a re-run with the same seed and parameters finds the manifest and does nothing.
+
+    python -m clipzss_d2.miniworld.generate --root datasets/miniworld --seed 0 \
+        --num-train 3000 --num-val 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+
+import cv2
+import numpy as np
+
+from ..utils.io import atomic_write_bytes, atomic_write_text
+from . import world as W
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+IMAGE_DIR = "images"
+LABEL_DIR = "annotations_detectron2"
+SPLITS = ("train", "val")
+_SPLIT_STREAM = {"train": 0, "val": 1}
+DEFAULT_NUM_TRAIN = 3000
+DEFAULT_NUM_VAL = 500
+DEFAULT_JPEG_QUALITY = 90
+
+
+def default_root() -> str:
+    """$CLIPZSS_MINIWORLD_ROOT, else $DETECTRON2_DATASETS/miniworld (default ./datasets)."""
+    explicit = os.getenv("CLIPZSS_MINIWORLD_ROOT")
+    if explicit:
+        return os.path.expanduser(explicit)
+    return os.path.join(
+        os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), "miniworld"
+    )
+
+
+def image_path(root: str, split: str, index: int) -> str:
+    return os.path.join(root, IMAGE_DIR, split, f"{index:06d}.jpg")
+
+
+def label_path(root: str, split: str, index: int) -> str:
+    return os.path.join(root, LABEL_DIR, split, f"{index:06d}.png")
+
+
+def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM[split], index]))
+
+
+def render_item(seed: int, split: str, index: int, params: W.WorldParams) -> W.Rendered:
+    """The scene stored as image `index` of `split` (also used by tests to re-derive it)."""
+    return W.make_sample(sample_rng(seed, split, index), params)
+
+
+def _write_range(job: tuple) -> np.ndarray:
+    root, seed, split, start, stop, params_dict, quality = job
+    params = W.WorldParams.from_dict(params_dict)
+    pixels = np.zeros(256, np.int64)
+    for i in range(start, stop):
+        r = render_item(seed, split, i, params)
+        ok1, jpg = cv2.imencode(".jpg", r.image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok2, png = cv2.imencode(".png", r.label)
+        if not (ok1 and ok2):
+            raise RuntimeError(f"encoding {split} image {i} failed")
+        atomic_write_bytes(image_path(root, split, i), jpg.tobytes())
+        atomic_write_bytes(label_path(root, split, i), png.tobytes())
+        pixels += np.bincount(r.label.ravel(), minlength=256)
+    return pixels
+
+
+def _pool_context():
+    """fork where available: workers need only numpy/cv2, and spawn would re-import torch."""
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one process per core already; also avoids cv2 threads after fork
+
+
+def world_key(seed: int, num_train: int, num_val: int, params: W.WorldParams, quality: int) -> dict:
+    """What identifies a generated world; a manifest with the same key means nothing to do."""
+    return {
+        "world_version": W.WORLD_VERSION,
+        "seed": seed,
+        "num_train": num_train,
+        "num_val": num_val,
+        "jpeg_quality": quality,
+        "params": params.to_dict(),
+    }
+
+
+def read_manifest(root: str) -> dict | None:
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class WorldExistsError(RuntimeError):
+    """A different world already lives at the root; refusing to overwrite it silently."""
+
+
+def generate_world(
+    root: str | None = None,
+    seed: int = 0,
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_val: int = DEFAULT_NUM_VAL,
+    params: W.WorldParams | None = None,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Generate (or find already generated) the world at `root`; returns its manifest."""
+    root = root or default_root()
+    params = params or W.WorldParams()
+    key = world_key(seed, num_train, num_val, params, jpeg_quality)
+    existing = read_manifest(root)
+    if existing is not None:
+        if existing.get("key") == key:
+            logger.info("MiniWorld at %s is complete (seed %d); nothing to do.", root, seed)
+            return existing
+        if not overwrite:
+            raise WorldExistsError(
+                f"{root} holds a MiniWorld generated with other settings "
+                f"(seed {existing.get('key', {}).get('seed')}, "
+                f"{existing.get('key', {}).get('num_train')} train / "
+                f"{existing.get('key', {}).get('num_val')} val). Pass --overwrite to replace it, "
+                f"or choose another --root."
+            )
+        os.remove(os.path.join(root, MANIFEST))  # the world is incomplete until rewritten
+    counts = {"train": num_train, "val": num_val}
+    for split in SPLITS:
+        os.makedirs(os.path.join(root, IMAGE_DIR, split), exist_ok=True)
+        os.makedirs(os.path.join(root, LABEL_DIR, split), exist_ok=True)
+        _remove_beyond(root, split, counts[split])
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    chunk = 100
+    jobs = [
+        (root, seed, split, s, min(s + chunk, counts[split]), params.to_dict(), jpeg_quality)
+        for split in SPLITS
+        for s in range(0, counts[split], chunk)
+    ]
+    start = time.time()
+    if workers > 1 and len(jobs) > 1:
+        with _pool_context().Pool(workers, initializer=_worker_init) as pool:
+            results = pool.map(_write_range, jobs)
+    else:
+        results = [_write_range(j) for j in jobs]
+    pixels = {s: np.zeros(256, np.int64) for s in SPLITS}
+    for job, px in zip(jobs, results):
+        pixels[job[2]] += px
+    seconds = time.time() - start
+    manifest = {
+        "format": "clipzss-miniworld",
+        "key": key,
+        "classes": list(W.CLASSES),
+        "things": list(W.THINGS),
+        "stuff": list(W.STUFF),
+        "unseen": list(W.UNSEEN),
+        "ignore_label": W.IGNORE_LABEL,
+        "image_dir": IMAGE_DIR,
+        "label_dir": LABEL_DIR,
+        "splits": {
+            s: {
+                "count": counts[s],
+                "class_pixels": {c: int(pixels[s][i]) for i, c in enumerate(W.CLASSES)},
+                "ignore_pixels": int(pixels[s][W.IGNORE_LABEL]),
+            }
+            for s in SPLITS
+        },
+    }
+    # no timing inside: the same seed must give the same bytes, manifest included
+    atomic_write_text(os.path.join(root, MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    logger.info(
+        "MiniWorld written to %s: %d train + %d val images in %.1f s (%d workers).",
+        root,
+        num_train,
+        num_val,
+        seconds,
+        workers,
+    )
+    return manifest
+
+
+def _remove_beyond(root: str, split: str, count: int) -> None:
+    """Drop files of a larger earlier world so the folders hold exactly this world."""
+    for folder, ext in ((IMAGE_DIR, ".jpg"), (LABEL_DIR, ".png")):
+        d = os.path.join(root, folder, split)
+        for name in os.listdir(d):
+            stem, e = os.path.splitext(name)
+            if name.startswith(".tmp-") or (e == ext and stem.isdigit() and int(stem) >= count):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(d, name))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Generate the MiniWorld zero-shot segmentation dataset."
+    )
+    parser.add_argument("--root", default=None, help=f"output folder (default {default_root()})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
+    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
+    parser.add_argument("--image-size", type=int, default=W.WorldParams.image_size)
+    parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a world made with other settings"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = args.root or default_root()
+    start = time.time()
+    manifest = generate_world(
+        root,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        params=W.WorldParams(image_size=args.image_size),
+        jpeg_quality=args.jpeg_quality,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
+    print(f"MiniWorld ready at {root} ({time.time() - start:.1f} s)")
+    for split, info in manifest["splits"].items():
+        total = sum(info["class_pixels"].values()) + info["ignore_pixels"]
+        present = sum(1 for v in info["class_pixels"].values() if v)
+        print(
+            f"  {split}: {info['count']} images, {present}/{len(W.CLASSES)} classes present, "
+            f"{100 * info['ignore_pixels'] / max(total, 1):.1f}% ignore pixels"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
