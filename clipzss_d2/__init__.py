@@ -7,7 +7,7 @@ warnings.filterwarnings(
     "ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning
 )
 
-from . import data, modeling  # noqa: E402,F401  (registration side effects)
+from . import data, miniworld, modeling  # noqa: E402,F401  (registration side effects)
 from .config import add_clipzss_config, get_clipzss_cfg  # noqa: E402
 from .predictor import OpenVocabularyPredictor, SegmentationResult  # noqa: E402
 
