@@ -22,6 +22,7 @@ from .generate import (
     label_path,
     read_manifest,
 )
+from .train_teacher import DEFAULT_TEACHER_PATH, TeacherConfig, get_miniworld_teacher
 
 EVALUATOR_TYPE = "gzss_sem_seg"
 GENERATE_COMMAND = "python -m clipzss_d2.miniworld.generate"
@@ -97,6 +98,9 @@ def register_miniworld(root: str | None = None, prefix: str = "miniworld") -> li
 register_miniworld()
 
 __all__ = [
+    "DEFAULT_TEACHER_PATH",
+    "TeacherConfig",
+    "get_miniworld_teacher",
     "MiniWorldNotGeneratedError",
     "generate_world",
     "load_miniworld",

@@ -263,6 +263,7 @@ class ThingSpec:
     shade: float = 0.0  # linear shading across the object
     shade_angle: float = 0.0
     polygon: np.ndarray | None = None  # clutter only: its own outline in unit coordinates
+    typical_colour: bool = True  # False: painted in an arbitrary colour (only shape tells)
 
 
 @dataclass
@@ -286,7 +287,8 @@ def _jitter_colour(rng: np.random.Generator, hsv: tuple[float, float, float]) ->
 
 def sample_thing(rng: np.random.Generator, name: str, p: WorldParams) -> ThingSpec:
     size = p.image_size
-    if rng.random() < p.alt_colour_prob:
+    typical = rng.random() >= p.alt_colour_prob
+    if not typical:
         rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.3, 0.9), rng.uniform(0.45, 1.0))
     else:
         rgb = _jitter_colour(rng, THING_HSV[name])
@@ -305,6 +307,7 @@ def sample_thing(rng: np.random.Generator, name: str, p: WorldParams) -> ThingSp
         border=bool(rng.random() < p.border_prob),
         shade=rng.uniform(0, 0.25),
         shade_angle=rng.uniform(0, 2 * math.pi),
+        typical_colour=typical,
     )
 
 
