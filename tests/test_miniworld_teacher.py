@@ -16,8 +16,19 @@ from clipzss_d2.modeling.clip_loading import create_clip_model
 QUICK = T.TeacherConfig(steps=2, batch_size=8, warmup_steps=1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads spin-wait for
+    each other (measured 30x slower with 2 threads under a load of 4 on 2 cores). One thread also
+    keeps weights comparable between tests (float sums differ with the thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def quick_checkpoint(tmp_path_factory):
+def quick_checkpoint(one_thread, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("teacher") / "clip_miniworld.pt")
     T.get_miniworld_teacher(path, QUICK, evaluate=False, progress=False)
     return path

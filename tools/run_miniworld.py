@@ -25,14 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import clipzss_d2  # noqa: E402,F401  (registers everything, quiets third-party import noise)
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
+import clipzss_d2  # noqa: E402,F401  (registers everything, quiets third-party import noise)
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.miniworld import register_miniworld, world  # noqa: E402
 from clipzss_d2.miniworld.generate import generate_world  # noqa: E402
 from clipzss_d2.miniworld.train_teacher import (  # noqa: E402
+    DEFAULT_TEACHER_PATH,
     TeacherConfig,
     cached_teacher_info,
     get_miniworld_teacher,
@@ -95,7 +96,11 @@ def results_table(rows, seeds):
     for variant in dict.fromkeys(r["variant"] for r in rows):
         runs = [r for r in rows if r["variant"] == variant]
         cells = [fmt([r[k] for r in runs]) for k in ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU")]
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {fmt([r['train_minutes'] for r in runs])} |")
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(cells)
+            + f" | {fmt([r['train_minutes'] for r in runs])} |"
+        )
     per_run = "\n\nPer run (seed: seen / unseen / hIoU):\n\n" + "\n".join(
         f"- {r['variant']}, seed {r['seed']}: {r['mIoU(seen)']:.1f} / {r['mIoU(unseen)']:.1f} / {r['hIoU']:.1f}"
         for r in rows
@@ -125,12 +130,19 @@ def run_demo(row, args, world_root):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--output", default="output/miniworld")
-    ap.add_argument("--ablation", action="store_true", help="all four variants (default: full only)")
-    ap.add_argument("--variants", nargs="+", choices=VARIANTS, help="override the variants to train")
+    ap.add_argument(
+        "--ablation", action="store_true", help="all four variants (default: full only)"
+    )
+    ap.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, help="override the variants to train"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", help="default: 0 (main job) or 0 1 (ablation)")
     ap.add_argument("--iters", type=int, default=0, help="override SOLVER.MAX_ITER")
     ap.add_argument("--num-train", type=int, default=3000)
     ap.add_argument("--num-val", type=int, default=500)
+    ap.add_argument(
+        "--teacher-path", default=DEFAULT_TEACHER_PATH, help="cached teacher checkpoint"
+    )
     ap.add_argument("--teacher-steps", type=int, default=0, help="override the teacher's steps")
     ap.add_argument("--demo-images", type=int, default=4)
     ap.add_argument("--no-demo", action="store_true")
@@ -152,12 +164,10 @@ def main(argv=None):
 
     t = stage("2/5 teacher (tiny CLIP trained on captions naming all classes)")
     teacher_cfg = TeacherConfig(steps=args.teacher_steps) if args.teacher_steps else None
-    teacher_path = get_miniworld_teacher(
-        os.path.join(args.output, "teacher", "clip_miniworld.pt"), cfg=teacher_cfg
-    )
+    teacher_path = get_miniworld_teacher(args.teacher_path, cfg=teacher_cfg)
     timings["teacher"] = time.perf_counter() - t
     info = cached_teacher_info(teacher_path, teacher_cfg) or {}
-    print(f"teacher: {teacher_path}; {json.dumps(info.get('evaluation', {}))}")
+    print(f"teacher: {teacher_path}; {json.dumps(info.get('eval', {}))}")
 
     rows = []
     t = stage(f"3-4/5 student training + evaluation: {', '.join(variants)} x seeds {seeds}")
@@ -169,7 +179,9 @@ def main(argv=None):
     table = results_table(rows, seeds)
     path = os.path.join(args.output, "ablation.md" if len(rows) > 1 else "results.md")
     atomic_write_text(path, table)
-    atomic_write_text(path[:-3] + ".json", json.dumps({"rows": rows, "timings_s": timings}, indent=2))
+    atomic_write_text(
+        path[:-3] + ".json", json.dumps({"rows": rows, "timings_s": timings}, indent=2)
+    )
     print("\n" + table + f"\n(saved to {path})")
 
     if not args.no_demo:

@@ -242,8 +242,7 @@ def train_teacher(
     model.eval()
     info = {
         "train_seconds": round(time.time() - start, 1),
-        # CPU time of all our threads: on a shared machine, cpu_seconds / threads estimates the
-        # wall time the same run takes on an idle one
+        # CPU time of this process, all threads (spin-waiting OpenMP threads included)
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
         "data_seconds": round(data_time, 1),
         "final_loss": round(float(np.mean(history[-20:])), 4),
@@ -508,7 +507,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="evaluate the checkpoint at --output (training nothing) and print the figures",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0 = torch default); 1 is much faster on a machine shared with other jobs",
+    )
     parser.add_argument(
         "--workers",
         type=int,
