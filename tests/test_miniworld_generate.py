@@ -214,5 +214,16 @@ def test_registered_loader_reads_dicts_and_names_the_command_when_missing(small_
         for n in names:
             DatasetCatalog.remove(n)
             MetadataCatalog.remove(n)
-    with pytest.raises(MiniWorldNotGeneratedError, match="clipzss_d2.miniworld.generate"):
+    with pytest.raises(MiniWorldNotGeneratedError, match="clipzss_d2.miniworld generate"):
         load_miniworld(str(tmp_path / "nowhere"), "train")
+
+
+def test_module_command_dispatches_and_rejects_unknown_commands(tmp_path, capsys):
+    from clipzss_d2.miniworld.__main__ import main
+
+    assert main(["bogus"]) == 2
+    assert "generate" in capsys.readouterr().err
+    root = tmp_path / "w"
+    args = ["generate", "--root", str(root), "--num-train", "2", "--num-val", "1", "--workers", "1"]
+    assert main(args) == 0
+    assert G.read_manifest(str(root))["splits"]["train"]["count"] == 2

@@ -30,6 +30,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import clipzss_d2  # noqa: E402,F401  (registers everything, quiets third-party import noise)
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
+from clipzss_d2.errors import USER_ERRORS  # noqa: E402
 from clipzss_d2.miniworld import register_miniworld, world  # noqa: E402
 from clipzss_d2.miniworld.generate import generate_world  # noqa: E402
 from clipzss_d2.miniworld.train_teacher import (  # noqa: E402
@@ -71,7 +72,11 @@ def train_and_evaluate(variant, seed, args, teacher_path, world_root):
     start = time.perf_counter()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    results = trainer.train()["sem_seg"]
+    trainer.train()
+    # detectron2's final EvalHook stores its results there (train() returns them only when
+    # TEST.EXPECTED_RESULTS is set)
+    results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
+    results = results["sem_seg"]
     minutes = (time.perf_counter() - start) / 60
     row = {k: results.get(k, float("nan")) for k in METRICS}
     row.update(variant=variant, seed=seed, train_minutes=minutes, output_dir=out_dir)
@@ -138,6 +143,11 @@ def main(argv=None):
     )
     ap.add_argument("--seeds", type=int, nargs="+", help="default: 0 (main job) or 0 1 (ablation)")
     ap.add_argument("--iters", type=int, default=0, help="override SOLVER.MAX_ITER")
+    ap.add_argument(
+        "--world-root",
+        default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "miniworld"),
+        help="where the generated world lives (default: $DETECTRON2_DATASETS/miniworld)",
+    )
     ap.add_argument("--num-train", type=int, default=3000)
     ap.add_argument("--num-val", type=int, default=500)
     ap.add_argument(
@@ -155,7 +165,7 @@ def main(argv=None):
     timings = {}
 
     t = stage("1/5 world")
-    world_root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "miniworld")
+    world_root = args.world_root
     manifest = generate_world(world_root, seed=0, num_train=args.num_train, num_val=args.num_val)
     register_miniworld(world_root)
     timings["world"] = time.perf_counter() - t
@@ -194,4 +204,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as e:
+        logger.error("%s: %s", type(e).__name__, e)
+        sys.exit(2)

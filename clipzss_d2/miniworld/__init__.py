@@ -10,6 +10,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..errors import UserInputError
 from . import world
 from .generate import (
     IMAGE_DIR,
@@ -25,10 +26,10 @@ from .generate import (
 from .train_teacher import DEFAULT_TEACHER_PATH, TeacherConfig, get_miniworld_teacher
 
 EVALUATOR_TYPE = "gzss_sem_seg"
-GENERATE_COMMAND = "python -m clipzss_d2.miniworld.generate"
+GENERATE_COMMAND = "python -m clipzss_d2.miniworld generate"
 
 
-class MiniWorldNotGeneratedError(FileNotFoundError):
+class MiniWorldNotGeneratedError(UserInputError, FileNotFoundError):
     """The miniworld files are not on disk (they are generated, never downloaded)."""
 
 

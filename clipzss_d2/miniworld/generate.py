@@ -7,7 +7,7 @@
 Image i of a split depends only on (seed, split, i), so any number of worker processes writes the
 same bytes, and a re-run with the same seed and parameters finds the manifest and does nothing.
 
-    python -m clipzss_d2.miniworld.generate --root datasets/miniworld --seed 0 \
+    python -m clipzss_d2.miniworld generate --root datasets/miniworld --seed 0 \
         --num-train 3000 --num-val 500
 """
 
@@ -24,6 +24,7 @@ import time
 import cv2
 import numpy as np
 
+from ..errors import UserInputError
 from ..utils.io import atomic_write_bytes, atomic_write_text
 from . import world as W
 
@@ -112,7 +113,7 @@ def read_manifest(root: str) -> dict | None:
         return json.load(f)
 
 
-class WorldExistsError(RuntimeError):
+class WorldExistsError(UserInputError, RuntimeError):
     """A different world already lives at the root; refusing to overwrite it silently."""
 
 
@@ -211,7 +212,8 @@ def _remove_beyond(root: str, split: str, count: int) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description="Generate the MiniWorld zero-shot segmentation dataset."
+        prog="python -m clipzss_d2.miniworld generate",
+        description="Generate the MiniWorld zero-shot segmentation dataset.",
     )
     parser.add_argument("--root", default=None, help=f"output folder (default {default_root()})")
     parser.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,7 @@ class, seen and unseen (as the real CLIP saw sheep and sofas on the web). The re
 state_dict that `create_clip_model("ClipZSS-MiniWorld", pretrained=path)` loads exactly like a
 downloaded open_clip checkpoint, so the teacher and text-classifier code run unchanged.
 
-    python -m clipzss_d2.miniworld.train_teacher [--output PATH] [--steps N] [--force]
+    python -m clipzss_d2.miniworld train-teacher [--output PATH] [--steps N] [--force]
 """
 
 from __future__ import annotations
@@ -491,7 +491,9 @@ def _progress(it, enabled: bool, desc: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m clipzss_d2.miniworld train-teacher", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--output", default=DEFAULT_TEACHER_PATH, help="checkpoint path (.pt)")
     parser.add_argument("--steps", type=int, default=TeacherConfig.steps)
     parser.add_argument("--batch-size", type=int, default=TeacherConfig.batch_size)

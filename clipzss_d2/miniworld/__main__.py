@@ -1,0 +1,33 @@
+"""`python -m clipzss_d2.miniworld {generate,train-teacher} ...`.
+
+A dispatcher rather than `-m clipzss_d2.miniworld.generate`: importing `clipzss_d2` already imports
+those modules (dataset registration), and runpy warns when asked to re-run a loaded module.
+"""
+
+import sys
+
+from ..errors import USER_ERRORS
+from .generate import main as generate_main
+from .train_teacher import main as train_teacher_main
+
+COMMANDS = {"generate": generate_main, "train-teacher": train_teacher_main}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        names = ", ".join(COMMANDS)
+        print(
+            f"usage: python -m clipzss_d2.miniworld {{{names}}} [options]  (--help after a command)",
+            file=sys.stderr,
+        )
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
