@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-from visualization import class_colors, legend_font_size, render  # noqa: E402
+from visualization import MIN_DISPLAY_SIDE, class_colors, legend_font_size, render  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
@@ -257,6 +257,7 @@ class Demo:
             legend=self.legend,
             legend_width=legend_width,
             fit_height=fit,
+            min_side=0 if fit else MIN_DISPLAY_SIDE,  # video frames keep the input's size
         )
 
     def fractions(self, labels: np.ndarray, unlabelled_id: int) -> dict[str, float]:

@@ -10,6 +10,7 @@ import colorsys
 import hashlib
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from detectron2.data.catalog import Metadata
 from detectron2.utils.colormap import colormap
@@ -18,6 +19,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 UNLABELLED_COLOR = (128, 128, 128)
 LEGEND_BACKGROUND = (255, 255, 255)
+# Smaller images are drawn enlarged (by a whole factor, labels nearest-neighbour) so that region
+# names stay readable; the label map written beside them keeps the input size.
+MIN_DISPLAY_SIDE = 256
 
 
 def class_colors(
@@ -108,6 +112,18 @@ def legend_font_size(image_height: int) -> int:
     return int(np.clip(round(image_height / 28), 11, 32))
 
 
+def enlarge_for_display(
+    image_rgb: np.ndarray, labels: np.ndarray, min_side: int = MIN_DISPLAY_SIDE
+) -> tuple[np.ndarray, np.ndarray]:
+    h, w = labels.shape
+    factor = -(-min_side // max(1, min(h, w)))
+    if factor <= 1:
+        return image_rgb, labels
+    size = (w * factor, h * factor)
+    image = cv2.resize(image_rgb, size, interpolation=cv2.INTER_LINEAR)
+    return image, labels.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def render(
     image_rgb: np.ndarray,
     labels: np.ndarray,
@@ -118,12 +134,14 @@ def render(
     legend_width: int | None = None,
     fit_height: bool = False,
     alpha: float = 0.5,
+    min_side: int = MIN_DISPLAY_SIDE,
 ) -> np.ndarray:
     """Overlay (RGB uint8) with a legend of the classes present, to the right of the image.
 
     A legend longer than the image extends it downwards (up to 12 rows) unless fit_height; pass
     `legend_width` and fit_height=True for video frames, which must all have one size.
     """
+    image_rgb, labels = enlarge_for_display(image_rgb, labels, min_side)
     overlay = draw_overlay(image_rgb, labels, class_names, colors, unlabelled_id, alpha)
     if not legend:
         return overlay

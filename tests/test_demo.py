@@ -395,3 +395,22 @@ def test_subprocess_exit_code(tiny, tmp_path, shared_data):
     assert run.returncode == 1, run.stderr
     assert "gone.jpg: no such file" in run.stderr and "Traceback" not in run.stderr
     assert (out / "2007_000129.png").is_file() and (out / "2007_000129.json").is_file()
+
+
+def test_small_images_are_drawn_enlarged_with_exact_labels():
+    from visualization import MIN_DISPLAY_SIDE, enlarge_for_display, render
+
+    image = rgb(40, 56)
+    labels = np.zeros((40, 56), np.uint8)
+    labels[10:20, 5:9] = 1
+    big_image, big_labels = enlarge_for_display(image, labels)
+    factor = -(-MIN_DISPLAY_SIDE // 40)  # 7: the short side reaches the minimum
+    assert (
+        big_labels.shape == (40 * factor, 56 * factor) and big_image.shape[:2] == big_labels.shape
+    )
+    assert np.array_equal(big_labels[::factor, ::factor], labels)  # nearest: no mixed labels
+    assert set(np.unique(big_labels)) == {0, 1}
+    overlay = render(image, labels, ["a", "b"], [(255, 0, 0), (0, 0, 255)], 255)
+    assert overlay.shape[0] == 40 * factor and overlay.shape[1] > 56 * factor
+    large = np.zeros((300, 400), np.uint8)
+    assert enlarge_for_display(rgb(300, 400), large)[1] is large  # already readable: untouched
