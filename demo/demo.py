@@ -38,6 +38,9 @@ for path in (str(Path(__file__).resolve().parent), str(ROOT)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning that fvcore triggers)
+
+# isort: split
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

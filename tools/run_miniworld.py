@@ -25,10 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import clipzss_d2  # noqa: E402,F401  (first: registers everything, quiets third-party noise)
+
+# isort: split
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-import clipzss_d2  # noqa: E402,F401  (registers everything, quiets third-party import noise)
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.errors import USER_ERRORS  # noqa: E402
 from clipzss_d2.miniworld import register_miniworld, world  # noqa: E402
