@@ -84,13 +84,19 @@ def _write_range(job: tuple) -> np.ndarray:
 
 
 def _pool_context():
-    """fork where available: workers need only numpy/cv2, and spawn would re-import torch."""
-    methods = mp.get_all_start_methods()
-    return mp.get_context("fork" if "fork" in methods else "spawn")
+    """spawn, never fork: the caller has usually started torch/OpenMP, cv2 and tqdm threads,
+    and a forked child inherits their locks mid-use (cv2 calls in it then hang forever)."""
+    return mp.get_context("spawn")
+
+
+def _default_workers() -> int:
+    """A spawned worker pays ~3 s importing torch, so on 2 cores one process is as fast."""
+    cpus = os.cpu_count() or 1
+    return 1 if cpus <= 2 else min(cpus, 8)
 
 
 def _worker_init() -> None:
-    cv2.setNumThreads(1)  # one process per core already; also avoids cv2 threads after fork
+    cv2.setNumThreads(1)  # one process per core already
 
 
 def world_key(seed: int, num_train: int, num_val: int, params: W.WorldParams, quality: int) -> dict:
@@ -150,7 +156,7 @@ def generate_world(
         os.makedirs(os.path.join(root, IMAGE_DIR, split), exist_ok=True)
         os.makedirs(os.path.join(root, LABEL_DIR, split), exist_ok=True)
         _remove_beyond(root, split, counts[split])
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    workers = workers if workers is not None else _default_workers()
     chunk = 100
     jobs = [
         (root, seed, split, s, min(s + chunk, counts[split]), params.to_dict(), jpeg_quality)
@@ -221,7 +227,12 @@ def main(argv=None) -> int:
     parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
     parser.add_argument("--image-size", type=int, default=W.WorldParams.image_size)
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes (default: 1 on <= 2 cores, else CPU count up to 8)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a world made with other settings"
     )

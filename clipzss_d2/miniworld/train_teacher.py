@@ -156,16 +156,17 @@ def _worker_init(_: int) -> None:
 
 def _batch_loader(batches: Batches, steps: int, workers: int):
     dataset = _StepDataset(batches, steps)
-    if workers <= 0 or "fork" not in torch.multiprocessing.get_all_start_methods():
+    if workers <= 0:
         return (dataset[i] for i in range(steps))
-    # fork: the worker needs no pickling and starts at once; batches depend on the index only,
-    # so the weights do not depend on the number of workers
+    # spawn, not fork: a child forked from a process whose OpenMP/cv2 pools have run can hang in
+    # its first cv2 call. Batches depend on the index only, so the weights do not depend on the
+    # number of workers.
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
         num_workers=workers,
         prefetch_factor=2,
-        multiprocessing_context="fork",
+        multiprocessing_context="spawn",
         worker_init_fn=_worker_init,
     )
 

@@ -266,7 +266,9 @@ def run_jobs(
     with bar:
         if workers > 1 and len(todo) > 1:
             chunk = max(1, min(32, len(todo) // (workers * 8)))
-            with multiprocessing.Pool(min(workers, len(todo))) as pool:
+            # spawn: forking after tqdm's monitor thread and cv2's pool have started can hang
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(min(workers, len(todo))) as pool:
                 results = pool.imap_unordered(run, todo, chunksize=chunk)
                 _collect(results, summary, bar)
         else:
