@@ -59,6 +59,20 @@ def test_short_main_job_runs_every_stage(tmp_path):
     assert len(list((out / "demo").glob("*.png"))) >= 2
     assert "star" in proc.stdout and "stage times" in proc.stdout
 
+    # --reuse keeps a finished run with the same config (an interrupted ablation resumes) ...
+    weights = run_dir / "model_final.pth"
+    before = weights.stat().st_mtime_ns
+    again = run_main_job(tmp_path, "--reuse", "--no-demo", *overrides)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "reusing the finished run" in again.stdout
+    assert weights.stat().st_mtime_ns == before
+    assert json.loads((out / "results.json").read_text())["rows"][0]["hIoU"] == result["hIoU"]
+    # ... but never one trained with another config
+    changed = run_main_job(tmp_path, "--reuse", "--no-demo", *overrides, "SOLVER.BASE_LR", "0.0123")
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "reusing the finished run" not in changed.stdout
+    assert weights.stat().st_mtime_ns != before
+
 
 def test_main_job_rejects_a_world_made_with_other_settings(tmp_path):
     from clipzss_d2.miniworld.generate import generate_world

@@ -9,6 +9,7 @@
 
     python tools/run_miniworld.py                      # the README's main job (full method)
     python tools/run_miniworld.py --ablation           # baseline / +GLM / +PLM / full, 2 seeds
+    python tools/run_miniworld.py --ablation --reuse   # ... keeping the runs already finished
 """
 
 import argparse
@@ -68,6 +69,10 @@ def train_and_evaluate(variant, seed, args, teacher_path, world_root):
         opts += ["SOLVER.MAX_ITER", args.iters, "SOLVER.WARMUP_ITERS", min(100, args.iters // 10)]
     cfg.merge_from_list(opts + args.opts)
     cfg.freeze()
+    finished = finished_run(out_dir, cfg)
+    if finished is not None and args.reuse:
+        print(f"reusing the finished run in {out_dir} (same config)")
+        return finished
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "config.yaml"), cfg.dump())
     seed_all_rng(seed)
@@ -84,6 +89,17 @@ def train_and_evaluate(variant, seed, args, teacher_path, world_root):
     row.update(variant=variant, seed=seed, train_minutes=minutes, output_dir=out_dir)
     atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(row, indent=2))
     return row
+
+
+def finished_run(out_dir, cfg):
+    """The results of an earlier run in out_dir with exactly this config, else None."""
+    try:
+        with open(os.path.join(out_dir, "config.yaml")) as f:
+            same = f.read() == cfg.dump()
+        with open(os.path.join(out_dir, "results.json")) as f:
+            return json.load(f) if same else None
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def fmt(values):
@@ -158,6 +174,12 @@ def main(argv=None):
     ap.add_argument("--teacher-steps", type=int, default=0, help="override the teacher's steps")
     ap.add_argument("--demo-images", type=int, default=4)
     ap.add_argument("--no-demo", action="store_true")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="skip runs whose output dir already holds results for the same config "
+        "(resumes an interrupted ablation)",
+    )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = ap.parse_args(argv)
     variants = args.variants or (VARIANTS if args.ablation else ("full",))
