@@ -193,7 +193,8 @@ def main(argv=None):
     manifest = generate_world(world_root, seed=0, num_train=args.num_train, num_val=args.num_val)
     register_miniworld(world_root)
     timings["world"] = time.perf_counter() - t
-    print(f"{world_root}: {manifest.get('num_train')} train / {manifest.get('num_val')} val images, "
+    key = manifest["key"]
+    print(f"{world_root}: {key['num_train']} train / {key['num_val']} val images, "
           f"{len(world.CLASSES)} classes, unseen = {', '.join(world.UNSEEN)}")  # fmt: skip
 
     t = stage("2/5 teacher (tiny CLIP trained on captions naming all classes)")
