@@ -11,6 +11,9 @@ import sys
 import weakref
 from collections import OrderedDict
 
+import clipzss_d2  # noqa: F401  (first: it silences a torch.jit warning that fvcore triggers)
+
+# isort: split
 import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer

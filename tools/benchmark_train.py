@@ -25,10 +25,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning that fvcore triggers)
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from clipzss_d2 import get_clipzss_cfg  # noqa: E402  (first: it quiets a torch.jit warning)
+from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.solver import build_optimizer  # noqa: E402
 
 SYNTHETIC = "benchmark_synthetic_train"
