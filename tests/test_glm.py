@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from clipzss_d2.modeling.glm import GlobalLearningModule
 
 
-def hand_glm_loss(dense, cls, negatives_extra=(), tau=0.07, scale=None):
-    """L_glm of method.md with plain Python loops (no torch ops on the formula)."""
+def hand_glm_loss(dense, cls, negatives_extra=(), tau=0.07, pool_tau=0.07):
+    """L_glm with plain Python loops (no torch ops on the formula); pooling on cosines / pool_tau,
+    or with pool_tau=0 on raw CLS . R / sqrt(C) (the method's literal formula)."""
     dense = dense.tolist()  # B x C x h x w
     cls = cls.tolist()
     B, C = len(dense), len(dense[0])
     L = len(dense[0][0]) * len(dense[0][0][0])
-    scale = C**-0.5 if scale is None else scale
 
     def norm(v):
         n = math.sqrt(sum(a * a for a in v))
@@ -30,7 +30,10 @@ def hand_glm_loss(dense, cls, negatives_extra=(), tau=0.07, scale=None):
             [dense[b][c][i // len(dense[b][0][0])][i % len(dense[b][0][0])] for c in range(C)]
             for i in range(L)
         ]
-        logits = [dot(cls[b], p) * scale for p in pix]
+        if pool_tau:
+            logits = [dot(norm(cls[b]), norm(p)) / pool_tau for p in pix]
+        else:
+            logits = [dot(cls[b], p) * C**-0.5 for p in pix]
         m = max(logits)
         w = [math.exp(v - m) for v in logits]
         w = [v / sum(w) for v in w]
@@ -54,9 +57,12 @@ def test_loss_matches_hand_computation():
     loss = glm(dense, cls)
     assert loss.shape == ()
     assert loss.item() == pytest.approx(hand_glm_loss(dense, cls), rel=1e-5)
-    glm2 = GlobalLearningModule(embed_dim=4, temperature=0.5, bank_size=0, pool_scale=2.0)
-    ref = hand_glm_loss(dense, cls, tau=0.5, scale=2.0)
+    glm2 = GlobalLearningModule(embed_dim=4, temperature=0.5, bank_size=0, pool_temperature=0.3)
+    ref = hand_glm_loss(dense, cls, tau=0.5, pool_tau=0.3)
     assert glm2(dense, cls).item() == pytest.approx(ref, rel=1e-5)
+    literal = GlobalLearningModule(embed_dim=4, temperature=0.5, bank_size=0, pool_temperature=0)
+    ref = hand_glm_loss(dense, cls, tau=0.5, pool_tau=0)
+    assert literal(dense, cls).item() == pytest.approx(ref, rel=1e-5)
 
 
 def test_gradient_reaches_dense_only():
@@ -158,3 +164,58 @@ def test_global_batch_negatives_across_processes(tmp_path):
         assert res["loss"] == pytest.approx(ref, rel=1e-5)
         torch.testing.assert_close(res["bank"], F.normalize(c_all, dim=-1))
         assert res["grad"].abs().sum() > 0
+
+
+def toy_scene(c=512, size=48, seed=0):
+    """Dense unit features of CLIP's width: a 12 x 12 'object' whose features are near the query
+    direction (cosine ~0.9), the rest noise (cosine ~0); the query has the norm of a raw CLIP
+    ViT-B/16 image embedding (~10). Returns dense, query, object mask."""
+    g = torch.Generator().manual_seed(seed)
+    query = F.normalize(torch.randn(c, generator=g), dim=0)
+    dense = F.normalize(torch.randn(1, c, size, size, generator=g), dim=1)
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[5:17, 20:32] = True
+    obj = F.normalize(query[:, None] + 0.02 * torch.randn(c, int(mask.sum()), generator=g), dim=0)
+    dense[0][:, mask] = obj
+    return dense, query[None] * 10.0, mask
+
+
+def test_pooling_follows_the_region_that_matches_the_query():
+    """Through the config route: with the default temperature the pooled vector is the object
+    (94 % of the weight on 6 % of the positions); the literal formula is a plain mean."""
+    from clipzss_d2.config import get_clipzss_cfg
+
+    cfg = get_clipzss_cfg()
+    glm = GlobalLearningModule(cfg)
+    assert glm.pool_temperature == 0.07
+    dense, query, mask = toy_scene()
+    weights = glm.pooling_weights(dense, query).view(48, 48)
+    assert weights[mask].sum() > 0.9
+    obj_mean = F.normalize(dense[0][:, mask].mean(1), dim=0)
+    pooled = F.normalize(glm.attention_pool(dense, query)[0], dim=0)
+    assert float(pooled @ obj_mean) > 0.95
+    assert glm.last_pool_entropy < 0.7  # a uniform spread over the object alone gives 0.64
+
+    cfg.MODEL.CLIPZSS.GLM.POOL_TEMPERATURE = 0.0
+    literal = GlobalLearningModule(cfg)
+    w = literal.pooling_weights(dense, query).view(48, 48)
+    assert w[mask].sum() < 0.1  # 144 of 2304 positions = 6 %: hardly more than a mean
+    literal.attention_pool(dense, query)
+    assert literal.last_pool_entropy > 0.99
+
+
+def test_padding_gets_no_pooling_weight_and_changes_nothing():
+    glm = GlobalLearningModule(embed_dim=512, bank_size=0)
+    dense, query, _ = toy_scene()
+    dense = dense.expand(2, -1, -1, -1).clone()
+    cls = torch.cat([query, F.normalize(torch.randn(1, 512), dim=-1)])
+    valid = torch.zeros(2, 96, 96, dtype=torch.bool)  # image_valid at 2x the dense resolution
+    valid[:, :64, :80] = True
+    w = glm.pooling_weights(dense, cls, valid[:, ::2, ::2])
+    assert w.view(2, 48, 48)[:, 32:].abs().max() == 0 and w.view(2, 48, 48)[:, :, 40:].max() == 0
+    loss = glm(dense, cls, valid)
+    garbage = dense.clone()
+    garbage[:, :, 32:] = F.normalize(torch.randn_like(garbage[:, :, 32:]), dim=1)
+    assert glm(garbage, cls, valid).item() == pytest.approx(loss.item(), rel=1e-6)
+    cropped = glm(dense[:, :, :32, :40].contiguous(), cls)
+    assert cropped.item() == pytest.approx(loss.item(), rel=1e-6)

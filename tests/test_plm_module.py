@@ -201,8 +201,8 @@ def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
     import open_clip
 
     from clipzss_d2.modeling.clip_loading import create_clip_model
+    from clipzss_d2.modeling.criterion import CLIPZSSCriterion
     from clipzss_d2.modeling.glm import GlobalLearningModule
-    from clipzss_d2.modeling.losses import segmentation_losses
     from clipzss_d2.modeling.teacher import CLIPTeacher
 
     torch.manual_seed(0)
@@ -227,7 +227,8 @@ def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
     logits, targets, pseudo_valid, losses = module(dense, labels, text, t_out, alpha, valid)
     class_valid = torch.cat([torch.ones(2, S, dtype=torch.bool), pseudo_valid], 1)
     up = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
-    seg = segmentation_losses(up, targets, class_valid)
+    unit = {"loss_ce": 1.0, "loss_focal": 100.0, "loss_dice": 1.0}
+    seg = CLIPZSSCriterion(weight_dict=unit)(up, targets, valid, class_valid)
     glm = GlobalLearningModule(embed_dim=32, bank_size=4)
     total = sum(seg.values()) + losses["loss_bce"] + glm(dense, t_out.cls_embed)
     assert torch.isfinite(total)

@@ -111,7 +111,8 @@ class ZeroShotSemSegDatasetMapper:
     crop size / size divisibility (image with the pixel mean, labels with ignore).
     Test: the image is resized as for inference; the label map keeps its full ids.
     Output: image (CHW uint8 tensor in `image_format`), sem_seg (HW int64), height and width of
-    the original image, file_name.
+    the original image, file_name, and image_size: (height, width) of the image inside the
+    (possibly padded) tensor, so the model can tell padding from image.
     """
 
     @configurable
@@ -159,6 +160,12 @@ class ZeroShotSemSegDatasetMapper:
         if is_train:
             meta = shared_metadata(cfg.DATASETS.TRAIN)
             ignore = meta.get("ignore_label", 255)
+            if ignore != cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE:
+                raise DatasetConfigError(
+                    f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE} but "
+                    f"{list(cfg.DATASETS.TRAIN)} mark unlabelled pixels with {ignore}: set the key "
+                    f"to {ignore}."
+                )
             augs = [
                 T.ResizeShortestEdge(
                     cfg.INPUT.MIN_SIZE_TRAIN,
@@ -277,6 +284,7 @@ class ZeroShotSemSegDatasetMapper:
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)
         image, sem_seg = aug_input.image, aug_input.sem_seg
+        image_size = tuple(int(v) for v in image.shape[:2])
         if self.is_train:
             image, sem_seg = self._pad(image, sem_seg)
 
@@ -294,4 +302,5 @@ class ZeroShotSemSegDatasetMapper:
         if sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype(np.int64))
         dataset_dict["height"], dataset_dict["width"] = height, width
+        dataset_dict["image_size"] = image_size
         return dataset_dict

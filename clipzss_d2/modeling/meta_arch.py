@@ -21,10 +21,10 @@ from torch import nn
 
 from ..data import get_training_vocabulary
 from ..vocabulary import parse_vocabulary, prompt_names
+from .criterion import CLIPZSSCriterion
 from .embedding_head import build_embedding_head
 from .glm import GlobalLearningModule
 from .inference import TestTimeInference
-from .losses import segmentation_losses
 from .plm import PixelLearningModule
 from .teacher import CLIPTeacher, TeacherOutput
 from .text_classifier import TextClassifier, build_text_classifier
@@ -53,11 +53,9 @@ class CLIPZSS(nn.Module):
         size_divisibility: int = 32,
         ignore_value: int = 255,
         glm: GlobalLearningModule | None = None,
-        glm_weight: float = 1.0,
         plm: PixelLearningModule | None = None,
         teacher_factory=None,
-        loss_weights: dict | None = None,
-        loss_resolution: str = "feature",
+        criterion: CLIPZSSCriterion | None = None,
         test_time: TestTimeInference | None = None,
     ):
         """
@@ -66,9 +64,7 @@ class CLIPZSS(nn.Module):
                 the supervised baseline on the seen classes.
             teacher_factory: callable building the frozen CLIP teacher; called by
                 `build_teacher()` and only when GLM or PLM needs it.
-            loss_weights: keyword arguments of `segmentation_losses` (CE, focal, dice weights).
-            loss_resolution: "feature" (labels downsampled to the logits) or "input" (logits
-                upsampled to the labels).
+            criterion: every loss term and its weight (default: CE + ZegCLIP's NEL, weight 1).
             test_time: how inference computes logits (whole / sliding window, flip, scales);
                 default one whole-image pass.
         """
@@ -90,14 +86,13 @@ class CLIPZSS(nn.Module):
         self.size_divisibility = max(size_divisibility, getattr(backbone, "size_divisibility", 0))
         self.ignore_value = ignore_value
         self.glm = glm
-        self.glm_weight = glm_weight
         self.plm = plm
-        self.loss_weights = dict(loss_weights or {})
-        if loss_resolution not in ("feature", "input"):
-            raise ValueError(
-                f"MODEL.CLIPZSS.LOSS.RESOLUTION must be 'feature' or 'input', got {loss_resolution!r}"
-            )
-        self.loss_resolution = loss_resolution
+        if criterion is None:
+            weights = {"loss_ce": 1.0, "loss_focal": 1.0, "loss_dice": 1.0}
+            weights.update({"loss_glm": 1.0} if glm is not None else {})
+            weights.update({"loss_bce": 1.0} if plm is not None else {})
+            criterion = CLIPZSSCriterion(weight_dict=weights, ignore_value=ignore_value)
+        self.criterion = criterion
         self._teacher_factory = teacher_factory
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
         # model.train() never flips it out of eval mode.
@@ -133,18 +128,9 @@ class CLIPZSS(nn.Module):
             "size_divisibility": z.SIZE_DIVISIBILITY,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "glm": GlobalLearningModule(cfg) if z.GLM.ENABLED else None,
-            "glm_weight": z.GLM.LOSS_WEIGHT,
             "plm": PixelLearningModule(cfg) if plm_on else None,
             "teacher_factory": (lambda: CLIPTeacher(cfg)) if (z.GLM.ENABLED or plm_on) else None,
-            "loss_weights": {
-                "ce_weight": z.LOSS.CE_WEIGHT,
-                "nel_weight": z.LOSS.NEL_WEIGHT,
-                "focal_weight": z.LOSS.FOCAL_WEIGHT,
-                "focal_alpha": z.LOSS.FOCAL_ALPHA,
-                "focal_gamma": z.LOSS.FOCAL_GAMMA,
-                "dice_weight": z.LOSS.DICE_WEIGHT,
-            },
-            "loss_resolution": z.LOSS.RESOLUTION,
+            "criterion": CLIPZSSCriterion(cfg),
             "test_time": TestTimeInference.from_config(cfg),
         }
 
@@ -171,13 +157,16 @@ class CLIPZSS(nn.Module):
             self.__dict__["_teacher"] = self._teacher_factory().to(self.device)
         return self._teacher
 
-    def run_teacher(self, images: ImageList) -> TeacherOutput | None:
+    def run_teacher(
+        self, images: ImageList, image_sizes: torch.Tensor | None = None
+    ) -> TeacherOutput | None:
+        """The teacher on the batch; with ``image_sizes`` it sees the images, not the padding."""
         teacher = self.build_teacher()
         if teacher is None:
             return None
         if next(teacher.parameters()).device != self.device:
             teacher.to(self.device)
-        return teacher(images.tensor, normalized=True)
+        return teacher(images.tensor, normalized=True, image_sizes=image_sizes)
 
     # -- vocabulary ----------------------------------------------------------------------------
     @property
@@ -218,41 +207,62 @@ class CLIPZSS(nn.Module):
             return self.losses(images, batched_inputs)
         return self.inference(images, batched_inputs)
 
+    @staticmethod
+    def image_extents(images: ImageList, batched_inputs) -> torch.Tensor:
+        """B x 2 (height, width) of the image inside each tensor of the batch.
+
+        The training mapper pads crops and records the true extent as "image_size";
+        ImageList's own ``image_sizes`` include that padding, so they are only the fallback.
+        """
+        sizes = []
+        for x, (h, w) in zip(batched_inputs, images.image_sizes):
+            eh, ew = x.get("image_size", (h, w))
+            if not (0 < eh <= h and 0 < ew <= w):
+                raise ValueError(
+                    f"image_size {(eh, ew)} of {x.get('file_name', 'an input')} does not fit its "
+                    f"{h}x{w} image tensor"
+                )
+            sizes.append((int(eh), int(ew)))
+        return torch.tensor(sizes, dtype=torch.long)
+
+    @staticmethod
+    def extent_mask(extents: torch.Tensor, height: int, width: int, device) -> torch.Tensor:
+        """B x height x width bool, True inside each image (padding is at the bottom/right)."""
+        extents = extents.to(device)
+        rows = torch.arange(height, device=device)[None] < extents[:, :1]
+        cols = torch.arange(width, device=device)[None] < extents[:, 1:]
+        return rows[:, :, None] & cols[:, None, :]
+
     def losses(self, images: ImageList, batched_inputs) -> dict[str, torch.Tensor]:
+        """Weighted loss terms; padding is not image: no term, pseudo label, K-Means token,
+        pooling weight or centroid comes from it."""
         if not self.train_vocabulary:
             raise ValueError("No training vocabulary: set DATASETS.TRAIN to a registered dataset.")
         targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
         targets = ImageList.from_tensors(
             targets, self.size_divisibility, pad_value=self.ignore_value
-        ).tensor
-        targets = targets.long()
-        valid = torch.zeros_like(targets, dtype=torch.bool)
-        for i, (h, w) in enumerate(images.image_sizes):
-            valid[i, :h, :w] = True  # padding is not image: no pseudo labels there
+        ).tensor.long()
+        extents = self.image_extents(images, batched_inputs)
+        image_valid = self.extent_mask(extents, *targets.shape[-2:], self.device)
+        targets = targets.masked_fill(~image_valid, self.ignore_value)
 
         embeddings = self.embed(images.tensor)
         text_seen = self.text_embeddings(self.train_vocabulary)
-        teacher_out = self.run_teacher(images)
-        losses = {}
+        teacher_out = self.run_teacher(images, extents)
+        extra = {}
         if self.glm is not None:
-            losses["loss_glm"] = self.glm_weight * self.glm(embeddings, teacher_out.cls_embed)
+            extra["loss_glm"] = self.glm(embeddings, teacher_out.cls_embed, image_valid)
         if self.plm is not None:
-            out = self.plm(embeddings, targets, text_seen, teacher_out, self.logit_scale, valid)
+            out = self.plm(
+                embeddings, targets, text_seen, teacher_out, self.logit_scale, image_valid
+            )
             logits, targets = out.logits, out.targets
             seen_valid = out.pseudo_valid.new_ones(len(targets), len(text_seen))
             class_valid = torch.cat([seen_valid, out.pseudo_valid], dim=1)
-            losses.update(out.losses)
+            extra.update(out.losses)
         else:
             logits, class_valid = self.classify(embeddings, text_seen), None
-        if self.loss_resolution == "input":
-            size = targets.shape[-2:]
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        else:
-            size = logits.shape[-2:]
-            targets = F.interpolate(targets[:, None].float(), size=size, mode="nearest-exact")
-            targets = targets[:, 0].long()
-        losses.update(segmentation_losses(logits, targets, class_valid, **self.loss_weights))
-        return losses
+        return self.criterion(logits, targets, image_valid, class_valid, extra)
 
     @torch.no_grad()
     def inference(self, images: ImageList, batched_inputs):

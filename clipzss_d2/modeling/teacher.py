@@ -31,6 +31,7 @@ class TeacherOutput(NamedTuple):
 
     cls_embed: torch.Tensor  # B x C, equals open_clip's encode_image at the native size
     patch_embed: torch.Tensor  # B x C x h' x w'
+    token_valid: torch.Tensor | None = None  # B x h' x w' bool: patch wholly inside the image
 
 
 def _check_supported(visual: nn.Module) -> None:
@@ -227,25 +228,93 @@ class CLIPTeacher(nn.Module):
         return v
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, normalized: bool = False) -> TeacherOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        normalized: bool = False,
+        image_sizes: torch.Tensor | None = None,
+    ) -> TeacherOutput:
         """images: B x 3 x H x W raw batch (0..255, INPUT.FORMAT order) as detectron2 gives it.
 
         Pass ``normalized=True`` for a batch already normalised with the student's
         PIXEL_MEAN/STD (e.g. the padded ImageList tensor).
+
+        image_sizes: B x 2 (height, width) of the image inside each padded tensor (padding at
+        the bottom/right, as detectron2 pads). The teacher then sees only the image: patches not
+        wholly inside it are masked out of every attention layer as keys, and each image gets
+        positional embeddings interpolated to its own patch grid, so the CLS and the valid patch
+        tokens equal those of the unpadded image run alone (exactly when its sides are
+        multiples of the patch size and TEACHER.INPUT_SIZE is 0). ``token_valid`` marks them.
         """
         # the teacher's precision is its own (TEACHER.PRECISION), whatever autocast is active
         with torch.autocast(device_type=images.device.type, enabled=False):
-            return self._forward(images, normalized)
+            return self._forward(images, normalized, image_sizes)
 
-    def _forward(self, images: torch.Tensor, normalized: bool) -> TeacherOutput:
+    def token_grids(self, image_sizes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """B x 2 whole-patch grid (rows, cols) of each image, after the INPUT_SIZE resize."""
+        sizes = image_sizes.to(torch.float64)
+        if self.input_size > 0:
+            sizes = sizes * torch.tensor([self.input_size / height, self.input_size / width])
+        ph, pw = self.patch_size
+        return torch.floor(sizes / torch.tensor([ph, pw], dtype=torch.float64) + 1e-6).long()
+
+    def _image_positional_embeddings(self, grids: torch.Tensor, gh: int, gw: int):
+        """B x (1 + gh*gw) x width: each image's grid embedding top-left on the canvas."""
+        width = self.visual.positional_embedding.shape[1]
+        pos = self.visual.positional_embedding.new_zeros(len(grids), 1 + gh * gw, width)
+        canvas = pos[:, 1:].view(len(grids), gh, gw, width)
+        # one interpolation per distinct grid (a few per batch), cached across iterations
+        for grid in torch.unique(grids, dim=0).tolist():
+            rows, cols = grid
+            if rows < 1 or cols < 1:
+                continue
+            same = (grids == torch.tensor(grid)).all(dim=1).to(pos.device)
+            emb = self.positional_embedding(rows, cols)
+            pos[same, 0] = emb[0]
+            canvas[same, :rows, :cols] = emb[1:].view(rows, cols, width)
+        return pos
+
+    @staticmethod
+    def _masked_block(blk: nn.Module, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """One residual attention block in which padded tokens are no keys (open_clip's
+        ResidualAttentionBlock step by step, with a key padding mask)."""
+        if isinstance(blk, ResidualAttentionBlock) and not hasattr(blk, "ln_1_kv"):
+            h = blk.ln_1(x)
+            attn = blk.attn(h, h, h, need_weights=False, key_padding_mask=pad)[0]
+            x = x + blk.ls_1(attn)
+            return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        heads = blk.attn.num_heads
+        mask = torch.zeros(pad.shape, dtype=x.dtype, device=x.device)
+        mask = mask.masked_fill(pad, float("-inf"))[:, None, None, :]
+        n = x.shape[1] if blk.attn.batch_first else x.shape[0]
+        mask = mask.expand(-1, heads, n, -1).reshape(-1, n, pad.shape[1])
+        return blk(x, attn_mask=mask)
+
+    def _forward(self, images, normalized, image_sizes) -> TeacherOutput:
         vis = self.visual
+        height, width_px = images.shape[-2:]
         x = self.preprocess(images, normalized).to(self.dtype)
         x = vis.conv1(x)  # B x width x gh x gw (trailing pixels beyond a whole patch dropped)
         b, width, gh, gw = x.shape
+        token_valid, pad = None, None
+        if image_sizes is not None:
+            grids = self.token_grids(image_sizes.cpu(), height, width_px).clamp(
+                max=torch.tensor([gh, gw])
+            )
+            if bool((grids < torch.tensor([gh, gw])).any()):
+                rows = torch.arange(gh)[None, :, None] < grids[:, 0, None, None]
+                cols = torch.arange(gw)[None, None, :] < grids[:, 1, None, None]
+                token_valid = (rows & cols).to(x.device)
+                pad = torch.cat(
+                    [token_valid.new_zeros(b, 1), ~token_valid.flatten(1)], dim=1
+                )  # CLS is never padding
         x = x.flatten(2).transpose(1, 2)
         cls_tok = vis.class_embedding.to(x.dtype).view(1, 1, width).expand(b, 1, width)
         x = torch.cat([cls_tok, x], dim=1)
-        x = x + self.positional_embedding(gh, gw).to(x.dtype)
+        if pad is None:
+            x = x + self.positional_embedding(gh, gw).to(x.dtype)
+        else:
+            x = x + self._image_positional_embeddings(grids, gh, gw).to(x.dtype)
         x = vis.ln_pre(x)  # patch dropout skipped: identity in eval mode anyway
 
         tr = vis.transformer
@@ -253,9 +322,10 @@ class CLIPTeacher(nn.Module):
             x = x.transpose(0, 1)
         blocks = tr.resblocks
         for blk in blocks[:-1]:
-            x = blk(x)
+            x = blk(x) if pad is None else self._masked_block(blk, x, pad)
         last = blocks[-1]
-        out = last(x)
+        out = last(x) if pad is None else self._masked_block(last, x, pad)
+        # maskclip's value path is per token: padding cannot reach a valid token through it
         dense = self._dense_tokens(last, x) if self.dense_mode == "maskclip" else out
         if not tr.batch_first:
             out, dense = out.transpose(0, 1), dense.transpose(0, 1)
@@ -265,7 +335,9 @@ class CLIPTeacher(nn.Module):
         cls_embed = vis.ln_post(out[:, 0]) @ vis.proj
         patch = vis.ln_post(dense[:, 1:]) @ vis.proj
         patch = patch.transpose(1, 2).reshape(b, -1, gh, gw)
-        return TeacherOutput(cls_embed=cls_embed, patch_embed=patch)
+        if token_valid is None:
+            token_valid = torch.ones(b, gh, gw, dtype=torch.bool, device=patch.device)
+        return TeacherOutput(cls_embed=cls_embed, patch_embed=patch, token_valid=token_valid)
 
 
 def teacher_grid_size(teacher: CLIPTeacher, height: int, width: int) -> tuple[int, int]:

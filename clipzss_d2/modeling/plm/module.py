@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
-from .pseudo_labels import IGNORE, PseudoLabeler, fuse_labels
+from .pseudo_labels import PseudoLabeler, fuse_labels
 from .synthesizer import PseudoWeightSynthesizer, region_centroids
 
 # Logit of padded / invalid pseudo channels: far below any real logit (|scale * cos| <= ~100)
@@ -25,9 +25,9 @@ INVALID_LOGIT = -1e4
 
 class PLMOutput(NamedTuple):
     logits: torch.Tensor  # B x (S+Q) x h x w
-    targets: torch.Tensor  # B x H x W fused labels (seen ids, S + pseudo id, 255)
+    targets: torch.Tensor  # B x H x W fused labels (seen ids, S + pseudo id, ignore)
     pseudo_valid: torch.Tensor  # B x Q bool
-    losses: dict  # {"loss_bce": weighted L_bce} when the synthesizer is on
+    losses: dict  # {"loss_bce": unweighted L_bce} when the synthesizer is on (criterion weighs)
 
 
 def bce_prototype_loss(
@@ -68,7 +68,7 @@ class PixelLearningModule(nn.Module):
         synth_layers: int = 2,
         synth_heads: int = 8,
         synth_use_patch_tokens: bool = False,
-        bce_weight: float = 1.0,
+        ignore_value: int = 255,
     ):
         super().__init__()
         self.use_pseudo_labels = bool(pseudo_labels)
@@ -94,7 +94,7 @@ class PixelLearningModule(nn.Module):
         )
         self.max_seen_fraction = float(max_seen_fraction)
         self.pseudo_logit_scale = float(pseudo_logit_scale)
-        self.bce_weight = float(bce_weight)
+        self.ignore_value = int(ignore_value)
 
     @classmethod
     def from_config(cls, cfg):
@@ -115,7 +115,7 @@ class PixelLearningModule(nn.Module):
             "synth_layers": p.SYNTH_LAYERS,
             "synth_heads": p.SYNTH_HEADS,
             "synth_use_patch_tokens": p.SYNTH_USE_PATCH_TOKENS,
-            "bce_weight": p.BCE_WEIGHT,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
 
     def forward(
@@ -130,10 +130,11 @@ class PixelLearningModule(nn.Module):
         """
         Args:
             dense: B x C x h x w student embeddings R, L2-normalised per pixel.
-            labels: B x H x W seen ids 0..S-1 / 255, at input resolution.
+            labels: B x H x W seen ids 0..S-1 / ignore_value, at input resolution.
             text_seen: S x C normalised text embeddings of the seen classes (constants).
-            teacher: TeacherOutput (cls_embed B x C, patch_embed B x C x h' x w'); may be None
-                only when both switches are off.
+            teacher: TeacherOutput (cls_embed B x C, patch_embed B x C x h' x w', token_valid
+                B x h' x w' or None); may be None only when both switches are off. Tokens
+                that are not valid (padding) are never clustered nor attended to.
             logit_scale: alpha, the multiplier itself (not its log); float or tensor, may be
                 learnable. L_bce uses it detached, so only the segmentation losses tune it.
             valid_mask: B x H x W bool, False on padding.
@@ -141,7 +142,7 @@ class PixelLearningModule(nn.Module):
         Returns PLMOutput(logits B x (S+Q) x h x w, targets B x H x W, pseudo_valid B x Q,
         losses). Q = the largest number of pseudo classes of an image in the batch (one host
         sync); channels S+q with q >= num_pseudo of an image, or without a prototype, hold
-        INVALID_LOGIT and pixels targeting them are set to 255.
+        INVALID_LOGIT and pixels targeting them are set to ignore_value.
         """
         b, c, h, w = dense.shape
         s = text_seen.shape[0]
@@ -151,17 +152,15 @@ class PixelLearningModule(nn.Module):
         valid = (
             torch.ones_like(labels, dtype=torch.bool) if valid_mask is None else valid_mask.bool()
         )
-        targets = torch.where(valid, labels.long(), IGNORE)
+        ignore = self.ignore_value
+        targets = torch.where(valid, labels.long(), ignore)
+        token_valid = getattr(teacher, "token_valid", None) if teacher is not None else None
         losses = {}
 
         q = 0
         num_pseudo = torch.zeros(b, dtype=torch.long, device=device)
         if self.labeler is not None:
             tokens = teacher.patch_embed.detach().float()
-            token_valid = None
-            if valid_mask is not None:
-                frac = F.interpolate(valid[:, None].float(), size=tokens.shape[-2:], mode="area")
-                token_valid = frac[:, 0] > 0.5
             regions = self.labeler(tokens, token_valid)
             fused = fuse_labels(
                 targets,
@@ -170,6 +169,7 @@ class PixelLearningModule(nn.Module):
                 valid,
                 num_regions=self.labeler.max_regions,
                 max_seen_fraction=self.max_seen_fraction,
+                ignore_value=ignore,
             )
             targets = fused.labels
             num_pseudo = fused.num_pseudo
@@ -180,10 +180,11 @@ class PixelLearningModule(nn.Module):
         if self.synthesizer is not None:
             small = F.interpolate(targets[:, None].float(), size=(h, w), mode="nearest-exact")
             cents, present = region_centroids(dense, small[:, 0].long(), s + q)
-            protos = self.synthesizer(cents, present, teacher.cls_embed, teacher.patch_embed)
+            protos = self.synthesizer(
+                cents, present, teacher.cls_embed, teacher.patch_embed, token_valid
+            )
             scale = logit_scale.detach() if torch.is_tensor(logit_scale) else logit_scale
-            bce = bce_prototype_loss(protos[:, :s], present[:, :s], text_seen, scale)
-            losses["loss_bce"] = self.bce_weight * bce
+            losses["loss_bce"] = bce_prototype_loss(protos[:, :s], present[:, :s], text_seen, scale)
             protos_pseudo = protos[:, s:]
             # a pseudo region too small to survive R's coarser grid has no centroid
             pseudo_valid = pseudo_valid & present[:, s:]
@@ -206,7 +207,7 @@ class PixelLearningModule(nn.Module):
             )
             logits = torch.cat([seen_logits, pseudo_logits], dim=1)
             pid = (targets - s).clamp(0, q - 1)
-            is_pseudo = (targets >= s) & (targets != IGNORE)
+            is_pseudo = (targets >= s) & (targets != ignore)
             ok = pseudo_valid.gather(1, pid.flatten(1)).view_as(targets)
-            targets = torch.where(is_pseudo & ~ok, IGNORE, targets)
+            targets = torch.where(is_pseudo & ~ok, ignore, targets)
         return PLMOutput(logits=logits, targets=targets, pseudo_valid=pseudo_valid, losses=losses)

@@ -43,7 +43,6 @@ import torch.nn.functional as F
 
 from .kmeans import METRICS, kmeans, window_seeds
 
-IGNORE = 255
 FUSION_MODES = ("agglomerative", "cross_scale")
 
 
@@ -62,7 +61,7 @@ class PseudoRegions(NamedTuple):
 
 
 class FusedLabels(NamedTuple):
-    labels: torch.Tensor  # B x H x W long: seen ids, num_seen + pseudo id, or 255
+    labels: torch.Tensor  # B x H x W long: seen ids, num_seen + pseudo id, or the ignore value
     num_pseudo: torch.Tensor  # B long
     pseudo_region: torch.Tensor  # B x R long: region id behind pseudo id q (-1 beyond num_pseudo)
 
@@ -280,14 +279,16 @@ def fuse_labels(
     valid_mask: torch.Tensor | None = None,
     num_regions: int | None = None,
     max_seen_fraction: float = 1.0,
+    ignore_value: int = 255,
 ) -> FusedLabels:
     """Ground truth where labelled, ``num_seen + pseudo id`` on ignored pixels inside a region.
 
     Args:
-        labels: B x H x W long, seen ids 0..num_seen-1 and 255 (ignore, incl. unseen classes).
+        labels: B x H x W long, seen ids 0..num_seen-1 and ``ignore_value`` (incl. unseen
+            classes).
         region_map: B x h' x w' long region ids (-1 = none); resized to H x W by nearest
             neighbour (pixel-centre aligned: 'nearest-exact').
-        valid_mask: B x H x W bool, False on padding: those pixels become 255.
+        valid_mask: B x H x W bool, False on padding: those pixels become ignore_value.
         num_regions: size of the region id space (default: max id + 1, a host sync).
         max_seen_fraction: a region whose valid pixels carry a seen label for MORE than this
             fraction is taken to be (the halo of) a seen object and gives no pseudo id; 1.0
@@ -303,13 +304,13 @@ def fuse_labels(
     up = F.interpolate(region_map[:, None].float(), size=(hh, ww), mode="nearest-exact")
     up = up[:, 0].long()
     valid = torch.ones_like(labels, dtype=torch.bool) if valid_mask is None else valid_mask.bool()
-    ignored = (labels == IGNORE) & valid & (up >= 0)
+    ignored = (labels == ignore_value) & valid & (up >= 0)
     idx = (up + 1).clamp(0, num_regions).flatten(1)  # 0 = no region
     zeros = torch.zeros(b, num_regions + 1, device=labels.device)
     cover = zeros.scatter_add(1, idx, ignored.flatten(1).float())[:, 1:]
     present = cover > 0
     if max_seen_fraction < 1.0:
-        seen_px = valid & (labels != IGNORE)
+        seen_px = valid & (labels != ignore_value)
         n_valid = zeros.scatter_add(1, idx, valid.flatten(1).float())[:, 1:]
         n_seen = zeros.scatter_add(1, idx, seen_px.flatten(1).float())[:, 1:]
         present &= n_seen <= max_seen_fraction * n_valid
@@ -318,7 +319,7 @@ def fuse_labels(
     lookup = torch.cat([pseudo_of_region.new_full((b, 1), -1), pseudo_of_region], dim=1)
     pid = lookup.gather(1, idx).view(b, hh, ww)
     fused = torch.where(ignored & (pid >= 0), num_seen + pid, labels)
-    fused = torch.where(valid, fused, IGNORE)
+    fused = torch.where(valid, fused, ignore_value)
     # inverse map pseudo id -> region id (padding -1)
     pseudo_region = torch.full((b, num_regions + 1), -1, dtype=torch.long, device=labels.device)
     region_ids = torch.arange(num_regions, device=labels.device).expand(b, num_regions)

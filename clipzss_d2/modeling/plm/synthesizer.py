@@ -11,15 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = 255
-
 
 def region_centroids(
     dense: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked mean of ``dense`` (B x C x h x w) per class id of ``labels`` (B x h x w).
 
-    Ids outside [0, num_classes) (255 included) are ignored. Returns centroids B x K x C (zero
+    Ids outside [0, num_classes) (the ignore value included) are ignored. Returns centroids B x K x C (zero
     where absent; gradients flow to ``dense``) and present B x K bool. One batched one-hot
     matmul; weights are 1/count so sums never leave the unit range in half precision.
     """
@@ -75,26 +73,32 @@ class PseudoWeightSynthesizer(nn.Module):
         query_valid: torch.Tensor,
         cls_embed: torch.Tensor,
         patch_embed: torch.Tensor | None = None,
+        token_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """queries: B x Q x C centroids; query_valid: B x Q bool (False = padding);
         cls_embed: B x C teacher CLS; patch_embed: B x C x h x w teacher tokens (used when
-        ``use_patch_tokens``). Returns B x Q x C L2-normalised prototypes (padding rows are
+        ``use_patch_tokens``); token_valid: B x h x w bool, False for tokens of image padding,
+        which are then no keys. Returns B x Q x C L2-normalised prototypes (padding rows are
         computed but meaningless)."""
         b, q, c = queries.shape
         if q == 0:
             return queries.new_zeros(b, 0, c)
         x = F.normalize(queries, dim=-1)
         memory = [F.normalize(cls_embed.detach().to(x.dtype), dim=-1).unsqueeze(1)]
+        memory_pad = None
         if self.use_patch_tokens:
             if patch_embed is None:
                 raise ValueError("use_patch_tokens=True needs the teacher's patch tokens")
             tokens = patch_embed.detach().to(x.dtype).flatten(2).transpose(1, 2)
             memory.append(F.normalize(tokens, dim=-1))
+            if token_valid is not None and not bool(token_valid.all()):
+                cls_pad = token_valid.new_zeros(b, 1)  # the CLS is always a key
+                memory_pad = torch.cat([cls_pad, ~token_valid.reshape(b, -1)], dim=1)
         memory = torch.cat(memory, dim=1)
         pad = ~query_valid.bool()
         # an image without any valid query would make self-attention softmax over nothing (NaN);
         # unmask its first slot, whose output is discarded anyway
         all_pad = pad.all(dim=1)
         pad[:, 0] &= ~all_pad
-        out = self.decoder(x, memory, tgt_key_padding_mask=pad)
+        out = self.decoder(x, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=memory_pad)
         return F.normalize(self.out_proj(out), dim=-1)
