@@ -26,6 +26,11 @@ def add_clipzss_config(cfg):
     z.CLIP.MODEL_NAME = "ViT-B-16"
     z.CLIP.PRETRAINED = "openai"  # open_clip tag, local checkpoint path, or "none" (random)
     z.CLIP.DOWNLOAD_DIR = ""  # open_clip download cache ("" = open_clip's default)
+    # MLP activation the weights were trained with: "quick_gelu" (OpenAI's CLIP), "gelu"
+    # (LAION / DataComp), or "auto" = as open_clip's tag says (refused for a weights file, which
+    # cannot say it). The shipped configs set it, so `openai` and the same weights from a file
+    # build the same network.
+    z.CLIP.ACTIVATION = "auto"
 
     z.TEXT = CN()
     z.TEXT.TEMPLATES = "vild"  # single | vild | imagenet

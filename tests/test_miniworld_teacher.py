@@ -35,7 +35,7 @@ def quick_checkpoint(one_thread, tmp_path_factory):
 
 
 def test_checkpoint_loads_through_create_clip_model(quick_checkpoint):
-    model = create_clip_model(T.MODEL_NAME, pretrained=quick_checkpoint)
+    model = create_clip_model(T.MODEL_NAME, quick_checkpoint, activation="gelu")
     saved = torch.load(quick_checkpoint, map_location="cpu", weights_only=True)
     state = model.state_dict()
     assert saved.keys() == state.keys()

@@ -199,7 +199,12 @@ def test_cached_vocabulary_needs_no_clip_weights(tmp_path):
     torch.manual_seed(0)
     clip_file = tmp_path / "tiny_clip.pt"
     torch.save(open_clip.create_model(TINY_CLIP).state_dict(), clip_file)
-    opts = ["MODEL.CLIPZSS.CLIP.PRETRAINED", str(clip_file)]
+    opts = [
+        "MODEL.CLIPZSS.CLIP.PRETRAINED",
+        str(clip_file),
+        "MODEL.CLIPZSS.CLIP.ACTIVATION",
+        "gelu",
+    ]
     opts += ["MODEL.CLIPZSS.TEXT.CACHE_DIR", str(tmp_path / "cache")]
     torch.manual_seed(3)
     first = OpenVocabularyPredictor(cfg_with(*opts), vocabulary="cat,sofa|couch")

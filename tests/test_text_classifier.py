@@ -27,6 +27,7 @@ def tiny_weights(tmp_path_factory):
 
 def make(tiny_weights, **kw):
     kw.setdefault("templates", "vild")
+    kw.setdefault("activation", "gelu")  # how open_clip.create_model(TINY_CLIP) was built
     return TextClassifier(TINY_CLIP, tiny_weights, **kw)
 
 
@@ -47,7 +48,7 @@ def test_shapes_and_normalisation(tiny_weights):
 def test_matches_open_clip_zero_shot_classifier(tiny_weights, templates):
     clf = make(tiny_weights, templates=templates)
     ours = clf(CLASSES)
-    model = create_clip_model(TINY_CLIP, tiny_weights)
+    model = create_clip_model(TINY_CLIP, tiny_weights, activation="gelu")
     reference = open_clip.build_zero_shot_classifier(
         model,
         open_clip.get_tokenizer(TINY_CLIP),
@@ -80,7 +81,7 @@ def test_disk_cache_round_trip_needs_no_clip(tiny_weights, tmp_path):
     moved = tiny_weights + ".moved"
     os.rename(tiny_weights, moved)
     try:
-        second = TextClassifier(TINY_CLIP, tiny_weights, templates="vild", cache_dir=str(tmp_path))
+        second = make(tiny_weights, cache_dir=str(tmp_path))
         torch.testing.assert_close(second(CLASSES), emb)
         assert not second.clip_loaded
     finally:
@@ -98,11 +99,11 @@ def test_cache_notices_replaced_weights(tiny_weights, tmp_path):
     path = tmp_path / "w.pt"
     torch.manual_seed(1)
     torch.save(open_clip.create_model(TINY_CLIP).state_dict(), path)
-    old = TextClassifier(TINY_CLIP, str(path), cache_dir=str(tmp_path / "c"))(CLASSES)
+    old = make(str(path), cache_dir=str(tmp_path / "c"))(CLASSES)
     torch.manual_seed(2)
     torch.save(open_clip.create_model(TINY_CLIP).state_dict(), path)
     os.utime(path, ns=(1, 1))  # guarantee a different fingerprint even on coarse clocks
-    fresh = TextClassifier(TINY_CLIP, str(path), cache_dir=str(tmp_path / "c"))
+    fresh = make(str(path), cache_dir=str(tmp_path / "c"))
     new = fresh(CLASSES)
     assert fresh.clip_loaded
     assert not torch.allclose(old, new)

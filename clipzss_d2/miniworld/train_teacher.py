@@ -4,7 +4,7 @@ No real CLIP weights can be downloaded on offline machines, so the miniature ben
 own teacher. It is a plain open_clip `CLIP` built from `clip_configs/ClipZSS-MiniWorld.json` with
 open_clip's tokenizer and `ClipLoss`, trained on freshly rendered scenes whose captions name every
 class, seen and unseen (as the real CLIP saw sheep and sofas on the web). The result is a plain
-state_dict that `create_clip_model("ClipZSS-MiniWorld", pretrained=path)` loads exactly like a
+state_dict that `create_clip_model("ClipZSS-MiniWorld", path, activation="gelu")` loads like a
 downloaded open_clip checkpoint, so the teacher and text-classifier code run unchanged.
 
     python -m clipzss_d2.miniworld train-teacher [--output PATH] [--steps N] [--force]
@@ -528,7 +528,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.eval_only:
-        model = create_clip_model(args.model_name, pretrained=args.output)
+        model = create_clip_model(args.model_name, pretrained=args.output, activation="gelu")
         world = dataclasses.replace(
             TeacherConfig().world, image_size=model_image_size(args.model_name)
         )
@@ -552,7 +552,7 @@ def main(argv=None) -> int:
         info = json.load(f)
     print(json.dumps({k: v for k, v in info.items() if k != "config"}, indent=2))
     print(f"checkpoint: {path}")
-    print(f'load with: create_clip_model("{cfg.model_name}", pretrained="{path}")')
+    print(f'load with: create_clip_model("{cfg.model_name}", "{path}", activation="gelu")')
     return 0
 
 

@@ -24,6 +24,8 @@ CUSTOM_CONFIG_DIR = Path(__file__).resolve().parent.parent / "clip_configs"
 open_clip.add_model_config(CUSTOM_CONFIG_DIR)
 
 RANDOM_INIT_TAGS = ("", "none", "random")
+ACTIVATIONS = ("auto", "quick_gelu", "gelu")
+ACTIVATION_KEY = "MODEL.CLIPZSS.CLIP.ACTIVATION"
 
 
 class CLIPWeightsUnavailableError(UserInputError, RuntimeError):
@@ -122,15 +124,62 @@ def resolve_pretrained(
         ) from e
 
 
+def _is_random(pretrained: str | None) -> bool:
+    return pretrained is None or pretrained.strip().lower() in RANDOM_INIT_TAGS
+
+
+def resolve_activation(model_name: str, pretrained: str, activation: str = "auto"):
+    """(quick_gelu, reason): the MLP activation the weights were trained with.
+
+    OpenAI's CLIP weights need QuickGELU whether they come from open_clip's `openai` tag or from
+    a local file; open_clip only knows it for its tags, so a file must say it through
+    MODEL.CLIPZSS.CLIP.ACTIVATION ("auto" is refused for a file). A tag and an explicit value
+    that disagree are an error: that network would silently be the wrong one.
+    """
+    if activation not in ACTIVATIONS:
+        raise CLIPWeightsUnavailableError(
+            f"{ACTIVATION_KEY} must be one of {ACTIVATIONS}, got {activation!r}."
+        )
+    model_cfg = open_clip.get_model_config(model_name) or {}
+    arch_quick = bool(model_cfg.get("quick_gelu", False))
+    is_file = not _is_random(pretrained) and os.path.isfile(os.path.expanduser(pretrained))
+    tag_cfg = {}
+    if not (is_file or _is_random(pretrained)):
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
+    tag_quick = bool(tag_cfg.get("quick_gelu", arch_quick)) if tag_cfg else None
+    if activation == "auto":
+        if tag_quick is not None:
+            return tag_quick, f"open_clip's '{pretrained}' weights of {model_name} were trained so"
+        if is_file:
+            raise CLIPWeightsUnavailableError(
+                f"{ACTIVATION_KEY} is 'auto' but CLIP weights come from the file '{pretrained}', "
+                f"which does not say which activation they were trained with. Set "
+                f"{ACTIVATION_KEY} quick_gelu for OpenAI's weights, gelu for LAION/DataComp ones."
+            )
+        return arch_quick, f"the {model_name} architecture's default (random weights)"
+    want = activation == "quick_gelu"
+    if tag_quick is not None and tag_quick != want:
+        need = "quick_gelu" if tag_quick else "gelu"
+        raise CLIPWeightsUnavailableError(
+            f"{ACTIVATION_KEY} is {activation} but open_clip's '{pretrained}' weights of "
+            f"{model_name} were trained with {need}: set {ACTIVATION_KEY} {need} (or auto)."
+        )
+    return want, f"{ACTIVATION_KEY} = {activation}"
+
+
 def create_clip_model(
     model_name: str,
     pretrained: str = "openai",
     *,
+    activation: str = "auto",
     device: str | torch.device = "cpu",
     cache_dir: str | None = None,
     config_key: str = "MODEL.CLIPZSS.CLIP.PRETRAINED",
 ) -> open_clip.CLIP:
-    """Build a frozen open_clip model in eval mode (fp32; callers cast if they want half)."""
+    """Build a frozen open_clip model in eval mode (fp32; callers cast if they want half).
+
+    activation: "auto" | "quick_gelu" | "gelu" (``resolve_activation``).
+    """
     if open_clip.get_model_config(model_name) is None:
         raise ValueError(
             f"Unknown CLIP architecture '{model_name}' (MODEL.CLIPZSS.CLIP.MODEL_NAME). "
@@ -138,16 +187,17 @@ def create_clip_model(
             f"configs in {CUSTOM_CONFIG_DIR}."
         )
     checkpoint = resolve_pretrained(model_name, pretrained, cache_dir, config_key)
-    quick_gelu = False
-    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained or "")
-    if tag_cfg:
-        quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    quick_gelu, why = resolve_activation(model_name, pretrained, activation)
+    logger.info(
+        "CLIP %s: %s activation (%s).", model_name, "QuickGELU" if quick_gelu else "GELU", why
+    )
+    # quick_gelu as a constructor argument overrides the architecture config both ways
     model = open_clip.create_model(
         model_name,
         pretrained=checkpoint,
         device=device,
-        force_quick_gelu=quick_gelu,
         cache_dir=cache_dir,
+        quick_gelu=quick_gelu,
     )
     if checkpoint is None:
         logger.warning(

@@ -125,6 +125,7 @@ class CLIPTeacher(nn.Module):
         model = create_clip_model(
             z.CLIP.MODEL_NAME,
             z.CLIP.PRETRAINED,
+            activation=z.CLIP.ACTIVATION,
             cache_dir=z.CLIP.DOWNLOAD_DIR or None,
         )
         pp = open_clip.get_model_preprocess_cfg(model)

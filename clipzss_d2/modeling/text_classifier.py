@@ -85,9 +85,11 @@ class TextClassifier:
         chunk_size: int = 256,
         device: str | torch.device = "cpu",
         download_dir: str | None = None,
+        activation: str = "auto",
     ):
         self.model_name = model_name
         self.pretrained = pretrained
+        self.activation = activation
         self.template_set = templates
         self.templates = get_templates(templates)
         self.cache_dir = cache_dir
@@ -127,6 +129,7 @@ class TextClassifier:
             "format": CACHE_FORMAT_VERSION,
             "model": self.model_name,
             "pretrained": self.pretrained,
+            "activation": self.activation,
             "templates": list(self.templates),
             "classes": list(entries),
         }
@@ -192,7 +195,11 @@ class TextClassifier:
     def _load_clip(self):
         if self._clip is None:
             model = create_clip_model(
-                self.model_name, self.pretrained, device=self.device, cache_dir=self.download_dir
+                self.model_name,
+                self.pretrained,
+                activation=self.activation,
+                device=self.device,
+                cache_dir=self.download_dir,
             )
             model.visual = None  # only the text tower is needed here
             self._clip = model
@@ -241,4 +248,5 @@ def build_text_classifier(cfg) -> TextClassifier:
         chunk_size=text.CHUNK_SIZE,
         device=text.DEVICE or cfg.MODEL.DEVICE,
         download_dir=cfg.MODEL.CLIPZSS.CLIP.DOWNLOAD_DIR or None,
+        activation=cfg.MODEL.CLIPZSS.CLIP.ACTIVATION,
     )
