@@ -69,6 +69,10 @@ def add_clipzss_config(cfg):
     # A pseudo region whose pixels carry seen labels for more than this fraction gives no pseudo
     # id (it is a seen object's halo, e.g. VOC's ignored boundaries); 1.0 = off (the paper).
     z.PLM.REGION_MAX_SEEN_FRACTION = 1.0
+    # Ignored pixels within this many input pixels of a seen label get no pseudo label (VOC's
+    # void ring around objects; configs/voc.yaml sets 8 from the measurement in the README,
+    # "Void boundaries"). 0 = off: COCO-Stuff and Context label maps have no such rings.
+    z.PLM.SEEN_HALO_RADIUS = 0
     z.PLM.MIN_REGION_PATCHES = 1  # drop pseudo regions smaller than this many teacher patches
     z.PLM.MAX_REGIONS = 64  # cap on pseudo regions per image (padding size)
     z.PLM.PSEUDO_LOGIT_SCALE = 0.0  # beta; 0 = same as the classifier's logit scale (alpha)

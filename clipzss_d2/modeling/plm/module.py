@@ -64,6 +64,7 @@ class PixelLearningModule(nn.Module):
         min_region_patches: int = 1,
         max_regions: int = 64,
         max_seen_fraction: float = 1.0,
+        seen_halo_radius: int = 0,
         pseudo_logit_scale: float = 0.0,
         synth_layers: int = 2,
         synth_heads: int = 8,
@@ -93,6 +94,7 @@ class PixelLearningModule(nn.Module):
             else None
         )
         self.max_seen_fraction = float(max_seen_fraction)
+        self.seen_halo_radius = int(seen_halo_radius)
         self.pseudo_logit_scale = float(pseudo_logit_scale)
         self.ignore_value = int(ignore_value)
 
@@ -111,6 +113,7 @@ class PixelLearningModule(nn.Module):
             "min_region_patches": p.MIN_REGION_PATCHES,
             "max_regions": p.MAX_REGIONS,
             "max_seen_fraction": p.REGION_MAX_SEEN_FRACTION,
+            "seen_halo_radius": p.SEEN_HALO_RADIUS,
             "pseudo_logit_scale": p.PSEUDO_LOGIT_SCALE,
             "synth_layers": p.SYNTH_LAYERS,
             "synth_heads": p.SYNTH_HEADS,
@@ -170,6 +173,7 @@ class PixelLearningModule(nn.Module):
                 num_regions=self.labeler.max_regions,
                 max_seen_fraction=self.max_seen_fraction,
                 ignore_value=ignore,
+                seen_halo_radius=self.seen_halo_radius,
             )
             targets = fused.labels
             num_pseudo = fused.num_pseudo

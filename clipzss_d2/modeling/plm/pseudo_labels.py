@@ -280,6 +280,7 @@ def fuse_labels(
     num_regions: int | None = None,
     max_seen_fraction: float = 1.0,
     ignore_value: int = 255,
+    seen_halo_radius: int = 0,
 ) -> FusedLabels:
     """Ground truth where labelled, ``num_seen + pseudo id`` on ignored pixels inside a region.
 
@@ -305,6 +306,11 @@ def fuse_labels(
     up = up[:, 0].long()
     valid = torch.ones_like(labels, dtype=torch.bool) if valid_mask is None else valid_mask.bool()
     ignored = (labels == ignore_value) & valid & (up >= 0)
+    if seen_halo_radius > 0:
+        r = int(seen_halo_radius)
+        seen = (valid & (labels != ignore_value)).unsqueeze(1).float()
+        halo = F.max_pool2d(seen, 2 * r + 1, stride=1, padding=r)[:, 0] > 0
+        ignored = ignored & ~halo
     idx = (up + 1).clamp(0, num_regions).flatten(1)  # 0 = no region
     zeros = torch.zeros(b, num_regions + 1, device=labels.device)
     cover = zeros.scatter_add(1, idx, ignored.flatten(1).float())[:, 1:]
