@@ -148,6 +148,10 @@ def add_clipzss_config(cfg):
     # Evaluation: also report detectron2 v0.6's averaging of classes absent from the ground truth.
     cfg.TEST.REPORT_BOTH_CONVENTIONS = True
 
+    # Users' own datasets: YAML/JSON dataset files (datasets/README.md), registered as
+    # <name>_<split> by clipzss_d2.data.register_custom_datasets(cfg) once the config is merged.
+    cfg.DATASETS.CUSTOM = []
+
 
 def get_clipzss_cfg():
     """detectron2's defaults + DeepLab's + ours: the config every entry point starts from."""

@@ -104,17 +104,26 @@ def stage_context(shared: Path, root: Path, source: str = "mat") -> dict[str, np
 
 
 def prepare_all_samples(shared: Path, root: Path) -> None:
-    """All three benchmarks' samples prepared under root (for registration and mapper tests)."""
-    from clipzss_d2.data.prepare import prepare_coco_stuff, prepare_pascal_context, prepare_voc
+    """Every benchmark's samples prepared under root (for registration and mapper tests)."""
+    from clipzss_d2.data.prepare import (
+        prepare_ade20k,
+        prepare_coco_stuff,
+        prepare_pascal_context,
+        prepare_pascal_context459,
+        prepare_voc,
+    )
 
     quiet = {"workers": 1, "log": lambda *a: None}
     lists = stage_voc(shared, root)
     stage_coco(shared, root)
     stage_context(shared, root)
+    stage_ade20k(shared, root)
     summaries = (
         prepare_voc(str(root), aug_list=lists["aug_list"], val_list=lists["val_list"], **quiet)
         + prepare_coco_stuff(str(root), **quiet)
         + prepare_pascal_context(str(root), **quiet)
+        + prepare_pascal_context459(str(root), **quiet)
+        + prepare_ade20k(str(root), **quiet)
     )
     assert all(s.ok for s in summaries), [s.report() for s in summaries]
 
@@ -126,3 +135,14 @@ def read_png(path) -> np.ndarray:
 
 def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
+
+
+ADE_VAL = ["ADE_val_00000001", "ADE_val_00000002", "ADE_val_00000003"]
+ADE_TRAIN = ["ADE_train_00000036"]
+
+
+def stage_ade20k(shared: Path, root: Path) -> Path:
+    """root/ADEChallengeData2016 with the real image/annotation pairs (no unpaired labels)."""
+    ade = root / "ADEChallengeData2016"
+    shutil.copytree(shared / "ade20k" / "ADEChallengeData2016", ade)
+    return ade

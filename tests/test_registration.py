@@ -11,6 +11,7 @@ from clipzss_d2.data import (
     register_all_zeroshot,
     registered_root,
 )
+from clipzss_d2.data.classes import ADE150_CLASSES, PCONTEXT459_CLASSES
 from clipzss_d2.vocabulary import parse_vocabulary, prompt_names, seen_class_ids, unseen_class_ids
 
 from .data_samples import prepare_all_samples, read_png
@@ -31,12 +32,16 @@ EXPECTED = {
     "voc20_ov_val": (VOC20, [], 17, "VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"),
     "coco_stuff171_zs_train": (COCO171, COCO171_UNSEEN, 13, "coco/train2017", "coco/stuffthingmaps_detectron2/train2017"),
     "coco_stuff171_zs_val": (COCO171, COCO171_UNSEEN, 8, "coco/val2017", "coco/stuffthingmaps_detectron2/val2017"),
+    "coco_stuff171_ov_train": (COCO171, [], 13, "coco/train2017", "coco/stuffthingmaps_detectron2/train2017"),
     "coco_stuff171_ov_val": (COCO171, [], 8, "coco/val2017", "coco/stuffthingmaps_detectron2/val2017"),
     "pcontext59_zs_train": (PC59, PC59_UNSEEN_ZS3, 2, "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc59_train"),
     "pcontext59_zs_val": (PC59, PC59_UNSEEN_ZS3, 2, "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc59_val"),
     "pcontext59_zsb_train": (PC59, PC59_UNSEEN_ZSB, 2, "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc59_train"),
     "pcontext59_zsb_val": (PC59, PC59_UNSEEN_ZSB, 2, "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc59_val"),
     "pcontext59_ov_val": (PC59, [], 2, "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc59_val"),
+    # class lists checked against objectInfo150.csv / labels.txt in the prepare tests
+    "pcontext459_ov_val": (list(PCONTEXT459_CLASSES), [], 2, "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc459_val"),
+    "ade150_ov_val": (list(ADE150_CLASSES), [], 3, "ADEChallengeData2016/images/validation", "ADEChallengeData2016/annotations_detectron2/validation"),
 }  # fmt: skip
 
 
@@ -61,7 +66,8 @@ def test_metadata_is_the_published_protocol(name):
     meta = MetadataCatalog.get(name)
     assert meta.stuff_classes == classes
     assert meta.unseen_classes == unseen
-    assert meta.ignore_label == 255 and meta.evaluator_type == "gzss_sem_seg"
+    assert meta.ignore_label == (65535 if len(classes) > 255 else 255)
+    assert meta.evaluator_type == "gzss_sem_seg"
     assert len(meta.stuff_colors) == len(classes) and len(
         set(map(tuple, meta.stuff_colors))
     ) == len(classes)
@@ -82,6 +88,8 @@ def test_split_sizes_and_prompt_names():
     assert sizes["coco_stuff171_zs_train"] == (171, 15)
     assert sizes["pcontext59_zs_train"] == sizes["pcontext59_zsb_train"] == (59, 10)
     assert sizes["voc20_ov_val"] == (20, 0) and sizes["pcontext59_ov_val"] == (59, 0)
+    assert sizes["coco_stuff171_ov_train"] == (171, 0)
+    assert sizes["ade150_ov_val"] == (150, 0) and sizes["pcontext459_ov_val"] == (459, 0)
     voc = prompt_names(MetadataCatalog.get("voc20_zs_val"))
     assert voc[VOC20.index("diningtable")] == "dining table"
     assert voc[VOC20.index("tvmonitor")] == "tv monitor|television"
@@ -116,7 +124,7 @@ def test_every_name_loads_the_prepared_samples(prepared_root, name):
         assert r["file_name"] == str(prepared_root / image_dir / f"{r['image_id']}.jpg")
         assert r["sem_seg_file_name"] == str(prepared_root / label_dir / f"{r['image_id']}.png")
         label = read_png(r["sem_seg_file_name"])
-        assert set(np.unique(label).tolist()) <= set(range(len(classes))) | {255}
+        assert set(np.unique(label).tolist()) <= set(range(len(classes))) | {meta.ignore_label}
 
 
 def test_missing_data_gives_the_prepare_command(tmp_path):

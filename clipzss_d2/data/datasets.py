@@ -3,6 +3,10 @@
 Seen/unseen is metadata on one full-label split: every name of a benchmark reads the same label
 files, and the training mapper turns unseen pixels into ignore on the fly. Nothing is read from
 disk here; the loader checks the folders when a dataset is first used.
+
+The open-vocabulary protocol (train on COCO-Stuff's 171 classes, evaluate on other datasets
+without re-training) uses `coco_stuff171_ov_train` and the `*_ov_val` names. Context-459's ids
+reach 458, so its prepared maps are 16-bit PNGs with ignore 65535.
 """
 
 import functools
@@ -30,6 +34,7 @@ class Benchmark:
     label_dir: str  # relative to the dataset root, "{split}" filled in
     splits: dict[str, str]  # our split name -> folder split name
     prepare: str  # the command that writes label_dir
+    ignore_label: int = IGNORE_LABEL
 
 
 BENCHMARKS = {
@@ -57,6 +62,23 @@ BENCHMARKS = {
         {"train": "train", "val": "val"},
         "python datasets/prepare_pascal_context.py",
     ),
+    "ade150": Benchmark(
+        C.ADE150_CLASSES,
+        C.ADE150_PROMPTS,
+        "ADEChallengeData2016/images/{split}",
+        "ADEChallengeData2016/annotations_detectron2/{split}",
+        {"train": "training", "val": "validation"},
+        "python datasets/prepare_ade20k.py",
+    ),
+    "pcontext459": Benchmark(
+        C.PCONTEXT459_CLASSES,
+        C.PCONTEXT459_PROMPTS,
+        "VOCdevkit/VOC2010/JPEGImages",
+        "VOCdevkit/VOC2010/annotations_detectron2/pc459_{split}",
+        {"val": "val"},
+        "python datasets/prepare_pascal_context.py --classes 459",
+        ignore_label=65535,
+    ),
 }
 
 # name -> (benchmark, split, unseen class names)
@@ -66,13 +88,23 @@ DATASETS = {
     "voc20_ov_val": ("voc20", "val", ()),
     "coco_stuff171_zs_train": ("coco_stuff171", "train", C.COCO_STUFF171_UNSEEN),
     "coco_stuff171_zs_val": ("coco_stuff171", "val", C.COCO_STUFF171_UNSEEN),
+    "coco_stuff171_ov_train": ("coco_stuff171", "train", ()),
     "coco_stuff171_ov_val": ("coco_stuff171", "val", ()),
     "pcontext59_zs_train": ("pcontext59", "train", C.PCONTEXT59_UNSEEN_ZS3),
     "pcontext59_zs_val": ("pcontext59", "val", C.PCONTEXT59_UNSEEN_ZS3),
     "pcontext59_zsb_train": ("pcontext59", "train", C.PCONTEXT59_UNSEEN_ZSB),
     "pcontext59_zsb_val": ("pcontext59", "val", C.PCONTEXT59_UNSEEN_ZSB),
     "pcontext59_ov_val": ("pcontext59", "val", ()),
+    "pcontext459_ov_val": ("pcontext459", "val", ()),
+    "ade150_ov_val": ("ade150", "val", ()),
 }
+# The cross-dataset open-vocabulary evaluation sets, in the order of the field's tables.
+OPEN_VOCAB_EVAL = (
+    "ade150_ov_val",
+    "pcontext459_ov_val",
+    "pcontext59_ov_val",
+    "voc20_ov_val",
+)
 
 
 def default_root() -> str:
@@ -138,7 +170,7 @@ def register_zeroshot_dataset(name: str, root: str) -> None:
         prompt_names=C.prompt_list(b.classes, b.prompts),
         unseen_classes=list(unseen),
         stuff_colors=C.class_colors(len(b.classes)),
-        ignore_label=IGNORE_LABEL,
+        ignore_label=b.ignore_label,
         evaluator_type=EVALUATOR_TYPE,
         image_root=image_root,
         sem_seg_root=sem_seg_root,

@@ -15,6 +15,7 @@ import functools
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,8 +206,9 @@ def apply_lookup(label: np.ndarray, lut: np.ndarray, path: str, expected: str, h
 
 
 def write_label_png(label: np.ndarray, dst: str) -> None:
-    """Single-channel 8-bit PNG, written under a temporary name and renamed when complete."""
-    assert label.dtype == np.uint8 and label.ndim == 2
+    """Single-channel 8-bit (16-bit for uint16 ids) PNG, written under a temporary name and
+    renamed when complete."""
+    assert label.dtype in (np.uint8, np.uint16) and label.ndim == 2
     with atomic_write_path(dst) as tmp:
         Image.fromarray(label).save(tmp, format="PNG")
 
@@ -262,8 +264,7 @@ def run_jobs(
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(out_dir, f))
     run = functools.partial(_run_one, convert=convert)
-    bar = tqdm(total=len(todo), desc=title, unit="img", dynamic_ncols=True, mininterval=0.5)
-    with bar:
+    with progress_bar(len(todo), title) as bar:
         if workers > 1 and len(todo) > 1:
             chunk = max(1, min(32, len(todo) // (workers * 8)))
             # spawn: forking after tqdm's monitor thread and cv2's pool have started can hang
@@ -274,6 +275,46 @@ def run_jobs(
         else:
             _collect(map(run, todo), summary, bar)
     return summary
+
+
+class _LogProgress:
+    """Progress for a file or CI log: a plain line at most every `interval` seconds and at the
+    end, instead of a bar redrawn with carriage returns."""
+
+    def __init__(self, total: int, desc: str, interval: float = 30.0, stream=None):
+        self.total, self.desc, self.interval = total, desc, interval
+        self.stream = stream or sys.stderr
+        self.n, self.start = 0, time.monotonic()
+        self.last = self.start
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval and self.n < self.total:
+            self.last = now
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        pct = 100 * self.n / self.total if self.total else 100.0
+        print(f"{self.desc}: {self.n}/{self.total} ({pct:.0f}%) in {now - self.start:.0f}s",
+              file=self.stream, flush=True)  # fmt: skip
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.total:
+            self._line(time.monotonic())
+        return False
+
+
+def progress_bar(total: int, desc: str, stream=None):
+    """tqdm on a terminal; periodic plain lines when stderr is a file or a CI log."""
+    stream = stream or sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5,
+                    file=stream)  # fmt: skip
+    return _LogProgress(total, desc, stream=stream)
 
 
 def _collect(results, summary: Summary, bar) -> None:

@@ -1,0 +1,147 @@
+"""PASCAL Context-459 -> `VOCdevkit/VOC2010/annotations_detectron2/pc459_val` (ids 0..458).
+
+The full label set of the same sources the 59-class conversion reads: the official
+`trainval/<id>.mat` files (`LabelMap`, 459-label ids, 0 = unlabelled) or the Detail API JSON
+(masks in the same id space). id k -> k-1, 0 -> 65535 (ignore); the ids reach 458, so the maps
+are 16-bit PNGs. Only val is converted: Context-459 is an evaluation set of the open-vocabulary
+protocol. mmseg's SegmentationClassContext PNGs hold the 59 classes only and cannot be used.
+"""
+
+import os
+
+import numpy as np
+
+from ..classes import PCONTEXT459_CLASSES
+from .common import Job, LabelRejected, PrepareError, Summary, check_same_size, run_jobs
+from .pascal_context import (
+    CONTEXT_HINT,
+    _find_labels_txt,
+    context_split_jobs,
+    decode_rle,
+)
+
+IGNORE16 = 65535
+# 459-label id -> contiguous id (k-1); 0 (unlabelled) -> ignore.
+LUT459 = np.concatenate([[IGNORE16], np.arange(459)]).astype(np.int64)
+
+
+def map_459(label: np.ndarray, what: str) -> np.ndarray:
+    if not np.issubdtype(label.dtype, np.integer):
+        raise LabelRejected(f"{what} holds {label.dtype} values, expected 459-label ids")
+    if label.size and (int(label.min()) < 0 or int(label.max()) > 459):
+        bad = np.unique(label[(label < 0) | (label > 459)])[:10].tolist()
+        raise LabelRejected(f"{what} holds values {bad} outside the 459-label ids 0..459")
+    return LUT459[label.astype(np.int64)].astype(np.uint16)
+
+
+def convert_context459_mat(job: Job) -> np.ndarray:
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(job.src, variable_names=["LabelMap"])
+    except Exception as e:  # truncated/corrupt: ValueError, OSError; MATLAB v7.3: NotImplemented
+        raise LabelRejected(
+            f"{job.src} cannot be read as a MATLAB file ({type(e).__name__}: {e}); extract it "
+            f"again from trainval.tar.gz"
+        ) from None
+    if "LabelMap" not in mat:
+        raise LabelRejected(
+            f"{job.src} has no LabelMap variable; this is not a PASCAL Context trainval .mat file"
+        )
+    label = np.asarray(mat["LabelMap"])
+    check_same_size(label, job.src, job.image)
+    return map_459(label, job.src)
+
+
+def convert_context459_detail(job: Job) -> np.ndarray:
+    (h, w), annotations = job.payload
+    canvas = np.zeros((h, w), dtype=np.uint16)
+    for category_id, rle in annotations:
+        try:
+            mask = decode_rle(rle)
+        except Exception as e:
+            raise LabelRejected(
+                f"{job.key}: an RLE mask of category {category_id} cannot be decoded "
+                f"({type(e).__name__}: {e})"
+            ) from None
+        if mask.shape != (h, w):
+            raise LabelRejected(f"{job.key}: the RLE masks disagree on the image size")
+        canvas[mask.astype(bool)] = category_id
+    check_same_size(canvas, f"the masks of {job.key} in the Detail JSON", job.image)
+    return map_459(canvas, f"the masks of {job.key}")
+
+
+def check_labels_txt_459(path: str) -> None:
+    names = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            k, sep, v = line.partition(":")
+            if sep and k.strip().isdigit():
+                names[int(k)] = v.strip()
+    wrong = [
+        f"{i}: {names.get(i)!r} (expected {c!r})"
+        for i, c in enumerate(PCONTEXT459_CLASSES, start=1)
+        if names.get(i) != c
+    ]
+    if wrong:
+        raise PrepareError(
+            f"{path} does not match the PASCAL Context 459-label list: {'; '.join(wrong[:5])}. "
+            f"Use the labels.txt of the official trainval.tar.gz."
+        )
+
+
+def prepare_pascal_context459(
+    root: str,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    log=print,
+    source: str = "auto",
+    mat_dir: str | None = None,
+    detail_json: str | None = None,
+    **lists,
+) -> list[Summary]:
+    voc = os.path.join(root, "VOCdevkit", "VOC2010")
+    if source == "png":
+        raise PrepareError(
+            "SegmentationClassContext PNGs hold only the 59 classes; Context-459 needs the "
+            "trainval/*.mat files (--source mat) or the Detail API JSON (--source detail)."
+        )
+    if source == "auto":
+        mat = mat_dir or os.path.join(voc, "trainval")
+        detail = detail_json or os.path.join(voc, "trainval_merged.json")
+        if os.path.isdir(mat):
+            source = "mat"
+        elif os.path.isfile(detail):
+            source = "detail"
+        else:
+            raise PrepareError(
+                f"No 459-class PASCAL Context labels found: neither {mat} (trainval/*.mat) nor "
+                f"{detail} (Detail API JSON).\n  " + CONTEXT_HINT.format(root=root, voc=voc)
+            )
+    source, splits = context_split_jobs(
+        root, source=source, mat_dir=mat_dir, detail_json=detail_json, **lists
+    )
+    if source == "mat":
+        labels_txt = _find_labels_txt(voc, mat_dir or os.path.join(voc, "trainval"))
+        if labels_txt:
+            check_labels_txt_459(labels_txt)
+    jobs, _, desc = splits["val"]
+    out_dir = os.path.join(voc, "annotations_detectron2", "pc459_val")
+    jobs = [
+        Job(key=j.key, src=j.src, image=j.image, payload=j.payload,
+            dst=os.path.join(out_dir, os.path.basename(j.dst)))
+        for j in jobs
+    ]  # fmt: skip
+    log(f"PASCAL Context-459 ({source}) {desc}")
+    convert = convert_context459_mat if source == "mat" else convert_context459_detail
+    return [
+        run_jobs(
+            jobs,
+            convert,
+            title="PASCAL Context-459 val",
+            out_dir=out_dir,
+            workers=workers,
+            overwrite=overwrite,
+        )
+    ]
