@@ -309,3 +309,25 @@ def test_color_aug_ssd_sampling():
     assert len({t.hue_delta for t in on}) > 20
     with pytest.raises(ValueError, match="RGB or BGR"):
         ColorAugSSD("L")
+
+
+def test_test_mode_keeps_16_bit_ids_through_the_resize(tmp_path):
+    """Context-459 style maps (ids up to 458, ignore 65535) at test time: exact ids after the
+    nearest-neighbour resize (the evaluator, not the mapper, checks them)."""
+    label = np.zeros((20, 30), dtype=np.uint16)
+    label[:, 10:] = 458
+    label[:, 20:] = 65535
+    label[:5] = 300
+    Image.fromarray(label).save(tmp_path / "label.png")
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    cfg = get_clipzss_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 40, 1000
+    record = {
+        "file_name": str(tmp_path / "image.png"),
+        "sem_seg_file_name": str(tmp_path / "label.png"),
+        "height": 20,
+        "width": 30,
+    }
+    out = ZeroShotSemSegDatasetMapper(cfg, is_train=False)(record)
+    expected = torch.from_numpy(label.astype(np.int64)).repeat_interleave(2, 0)
+    assert torch.equal(out["sem_seg"], expected.repeat_interleave(2, 1))
