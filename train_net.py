@@ -16,7 +16,6 @@ import clipzss_d2  # noqa: F401  (first: it silences a torch.jit warning that fv
 # isort: split
 import detectron2.utils.comm as comm
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -36,10 +35,12 @@ from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils.logger import setup_logger
 
 from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2.checkpoint import SafeCheckpointer
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
-from clipzss_d2.errors import USER_ERRORS
+from clipzss_d2.errors import USER_ERRORS, UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
 from clipzss_d2.solver import build_optimizer
+from clipzss_d2.utils.config_loading import merge_config
 from clipzss_d2.utils.weights import resolve_model_weights
 from clipzss_d2.vocabulary import prompt_names
 
@@ -78,9 +79,7 @@ class Trainer(DefaultTrainer):
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -147,10 +146,26 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def load_config(args):
+    """The run's config; a missing or malformed file or override is a UserInputError."""
+    return merge_config(get_clipzss_cfg(), args.config_file, args.opts, "overrides (KEY VALUE)")
+
+
+def check_devices(cfg, args) -> None:
+    """Refuse, before any process starts, a run asking for more GPUs than the machine has."""
+    if not cfg.MODEL.DEVICE.startswith("cuda"):
+        return  # CPU runs: --num-gpus N starts N gloo processes
+    found = torch.cuda.device_count()
+    if args.num_gpus > found:
+        raise UserInputError(
+            f"--num-gpus {args.num_gpus} asks for {args.num_gpus} GPU(s) but {found} CUDA "
+            f"device(s) were found: pass a smaller --num-gpus, or MODEL.DEVICE cpu to run on the "
+            f"CPU (--num-gpus N then starts N CPU processes)."
+        )
+
+
 def setup(args):
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clipzss_d2")
@@ -162,7 +177,7 @@ def main(args):
     try:
         if args.eval_only:
             model = Trainer.build_model(cfg)
-            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
                 resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume
             )
             return Trainer.test(cfg, model)
@@ -170,13 +185,21 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
         return trainer.train()
     except USER_ERRORS as e:
-        logger.error("%s: %s", type(e).__name__, e)
-        sys.exit(2)
+        exit_user_error(e)
+
+
+def exit_user_error(e: Exception) -> None:
+    print(f"train_net.py: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    try:  # user mistakes found here stop the run before any process starts
+        check_devices(load_config(args), args)
+    except USER_ERRORS as e:
+        exit_user_error(e)
     launch(
         main,
         args.num_gpus,

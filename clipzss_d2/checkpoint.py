@@ -87,17 +87,27 @@ def torch_load_safely(path: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not found and "global" not in str(e).lower():  # junk bytes, not a hostile pickle
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            raise CheckpointFormatError(
+                f"{path} could not be read as a PyTorch checkpoint: corrupt, truncated or another "
+                f"format ({detail.group(1).strip() if detail else _first_line(e)})."
+            ) from None
         detail = f"it asks to load {found.group(1)}" if found else "it holds Python objects"
         raise UnsafeCheckpointError(
             f"{path} is not a plain weights file: {detail}, which could run code. Refused; use "
             f"weights from a source you trust, or re-save only the state dict."
         ) from None
     except Exception as e:  # not a zip / legacy torch file, truncated, ...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointFormatError(
             f"{path} could not be read as a PyTorch checkpoint: corrupt, truncated or another "
-            f"format ({type(e).__name__}: {msg})."
+            f"format ({_first_line(e)})."
         ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def check_checkpoint_structure(checkpoint, path: str) -> None:
