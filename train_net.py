@@ -31,6 +31,7 @@ from detectron2.engine import (
     default_setup,
     launch,
 )
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils.logger import setup_logger
 
@@ -39,6 +40,15 @@ from clipzss_d2.checkpoint import SafeCheckpointer
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.errors import USER_ERRORS, UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
+from clipzss_d2.reproducibility import (
+    GatherRNGStates,
+    GLMBankState,
+    GlobalBatchSampler,
+    RNGStates,
+    build_deterministic_train_loader,
+    check_deterministic_config,
+    enable_deterministic_kernels,
+)
 from clipzss_d2.solver import build_optimizer
 from clipzss_d2.utils.config_loading import merge_config
 from clipzss_d2.utils.weights import resolve_model_weights
@@ -59,6 +69,8 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
+        if cfg.DETERMINISTIC and comm.get_world_size() > 1:
+            sync_batch_norms(model)  # one set of BatchNorm statistics over the global batch
         model.build_teacher()
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -79,7 +91,15 @@ class Trainer(DefaultTrainer):
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # the GLM bank and every process's RNG states too, so that --resume continues the run
+        self.rng_states = RNGStates()
+        self.checkpointer = SafeCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            trainer=weakref.proxy(self),
+            glm_bank=GLMBankState(unwrap(model)),
+            rng=self.rng_states,
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -93,12 +113,22 @@ class Trainer(DefaultTrainer):
         # config must win so a run can be extended (--resume with a larger SOLVER.MAX_ITER).
         if hasattr(self.scheduler, "max_iters"):
             self.scheduler.max_iters = self.cfg.SOLVER.MAX_ITER
+        sampler = getattr(self.data_loader, "batch_sampler", None)
+        if isinstance(sampler, GlobalBatchSampler):  # deterministic data stream: skip what was seen
+            sampler.start_iter = self.start_iter
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        # first, on every process: the checkpointer (main process only) saves what it gathers
+        period, max_iter = self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.MAX_ITER
+        return [GatherRNGStates(self.rng_states, period, max_iter), *hooks]
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(
-            cfg, mapper=ZeroShotSemSegDatasetMapper(cfg, is_train=True)
-        )
+        mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=True)
+        if cfg.DETERMINISTIC:
+            return build_deterministic_train_loader(cfg, mapper)
+        return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -164,9 +194,25 @@ def check_devices(cfg, args) -> None:
         )
 
 
+def sync_batch_norms(module: torch.nn.Module) -> None:
+    """BatchNorm2d (and SyncBatchNorm, which has no CPU kernel) -> detectron2's
+    NaiveSyncBatchNorm, which all-reduces statistics with any backend (gloo included):
+    per-process statistics make a multi-process run differ from the single-process one."""
+    for name, child in module.named_children():
+        if type(child) in (torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm):
+            bn = NaiveSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn.to(child.weight.device))
+        else:
+            sync_batch_norms(child)
+
+
 def setup(args):
     cfg = load_config(args)
     cfg.freeze()
+    if cfg.DETERMINISTIC:
+        check_deterministic_config(cfg)
+        enable_deterministic_kernels()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clipzss_d2")
     return cfg
@@ -197,7 +243,10 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
     try:  # user mistakes found here stop the run before any process starts
-        check_devices(load_config(args), args)
+        config = load_config(args)
+        check_devices(config, args)
+        if config.DETERMINISTIC:
+            check_deterministic_config(config)
     except USER_ERRORS as e:
         exit_user_error(e)
     launch(

@@ -19,7 +19,6 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from .errors import UserInputError
@@ -136,15 +135,7 @@ def check_checkpoint_structure(checkpoint, path: str) -> None:
 
 
 class SafeCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that runs no code from the files it reads and saves atomically.
-
-    `extra_state` (name -> object with state_dict / load_state_dict) is gathered from every
-    process at save time (e.g. per-rank RNG states), not only from the main process.
-    """
-
-    def __init__(self, model, save_dir="", *, extra_state=None, **checkpointables):
-        super().__init__(model, save_dir, **checkpointables)
-        self.extra_state = dict(extra_state or {})
+    """DetectionCheckpointer that runs no code from the files it reads and saves atomically."""
 
     def _load_file(self, filename):
         if filename.endswith(".pkl"):
@@ -192,16 +183,11 @@ class SafeCheckpointer(DetectionCheckpointer):
     # -- saving -----------------------------------------------------------------------------------
     def save(self, name: str, **kwargs) -> None:
         """fvcore's save, written to a temporary file renamed into place, then tagged."""
-        gathered = {}
-        for key, obj in self.extra_state.items():
-            state = obj.state_dict()
-            gathered[key] = comm.all_gather(state) if comm.get_world_size() > 1 else [state]
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
-        data.update(gathered)
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -215,21 +201,3 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
-
-    def load(self, path, checkpointables=None):
-        checkpoint = super().load(path, checkpointables=checkpointables)
-        restore = self.extra_state if checkpointables is None else checkpointables or []
-        for key in list(restore):
-            if key in self.extra_state and key in checkpoint:
-                per_rank = checkpoint.pop(key)
-                rank = comm.get_rank()
-                if len(per_rank) != comm.get_world_size():
-                    self.logger.warning(
-                        "%s was saved by %d processes, resumed with %d: not restored.",
-                        key,
-                        len(per_rank),
-                        comm.get_world_size(),
-                    )
-                    continue
-                self.extra_state[key].load_state_dict(per_rank[rank])
-        return checkpoint

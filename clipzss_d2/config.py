@@ -133,6 +133,10 @@ def add_clipzss_config(cfg):
     # Evaluation: also report detectron2 v0.6's averaging of classes absent from the ground truth.
     cfg.TEST.REPORT_BOTH_CONVENTIONS = True
 
+    # Deterministic mode (clipzss_d2/reproducibility.py, README "Reproducibility and safety"):
+    # needs SEED >= 0; a seeded data stream that resumes where it stopped, deterministic kernels.
+    cfg.DETERMINISTIC = False
+
 
 def get_clipzss_cfg():
     """detectron2's defaults + DeepLab's + ours: the config every entry point starts from."""
