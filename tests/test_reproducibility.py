@@ -208,3 +208,27 @@ def test_same_seed_runs_and_a_killed_and_resumed_run_end_identical(voc_root, cli
 
     assert_same_state(final_state(straight), final_state(killed))
     assert final_metrics(straight) == final_metrics(killed)
+
+
+def weights(out: Path, name: str) -> dict:
+    model = torch.load(out / f"{name}.pth", map_location="cpu", weights_only=True)["model"]
+    return {k: v for k, v in model.items() if v.is_floating_point() and "running_" not in k}
+
+
+def distance(a: dict, b: dict) -> float:
+    return float(sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5)
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_single_process_run(voc_root, clip_file, tmp_path):
+    """Same global batch, same samples and augmentations, one set of BatchNorm statistics: the
+    2-process run stays close to the 1-process one. Not bit-identical (README: per-process loss
+    normalisers, summation order); measured here: the gap after iterations 2-3 was 0.13 of the
+    distance the weights moved in those iterations, against 1.5 without deterministic mode."""
+    opts = deterministic_opts(clip_file, max_iter=4)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(voc_root, one, *opts)
+    run(voc_root, two, *opts, num_gpus=2)
+    moved = distance(weights(one, "model_0000003"), weights(one, "model_0000001"))
+    gap = distance(weights(two, "model_0000003"), weights(one, "model_0000003"))
+    assert 0 < gap < 0.5 * moved, (gap, moved)
