@@ -16,7 +16,6 @@ import clipzss_d2  # noqa: F401  (first: it silences a torch.jit warning that fv
 # isort: split
 import detectron2.utils.comm as comm
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -32,14 +31,26 @@ from detectron2.engine import (
     default_setup,
     launch,
 )
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils.logger import setup_logger
 
 from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2.checkpoint import SafeCheckpointer
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
-from clipzss_d2.errors import USER_ERRORS
+from clipzss_d2.errors import USER_ERRORS, UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
+from clipzss_d2.reproducibility import (
+    GatherRNGStates,
+    GLMBankState,
+    GlobalBatchSampler,
+    RNGStates,
+    build_deterministic_train_loader,
+    check_deterministic_config,
+    enable_deterministic_kernels,
+)
 from clipzss_d2.solver import build_optimizer
+from clipzss_d2.utils.config_loading import merge_config
 from clipzss_d2.utils.weights import resolve_model_weights
 from clipzss_d2.vocabulary import prompt_names
 
@@ -58,6 +69,8 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
+        if cfg.DETERMINISTIC and comm.get_world_size() > 1:
+            sync_batch_norms(model)  # one set of BatchNorm statistics over the global batch
         model.build_teacher()
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -78,8 +91,14 @@ class Trainer(DefaultTrainer):
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        # the GLM bank and every process's RNG states too, so that --resume continues the run
+        self.rng_states = RNGStates()
+        self.checkpointer = SafeCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            trainer=weakref.proxy(self),
+            glm_bank=GLMBankState(unwrap(model)),
+            rng=self.rng_states,
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -94,12 +113,22 @@ class Trainer(DefaultTrainer):
         # config must win so a run can be extended (--resume with a larger SOLVER.MAX_ITER).
         if hasattr(self.scheduler, "max_iters"):
             self.scheduler.max_iters = self.cfg.SOLVER.MAX_ITER
+        sampler = getattr(self.data_loader, "batch_sampler", None)
+        if isinstance(sampler, GlobalBatchSampler):  # deterministic data stream: skip what was seen
+            sampler.start_iter = self.start_iter
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        # first, on every process: the checkpointer (main process only) saves what it gathers
+        period, max_iter = self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.MAX_ITER
+        return [GatherRNGStates(self.rng_states, period, max_iter), *hooks]
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(
-            cfg, mapper=ZeroShotSemSegDatasetMapper(cfg, is_train=True)
-        )
+        mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=True)
+        if cfg.DETERMINISTIC:
+            return build_deterministic_train_loader(cfg, mapper)
+        return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -147,11 +176,43 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def load_config(args):
+    """The run's config; a missing or malformed file or override is a UserInputError."""
+    return merge_config(get_clipzss_cfg(), args.config_file, args.opts, "overrides (KEY VALUE)")
+
+
+def check_devices(cfg, args) -> None:
+    """Refuse, before any process starts, a run asking for more GPUs than the machine has."""
+    if not cfg.MODEL.DEVICE.startswith("cuda"):
+        return  # CPU runs: --num-gpus N starts N gloo processes
+    found = torch.cuda.device_count()
+    if args.num_gpus > found:
+        raise UserInputError(
+            f"--num-gpus {args.num_gpus} asks for {args.num_gpus} GPU(s) but {found} CUDA "
+            f"device(s) were found: pass a smaller --num-gpus, or MODEL.DEVICE cpu to run on the "
+            f"CPU (--num-gpus N then starts N CPU processes)."
+        )
+
+
+def sync_batch_norms(module: torch.nn.Module) -> None:
+    """BatchNorm2d (and SyncBatchNorm, which has no CPU kernel) -> detectron2's
+    NaiveSyncBatchNorm, which all-reduces statistics with any backend (gloo included):
+    per-process statistics make a multi-process run differ from the single-process one."""
+    for name, child in module.named_children():
+        if type(child) in (torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm):
+            bn = NaiveSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn.to(child.weight.device))
+        else:
+            sync_batch_norms(child)
+
+
 def setup(args):
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args)
     cfg.freeze()
+    if cfg.DETERMINISTIC:
+        check_deterministic_config(cfg)
+        enable_deterministic_kernels()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clipzss_d2")
     return cfg
@@ -162,7 +223,7 @@ def main(args):
     try:
         if args.eval_only:
             model = Trainer.build_model(cfg)
-            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
                 resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume
             )
             return Trainer.test(cfg, model)
@@ -170,13 +231,24 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
         return trainer.train()
     except USER_ERRORS as e:
-        logger.error("%s: %s", type(e).__name__, e)
-        sys.exit(2)
+        exit_user_error(e)
+
+
+def exit_user_error(e: Exception) -> None:
+    print(f"train_net.py: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    try:  # user mistakes found here stop the run before any process starts
+        config = load_config(args)
+        check_devices(config, args)
+        if config.DETERMINISTIC:
+            check_deterministic_config(config)
+    except USER_ERRORS as e:
+        exit_user_error(e)
     launch(
         main,
         args.num_gpus,

@@ -151,6 +151,9 @@ def add_clipzss_config(cfg):
     # Users' own datasets: YAML/JSON dataset files (datasets/README.md), registered as
     # <name>_<split> by clipzss_d2.data.register_custom_datasets(cfg) once the config is merged.
     cfg.DATASETS.CUSTOM = []
+    # Deterministic mode (clipzss_d2/reproducibility.py, README "Reproducibility and safety"):
+    # needs SEED >= 0; a seeded data stream that resumes where it stopped, deterministic kernels.
+    cfg.DETERMINISTIC = False
 
 
 def get_clipzss_cfg():

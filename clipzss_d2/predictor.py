@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from .checkpoint import CheckpointFormatError, SafeCheckpointer
 from .config import get_clipzss_cfg
 from .errors import UserInputError
 from .modeling.meta_arch import CLIPZSS
@@ -129,8 +129,8 @@ def dataset_vocabulary(name: str) -> DatasetVocabulary:
     )
 
 
-class _StudentCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that refuses weights not matching the model (it only warns)."""
+class _StudentCheckpointer(SafeCheckpointer):
+    """SafeCheckpointer that refuses weights not matching the model (detectron2 only warns)."""
 
     def __init__(self, model, config_name: str, weights: str):
         super().__init__(model)
@@ -140,6 +140,10 @@ class _StudentCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename):
         try:
             return super()._load_file(filename)
+        except CheckpointFormatError as e:  # one line naming the file already
+            raise IncompatibleWeightsError(str(e)) from None
+        except UserInputError:  # e.g. a file that would run code
+            raise
         except Exception as e:  # pickle, zip and torch errors all mean "not a checkpoint"
             raise IncompatibleWeightsError(
                 f"MODEL.WEIGHTS = {self.weights!r} could not be read as a checkpoint "

@@ -57,6 +57,7 @@ from clipzss_d2.predictor import (  # noqa: E402
     dataset_vocabulary,
     read_vocabulary_file,
 )
+from clipzss_d2.utils.config_loading import merge_config  # noqa: E402
 from clipzss_d2.utils.io import atomic_write_bytes, atomic_write_path  # noqa: E402
 from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
 
@@ -133,14 +134,7 @@ def read_vocabulary(args) -> tuple[list[str] | None, list[str] | None, list | No
 
 
 def setup_cfg(args):
-    if not os.path.isfile(args.config_file):
-        raise UserInputError(f"--config-file {args.config_file}: no such file.")
-    cfg = get_clipzss_cfg()
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise UserInputError(f"Invalid config ({args.config_file} / --opts): {e}") from None
+    cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "--opts")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
             "MODEL.DEVICE=%s but no GPU is available: running on the CPU.", cfg.MODEL.DEVICE
@@ -247,7 +241,21 @@ class Demo:
         self.legend = legend
 
     def predict(self, image_rgb: np.ndarray) -> SegmentationResult:
+        self.check_test_size(image_rgb)
         return self.predictor(image_rgb, input_format="RGB")
+
+    def check_test_size(self, image: np.ndarray) -> None:
+        """An image so elongated that the test resize leaves a side of 0 px cannot be segmented."""
+        if self.predictor.aug is None:
+            return
+        resize = self.predictor.aug.get_transform(image)
+        new_h, new_w = getattr(resize, "new_h", 1), getattr(resize, "new_w", 1)
+        if new_h < 1 or new_w < 1:
+            raise InputError(
+                f"{image.shape[1]}x{image.shape[0]} px is too elongated: resized to the test size "
+                f"(INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) it would be {new_w}x{new_h} px; crop it "
+                f"into pieces first"
+            )
 
     def draw(self, image_rgb, result: SegmentationResult, legend_width=None, fit=False):
         labels = result.label_map(self.threshold)
@@ -396,8 +404,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    if args.confidence_threshold < 0 or args.confidence_threshold > 1:
-        raise UserInputError("--confidence-threshold must be between 0 and 1.")
+    if not 0 <= args.confidence_threshold <= 1:  # also refuses nan
+        raise UserInputError(
+            f"--confidence-threshold must be between 0 and 1, got {args.confidence_threshold}."
+        )
     if (args.input or args.video_input) and not args.output:
         raise UserInputError("--output is required with --input and --video-input.")
     entries, names, dataset_colors = read_vocabulary(args)

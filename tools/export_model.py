@@ -43,13 +43,14 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from torch import nn  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
-from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
+from clipzss_d2.errors import USER_ERRORS  # noqa: E402
 from clipzss_d2.modeling.inference import FixedVocabularySegmenter, TestTimeInference  # noqa: E402
 from clipzss_d2.predictor import (  # noqa: E402
     OpenVocabularyPredictor,
     dataset_vocabulary,
     read_vocabulary_file,
 )
+from clipzss_d2.utils.config_loading import merge_config  # noqa: E402
 from clipzss_d2.utils.io import atomic_write_path  # noqa: E402
 from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
 
@@ -224,11 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> int:
     vocabulary = vocabulary_from_args(args)
-    if not os.path.isfile(args.config_file):
-        raise UserInputError(f"--config-file {args.config_file}: no such file.")
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "--opts")
     cfg.MODEL.DEVICE = "cpu"  # exported on the CPU; the artefacts run anywhere
     predictor = OpenVocabularyPredictor(cfg, vocabulary, config_name=args.config_file)
     model = sync_bn_to_bn(predictor.model).eval()

@@ -1,0 +1,203 @@
+"""Checkpoint files that cannot run code when read, and that are never left half-written.
+
+detectron2's DetectionCheckpointer unpickles `.pkl` (its model-zoo format) with plain pickle,
+so a weights file from a stranger can run any command. `SafeCheckpointer` reads `.pkl` with an
+unpickler that builds only what model-zoo files hold (dicts, lists, strings, numbers, numpy
+arrays) and every other file with `torch.load(weights_only=True)`; whatever else a file holds is
+refused with one line naming the file. Saves go to a temporary file renamed into place, and
+`last_checkpoint` is rewritten only after the checkpoint itself is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
+
+from .errors import UserInputError
+from .utils.io import atomic_write_path, atomic_write_text
+
+
+class UnsafeCheckpointError(UserInputError, pickle.UnpicklingError):
+    """A weights file would import or call something a checkpoint never needs."""
+
+
+class CheckpointFormatError(UserInputError, ValueError):
+    """A weights file cannot be read, or does not hold a checkpoint's structure."""
+
+
+# What detectron2 / Detectron / Caffe2 model-zoo pickles reference (Python 2 and 3 protocols,
+# numpy 1 and 2 module names). All of them only build arrays, dtypes, scalars or bytes.
+_PKL_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
+    ("collections", "OrderedDict"),
+    ("__builtin__", "set"),
+    ("builtins", "set"),
+}
+
+
+class _ModelZooUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: str):
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) in _PKL_ALLOWED:
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(
+            f"{self.path} is not a plain weights file: it asks to load {module}.{name}, which "
+            f"could run code. Refused; use weights from a source you trust, or convert them to "
+            f"a .pth state dict."
+        )
+
+
+def load_pkl_safely(path: str):
+    """Unpickle a model-zoo `.pkl` building only containers, numbers, strings and numpy arrays."""
+    with PathManager.open(path, "rb") as f:
+        data = f.read()
+    try:
+        return _ModelZooUnpickler(io.BytesIO(data), path).load()
+    except UnsafeCheckpointError:
+        raise
+    except Exception as e:  # truncated or not a pickle at all
+        raise CheckpointFormatError(
+            f"{path} could not be read as a .pkl weights file ({type(e).__name__}: {e})."
+        ) from None
+
+
+def torch_load_safely(path: str):
+    """torch.load with weights_only=True; torch's paragraph on failure becomes one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not found and "global" not in str(e).lower():  # junk bytes, not a hostile pickle
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            raise CheckpointFormatError(
+                f"{path} could not be read as a PyTorch checkpoint: corrupt, truncated or another "
+                f"format ({detail.group(1).strip() if detail else _first_line(e)})."
+            ) from None
+        detail = f"it asks to load {found.group(1)}" if found else "it holds Python objects"
+        raise UnsafeCheckpointError(
+            f"{path} is not a plain weights file: {detail}, which could run code. Refused; use "
+            f"weights from a source you trust, or re-save only the state dict."
+        ) from None
+    except Exception as e:  # not a zip / legacy torch file, truncated, ...
+        raise CheckpointFormatError(
+            f"{path} could not be read as a PyTorch checkpoint: corrupt, truncated or another "
+            f"format ({_first_line(e)})."
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def check_checkpoint_structure(checkpoint, path: str) -> None:
+    """A checkpoint is a dict whose "model" maps parameter names to tensors or numeric arrays."""
+    model = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
+    bad = None
+    if not isinstance(model, Mapping):
+        bad = f"a {type(checkpoint).__name__}" + (
+            f" whose 'model' entry is a {type(model).__name__}"
+            if isinstance(checkpoint, Mapping)
+            else ""
+        )
+    else:
+        for key, value in model.items():
+            ok = isinstance(value, torch.Tensor) or (
+                isinstance(value, np.ndarray | np.generic) and value.dtype != object
+            )
+            if not isinstance(key, str) or not ok:
+                bad = f"entry {key!r} of its 'model' dict is a {type(value).__name__}"
+                break
+    if bad is not None:
+        raise CheckpointFormatError(
+            f"{path} does not hold model weights ({bad}); expected a checkpoint saved by "
+            f"detectron2 / this project (a dict of tensors under 'model') or a state dict."
+        )
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that runs no code from the files it reads and saves atomically."""
+
+    def _load_file(self, filename):
+        if filename.endswith(".pkl"):
+            data = load_pkl_safely(filename)
+            if not isinstance(data, Mapping):
+                raise CheckpointFormatError(
+                    f"{filename} does not hold model weights (a {type(data).__name__})."
+                )
+            if "model" in data and "__author__" in data:
+                self.logger.info("Reading a file from '%s'", data["__author__"])
+            else:  # Caffe2 / Detectron1 model zoo, as DetectionCheckpointer reads it
+                data = data.get("blobs", data)
+                if isinstance(data, Mapping):
+                    data = {k: v for k, v in data.items() if not str(k).endswith("_momentum")}
+                data = {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+            check_checkpoint_structure(data, filename)
+            return data
+        if filename.endswith(".pyth"):  # pycls: DetectionCheckpointer's branch, loaded safely
+            data = torch_load_safely(filename)
+            if not isinstance(data, Mapping) or not isinstance(data.get("model_state"), Mapping):
+                raise CheckpointFormatError(
+                    f"{filename}: pycls checkpoints (.pyth) must hold a 'model_state' dict."
+                )
+            state = {
+                k: v
+                for k, v in data["model_state"].items()
+                if not k.endswith("num_batches_tracked")
+            }
+            data = {"model": state, "__author__": "pycls", "matching_heuristics": True}
+            check_checkpoint_structure(data, filename)
+            return data
+        loaded = super()._load_file(filename)  # -> self._torch_load, then the URL query logic
+        check_checkpoint_structure(loaded, filename)
+        return loaded
+
+    def _torch_load(self, f):
+        loaded = torch_load_safely(f)
+        if not isinstance(loaded, Mapping):
+            raise CheckpointFormatError(
+                f"{f} does not hold model weights (a {type(loaded).__name__}); expected a "
+                f"checkpoint saved by detectron2 / this project or a state dict."
+            )
+        return loaded
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save(self, name: str, **kwargs) -> None:
+        """fvcore's save, written to a temporary file renamed into place, then tagged."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with atomic_write_path(save_file) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)

@@ -1,0 +1,170 @@
+"""Inputs that used to end in a stack trace (issue 11, item 2) get one line and exit status 2
+(1 for a demo image that cannot be processed while the others can)."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from clipzss_d2.checkpoint import SafeCheckpointer
+
+from .helpers import TINY_MODEL_OPTS, tiny_cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location("clipzss_demo_errors", ROOT / "demo/demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = load_demo()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("errors")
+    cfg = tiny_cfg(
+        extra_opts=[
+            "DATASETS.TRAIN", (), "DATASETS.TEST", (),
+            "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96,
+            "MODEL.CLIPZSS.TEST_VOCABULARY", ["sky", "tree"],
+        ]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    SafeCheckpointer(build_model(cfg), save_dir=str(folder)).save("model")
+    (folder / "config.yaml").write_text(cfg.dump())
+    (folder / "not_yaml.yaml").write_text("MODEL:\n  WEIGHTS: [unclosed\n")
+    marker = folder / "yaml_marker"
+    (folder / "python_tag.yaml").write_text(
+        f'MODEL: !!python/object/apply:os.system ["touch {marker}"]\n'
+    )
+    cv2.imwrite(str(folder / "wide.png"), np.full((8, 20000, 3), 90, np.uint8))
+    cv2.imwrite(str(folder / "ok.png"), np.full((40, 50, 3), 90, np.uint8))
+    return folder
+
+
+def run_demo(tiny, capsys, *args, config="config.yaml", weights=None):
+    argv = ["--config-file", str(tiny / config), *args]
+    argv += ["--opts", "MODEL.WEIGHTS", str(weights or tiny / "model.pth")]
+    code = demo.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_image_too_elongated_for_the_test_size(tiny, capsys, tmp_path):
+    wide, ok = str(tiny / "wide.png"), str(tiny / "ok.png")
+    code, err = run_demo(tiny, capsys, "--input", wide, ok, "--output", str(tmp_path))
+    assert code == 1, err  # documented: some inputs could not be processed, the others were
+    assert "20000x8 px is too elongated" in err and "crop it" in err
+    assert (tmp_path / "ok.json").exists() and not (tmp_path / "wide.json").exists()
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("not_yaml.yaml", "is not a valid config YAML (while parsing a flow sequence"),
+        ("python_tag.yaml", "Python tags (!!python/...) are refused"),
+    ],
+)
+def test_config_files_that_are_not_plain_yaml(tiny, capsys, tmp_path, config, message):
+    out = tmp_path / "out"
+    code, err = run_demo(
+        tiny, capsys, "--input", str(tiny / "ok.png"), "--output", str(out), config=config
+    )
+    assert code == 2 and message in one_line(err)
+    assert not out.exists() and not (tiny / "yaml_marker").exists()
+
+
+def test_nan_confidence_threshold(tiny, capsys, tmp_path):
+    code, err = run_demo(
+        tiny, capsys, "--input", str(tiny / "ok.png"), "--output", str(tmp_path / "o"),
+        "--confidence-threshold", "nan",
+    )  # fmt: skip
+    assert code == 2 and "between 0 and 1, got nan" in one_line(err)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"model": {"w": [1, 2]}}, "entry 'w' of its 'model' dict is a list"),
+        (b"PK\x03\x04 not really a zip", "could not be read as a PyTorch checkpoint"),
+    ],
+)
+def test_weights_that_are_not_a_checkpoint(tiny, capsys, tmp_path, content, message):
+    path = tmp_path / "weights.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    code, err = run_demo(
+        tiny, capsys, "--input", str(tiny / "ok.png"), "--output", str(tmp_path / "o"),
+        weights=path,
+    )  # fmt: skip
+    line = one_line(err)
+    assert code == 2 and message in line and "weights.pth" in line
+    assert "weights_only" not in line  # torch's paragraph is not passed on
+
+
+# -- train_net.py, as a subprocess -----------------------------------------------------------------
+def train_net(*args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train_net.py"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    # torch's glog-style start-up notes (e.g. "W1129 ... No CUDA runtime is found") are not ours
+    err = "\n".join(
+        line for line in proc.stderr.splitlines() if not re.match(r"[IW]\d{4} \d\d:\d\d:\d\d", line)
+    )
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return proc.returncode, one_line(err)
+
+
+@pytest.mark.slow
+def test_train_net_user_errors_stop_before_any_process_starts(tiny, tmp_path):
+    voc = str(ROOT / "configs/voc.yaml")
+    out = tmp_path / "out"
+    tiny_opts = [str(o) for o in TINY_MODEL_OPTS] + ["OUTPUT_DIR", str(out)]
+
+    # the README's first command on a machine with fewer GPUs than asked
+    asked = torch.cuda.device_count() + 1
+    code, line = train_net(
+        "--config-file", voc, "--num-gpus", str(asked), "OUTPUT_DIR", str(out), cwd=tmp_path
+    )
+    assert code == 2 and f"--num-gpus {asked} asks for {asked} GPU(s)" in line
+    assert f"but {asked - 1} CUDA device(s) were found" in line and "MODEL.DEVICE cpu" in line
+
+    code, line = train_net("--config-file", voc, *tiny_opts, "SOLVER.MAX_ITER", cwd=tmp_path)
+    assert code == 2 and "KEY VALUE pairs" in line and "SOLVER.MAX_ITER" in line
+
+    code, line = train_net("--config-file", str(tiny / "not_yaml.yaml"), cwd=tmp_path)
+    assert code == 2 and "not a valid config YAML" in line
+
+    code, line = train_net("--config-file", voc, *tiny_opts, "SOLVER.NOPE", "1", cwd=tmp_path)
+    assert code == 2 and "Non-existent key: SOLVER.NOPE" in line
+    assert not out.exists()  # nothing started, nothing written
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    code, line = train_net(
+        "--config-file", voc, "--eval-only", *tiny_opts, "MODEL.WEIGHTS", str(junk), cwd=tmp_path
+    )
+    assert code == 2 and "junk.pth could not be read as a PyTorch checkpoint" in line
