@@ -37,7 +37,7 @@ from detectron2.utils.logger import setup_logger
 
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.checkpoint import SafeCheckpointer
-from clipzss_d2.data import ZeroShotSemSegDatasetMapper
+from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets
 from clipzss_d2.errors import USER_ERRORS, UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
 from clipzss_d2.reproducibility import (
@@ -221,6 +221,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     try:
+        register_custom_datasets(cfg)  # DATASETS.CUSTOM files, checked before the model is built
         if args.eval_only:
             model = Trainer.build_model(cfg)
             SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -245,6 +246,7 @@ if __name__ == "__main__":
     try:  # user mistakes found here stop the run before any process starts
         config = load_config(args)
         check_devices(config, args)
+        register_custom_datasets(config)  # a bad dataset file stops here, before any process
         if config.DETERMINISTIC:
             check_deterministic_config(config)
     except USER_ERRORS as e:

@@ -332,11 +332,6 @@ def test_train_net_trains_and_evaluates_a_registered_dataset(tmp_path):
     assert (tmp_path / "out/model_final.pth").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train_net.py does not yet call clipzss_d2.data.register_custom_datasets(cfg) "
-    "(one line in main(), owned by the train_net maintainer); remove this mark when it does",
-)
 def test_train_net_dataset_file_named_in_the_config(tmp_path):
     path = write_dataset_file(tmp_path, "coco")
     proc, log = run(

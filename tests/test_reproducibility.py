@@ -222,13 +222,14 @@ def distance(a: dict, b: dict) -> float:
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_run(voc_root, clip_file, tmp_path):
     """Same global batch, same samples and augmentations, one set of BatchNorm statistics: the
-    2-process run stays close to the 1-process one. Not bit-identical (README: per-process loss
-    normalisers, summation order); measured here: the gap after iterations 2-3 was 0.13 of the
-    distance the weights moved in those iterations, against 1.5 without deterministic mode."""
+    2-process run stays close to the 1-process one. Not bit-identical (README: summation order);
+    measured here: the gap after iterations 2-3 was 0.036 of the distance the weights moved in
+    those iterations (0.13 with per-process loss normalisers, 1.5 without deterministic mode)."""
     opts = deterministic_opts(clip_file, max_iter=4)
     one, two = tmp_path / "one", tmp_path / "two"
     run(voc_root, one, *opts)
     run(voc_root, two, *opts, num_gpus=2)
     moved = distance(weights(one, "model_0000003"), weights(one, "model_0000001"))
     gap = distance(weights(two, "model_0000003"), weights(one, "model_0000003"))
-    assert 0 < gap < 0.5 * moved, (gap, moved)
+    print(f"2 vs 1 process gap: {gap / moved:.4f} of the weights' movement")
+    assert 0 < gap < 0.1 * moved, (gap, moved)

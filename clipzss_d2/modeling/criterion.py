@@ -9,7 +9,7 @@ Terms (logged under these names by the trainer):
 
 NEL normalisation ("zegclip", the default and the paper setting, as ZegCLIP's
 ``SegPlusCriterion``): with y = one-hot(target) (all zero on ignored pixels) and M = the number
-of (image, class) pairs whose class is present in the image's labels (averaged over processes),
+of (image, class) pairs whose class is present in the image's labels (averaged over processes, as every count that normalises a term here),
     focal = sum over (b, k) of [ mean over the image's pixels p of FL(x_bkp, y_bkp) ] / M
     dice  = sum over present (b, k) of [ 1 - (2 sum_p s y + 1) / (sum_p s + sum_p y + 1) ] / M
 so focal sums over every class of the image (absent ones too) and averages over pixels, and dice
@@ -34,7 +34,10 @@ LOSS_RESOLUTIONS = ("feature", "input")
 _MASKED_LOGIT = -1e4  # finite so CE stays finite; sigmoid/softmax give it ~0 probability
 
 
-def _mean_over_processes(x: torch.Tensor) -> torch.Tensor:
+def mean_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a count over the training processes (no gradient). Normalising each process's
+    sum by it makes DDP's gradient average equal the single-process loss over the global batch."""
+    x = x.detach()
     if comm.get_world_size() > 1 and dist.is_initialized():
         x = x.clone()
         dist.all_reduce(x)
@@ -171,7 +174,7 @@ class CLIPZSSCriterion(nn.Module):
             ce = F.cross_entropy(
                 x, t.masked_fill(~labelled, -100), ignore_index=-100, reduction="sum"
             )
-            out["loss_ce"] = ce / labelled.sum().clamp(min=1)
+            out["loss_ce"] = ce / mean_over_processes(labelled.sum().to(x.dtype)).clamp(min=1)
         else:
             out["loss_ce"] = zero
 
@@ -190,11 +193,11 @@ class CLIPZSSCriterion(nn.Module):
         present = class_valid & (y.flatten(2).sum(-1) > 0)  # B x K
         if self.nel_normalization == "zegclip":
             focal_pairs, dice_pairs = class_valid & (n_pix > 0).unsqueeze(1), present
-            n_masks = _mean_over_processes(present.sum().to(x.dtype)).clamp(min=1)
+            n_masks = mean_over_processes(present.sum().to(x.dtype)).clamp(min=1)
             focal_norm = dice_norm = n_masks
         else:
             focal_pairs = dice_pairs = class_valid & (n_pix > 0).unsqueeze(1)
-            focal_norm = dice_norm = focal_pairs.sum().clamp(min=1)
+            focal_norm = dice_norm = mean_over_processes(focal_pairs.sum().to(x.dtype)).clamp(min=1)
         prob = torch.sigmoid(x)
 
         if want_focal:

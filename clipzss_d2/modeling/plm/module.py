@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
+from ..criterion import mean_over_processes
 from .pseudo_labels import PseudoLabeler, fuse_labels
 from .synthesizer import PseudoWeightSynthesizer, region_centroids
 
@@ -37,7 +38,7 @@ def bce_prototype_loss(
 
     For image b and seen class s present in b: z = scale * P_bs . T^T (S logits), target =
     one-hot(s); loss_bs = mean over the S classes of sigmoid BCE(z, target). L_bce = sum of
-    loss_bs over present (b, s) / number of present (b, s) (0 when none; still on the graph so
+    loss_bs over present (b, s) / number of present (b, s), averaged over processes (0 when none; still on the graph so
     every synthesizer parameter gets a gradient, which DDP needs).
     """
     b, s, _ = protos_seen.shape
@@ -45,7 +46,7 @@ def bce_prototype_loss(
     target = torch.eye(s, device=z.device, dtype=z.dtype).expand(b, s, s)
     per = F.binary_cross_entropy_with_logits(z, target, reduction="none").mean(dim=-1)
     weight = present.to(per.dtype)
-    return (per * weight).sum() / weight.sum().clamp(min=1)
+    return (per * weight).sum() / mean_over_processes(weight.sum()).clamp(min=1)
 
 
 class PixelLearningModule(nn.Module):
