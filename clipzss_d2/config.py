@@ -20,6 +20,9 @@ def add_clipzss_config(cfg):
     # Names for inference when set; otherwise the test dataset's classes. "a|b" = synonyms.
     z.TEST_VOCABULARY = []
     z.SIZE_DIVISIBILITY = 32
+    # Build the student alone: no teacher, GLM, PLM or criterion, not even imported. The
+    # predictor, demo and export set it; training needs False.
+    z.STUDENT_ONLY = False
 
     # The CLIP model whose joint space the student learns (text classifier and teacher share it).
     z.CLIP = CN()

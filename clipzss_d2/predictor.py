@@ -210,6 +210,7 @@ class OpenVocabularyPredictor:
         self, cfg, vocabulary: str | Sequence[str] | None = None, *, config_name: str | None = None
     ):
         self.cfg = cfg.clone()
+        self.cfg.MODEL.CLIPZSS.STUDENT_ONLY = True  # deployment: no training-only modules
         self.cfg.freeze()
         self.model = build_model(self.cfg)
         if not isinstance(self.model, CLIPZSS):

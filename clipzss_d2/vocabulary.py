@@ -1,4 +1,6 @@
-"""Class vocabularies: parsing what users type, and the seen/unseen partition in dataset metadata.
+"""Class vocabularies: parsing what users type, the seen/unseen partition in dataset metadata,
+and the training vocabulary that the mapper and the model agree on (no dataset registration
+here, so the model can use it without importing the data package).
 
 Metadata convention of every dataset registered by this project (see clipzss_d2/data):
   stuff_classes   plain class names, index = contiguous label id
@@ -8,6 +10,8 @@ Metadata convention of every dataset registered by this project (see clipzss_d2/
 """
 
 from collections.abc import Sequence
+
+from detectron2.data import MetadataCatalog
 
 from .errors import UserInputError
 
@@ -86,3 +90,48 @@ def unseen_class_ids(metadata) -> list[int]:
 def seen_class_ids(metadata) -> list[int]:
     unseen = set(unseen_class_ids(metadata))
     return [i for i in range(len(metadata.stuff_classes)) if i not in unseen]
+
+
+class DatasetConfigError(UserInputError, ValueError):
+    """The configured datasets cannot be used together (or are not registered)."""
+
+
+def shared_metadata(dataset_names: Sequence[str]):
+    """Metadata of the first dataset, after checking all of them share one labelling."""
+    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    if not names:
+        raise DatasetConfigError("No dataset given: set DATASETS.TRAIN to a registered dataset.")
+    metas = []
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        if not meta.get("stuff_classes"):
+            raise DatasetConfigError(
+                f"Dataset {name!r} has no stuff_classes: is it registered (import clipzss_d2; "
+                f"names are listed in datasets/README.md)?"
+            )
+        metas.append(meta)
+
+    def signature(m):
+        return (
+            list(m.stuff_classes),
+            prompt_names(m),
+            sorted(m.get("unseen_classes", []) or []),
+            m.get("ignore_label", 255),
+        )
+
+    first = signature(metas[0])
+    for name, meta in zip(names[1:], metas[1:]):
+        if signature(meta) != first:
+            raise DatasetConfigError(
+                f"Datasets {names[0]!r} and {name!r} differ in classes, prompt names, unseen "
+                f"classes or ignore label; datasets trained together must share one class list "
+                f"and one seen/unseen split."
+            )
+    return metas[0]
+
+
+def get_training_vocabulary(dataset_names: Sequence[str]) -> list[str]:
+    """Prompt names of the seen classes, in the order of the training mapper's label ids."""
+    meta = shared_metadata(dataset_names)
+    names = prompt_names(meta)
+    return [names[i] for i in seen_class_ids(meta)]

@@ -14,65 +14,31 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-from ..errors import UserInputError
-from ..vocabulary import prompt_names, seen_class_ids, unseen_class_ids
+from ..vocabulary import (
+    DatasetConfigError,
+    get_training_vocabulary,
+    seen_class_ids,
+    shared_metadata,
+    unseen_class_ids,
+)
 from .label_io import read_label_map
 from .transforms import ColorAugSSD
 
-__all__ = ["ZeroShotSemSegDatasetMapper", "get_training_vocabulary", "shared_metadata"]
+# the metadata helpers live in clipzss_d2.vocabulary (the model uses them without registering
+# datasets); re-exported here for existing imports
+__all__ = [
+    "DatasetConfigError",
+    "ZeroShotSemSegDatasetMapper",
+    "get_training_vocabulary",
+    "shared_metadata",
+]
 
 logger = logging.getLogger(__name__)
-
-
-class DatasetConfigError(UserInputError, ValueError):
-    """The configured datasets cannot be used together (or are not registered)."""
-
-
-def shared_metadata(dataset_names: Sequence[str]):
-    """Metadata of the first dataset, after checking all of them share one labelling."""
-    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
-    if not names:
-        raise DatasetConfigError("No dataset given: set DATASETS.TRAIN to a registered dataset.")
-    metas = []
-    for name in names:
-        meta = MetadataCatalog.get(name)
-        if not meta.get("stuff_classes"):
-            raise DatasetConfigError(
-                f"Dataset {name!r} has no stuff_classes: is it registered (import clipzss_d2; "
-                f"names are listed in datasets/README.md)?"
-            )
-        metas.append(meta)
-
-    def signature(m):
-        return (
-            list(m.stuff_classes),
-            prompt_names(m),
-            sorted(m.get("unseen_classes", []) or []),
-            m.get("ignore_label", 255),
-        )
-
-    first = signature(metas[0])
-    for name, meta in zip(names[1:], metas[1:]):
-        if signature(meta) != first:
-            raise DatasetConfigError(
-                f"Datasets {names[0]!r} and {name!r} differ in classes, prompt names, unseen "
-                f"classes or ignore label; datasets trained together must share one class list "
-                f"and one seen/unseen split."
-            )
-    return metas[0]
-
-
-def get_training_vocabulary(dataset_names: Sequence[str]) -> list[str]:
-    """Prompt names of the seen classes, in the order of the training mapper's label ids."""
-    meta = shared_metadata(dataset_names)
-    names = prompt_names(meta)
-    return [names[i] for i in seen_class_ids(meta)]
 
 
 def seen_label_map(meta) -> np.ndarray:

@@ -3,12 +3,14 @@
 This module only wires parts together. In training a frozen CLIP image encoder (the teacher)
 feeds GLM and PLM; it is built on demand, kept off the module tree and never checkpointed. At
 inference nothing but the student runs (backbone, embedding head, a matrix product with cached
-text embeddings): no CLIP image encoder.
+text embeddings): no CLIP image encoder. With MODEL.CLIPZSS.STUDENT_ONLY (what the predictor,
+demo and export set) the training-only modules are neither built nor imported.
 """
 
 import logging
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +21,16 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..data import get_training_vocabulary
-from ..vocabulary import parse_vocabulary, prompt_names
-from .criterion import CLIPZSSCriterion
+from ..vocabulary import get_training_vocabulary, parse_vocabulary, prompt_names
 from .embedding_head import build_embedding_head
-from .glm import GlobalLearningModule
 from .inference import TestTimeInference
-from .plm import PixelLearningModule
-from .teacher import CLIPTeacher, TeacherOutput
 from .text_classifier import TextClassifier, build_text_classifier
+
+if TYPE_CHECKING:  # training-only: imported by training_modules.py when training builds them
+    from .criterion import CLIPZSSCriterion
+    from .glm import GlobalLearningModule
+    from .plm import PixelLearningModule
+    from .teacher import CLIPTeacher, TeacherOutput
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +55,10 @@ class CLIPZSS(nn.Module):
         max_logit_scale: float = 100.0,
         size_divisibility: int = 32,
         ignore_value: int = 255,
-        glm: GlobalLearningModule | None = None,
-        plm: PixelLearningModule | None = None,
+        glm: "GlobalLearningModule | None" = None,
+        plm: "PixelLearningModule | None" = None,
         teacher_factory=None,
-        criterion: CLIPZSSCriterion | None = None,
+        criterion: "CLIPZSSCriterion | None" = None,
         test_time: TestTimeInference | None = None,
     ):
         """
@@ -75,7 +78,6 @@ class CLIPZSS(nn.Module):
         self.text_classifier = text_classifier
         self.train_vocabulary = list(train_vocabulary)
         self._vocabulary = list(test_vocabulary) if test_vocabulary else None
-        self._text_embeddings: dict[tuple[str, ...], torch.Tensor] = {}
 
         log_scale = torch.tensor(math.log(logit_scale), dtype=torch.float32)
         if learn_logit_scale:
@@ -87,11 +89,6 @@ class CLIPZSS(nn.Module):
         self.ignore_value = ignore_value
         self.glm = glm
         self.plm = plm
-        if criterion is None:
-            weights = {"loss_ce": 1.0, "loss_focal": 1.0, "loss_dice": 1.0}
-            weights.update({"loss_glm": 1.0} if glm is not None else {})
-            weights.update({"loss_bce": 1.0} if plm is not None else {})
-            criterion = CLIPZSSCriterion(weight_dict=weights, ignore_value=ignore_value)
         self.criterion = criterion
         self._teacher_factory = teacher_factory
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
@@ -105,7 +102,11 @@ class CLIPZSS(nn.Module):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         z = cfg.MODEL.CLIPZSS
-        plm_on = z.PLM.PSEUDO_LABELS or z.PLM.SYNTHESIZER
+        training = {}
+        if not z.STUDENT_ONLY:
+            from .training_modules import build_training_modules
+
+            training = build_training_modules(cfg)
         if z.TEST_VOCABULARY:
             test_vocabulary = parse_vocabulary(list(z.TEST_VOCABULARY))
         elif cfg.DATASETS.TEST:
@@ -127,11 +128,8 @@ class CLIPZSS(nn.Module):
             "max_logit_scale": z.MAX_LOGIT_SCALE,
             "size_divisibility": z.SIZE_DIVISIBILITY,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "glm": GlobalLearningModule(cfg) if z.GLM.ENABLED else None,
-            "plm": PixelLearningModule(cfg) if plm_on else None,
-            "teacher_factory": (lambda: CLIPTeacher(cfg)) if (z.GLM.ENABLED or plm_on) else None,
-            "criterion": CLIPZSSCriterion(cfg),
             "test_time": TestTimeInference.from_config(cfg),
+            **training,
         }
 
     @property
@@ -148,10 +146,10 @@ class CLIPZSS(nn.Module):
         return self._teacher_factory is not None
 
     @property
-    def teacher(self) -> CLIPTeacher | None:
+    def teacher(self) -> "CLIPTeacher | None":
         return self._teacher
 
-    def build_teacher(self) -> CLIPTeacher | None:
+    def build_teacher(self) -> "CLIPTeacher | None":
         """Load the frozen CLIP image encoder for training (no-op for the baseline)."""
         if self.needs_teacher and self._teacher is None:
             self.__dict__["_teacher"] = self._teacher_factory().to(self.device)
@@ -159,7 +157,7 @@ class CLIPZSS(nn.Module):
 
     def run_teacher(
         self, images: ImageList, image_sizes: torch.Tensor | None = None
-    ) -> TeacherOutput | None:
+    ) -> "TeacherOutput | None":
         """The teacher on the batch; with ``image_sizes`` it sees the images, not the padding."""
         teacher = self.build_teacher()
         if teacher is None:
@@ -179,10 +177,8 @@ class CLIPZSS(nn.Module):
         return list(self._vocabulary)
 
     def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:
-        key = tuple(vocabulary)
-        if key not in self._text_embeddings:
-            self._text_embeddings[key] = self.text_classifier(key)
-        return self._text_embeddings[key].to(self.device)
+        """K x C on the model's device; the text classifier owns the (memory + disk) cache."""
+        return self.text_classifier(vocabulary).to(self.device)
 
     # -- forward -------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -238,6 +234,11 @@ class CLIPZSS(nn.Module):
         pooling weight or centroid comes from it."""
         if not self.train_vocabulary:
             raise ValueError("No training vocabulary: set DATASETS.TRAIN to a registered dataset.")
+        if self.criterion is None:
+            raise ValueError(
+                "This CLIPZSS was built for inference only (MODEL.CLIPZSS.STUDENT_ONLY): it has "
+                "no criterion; build it from a config with STUDENT_ONLY False to train."
+            )
         targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
         targets = ImageList.from_tensors(
             targets, self.size_divisibility, pad_value=self.ignore_value

@@ -1,0 +1,72 @@
+"""The deployable path (predictor, demo, export) builds and imports the student alone: no CLIP
+teacher, GLM, PLM or criterion. Checked in a fresh interpreter, since pytest itself imports
+everything."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from detectron2.modeling import build_model
+
+from .helpers import tiny_cfg
+
+REPO = Path(__file__).resolve().parent.parent
+TRAINING_ONLY = [
+    "clipzss_d2.modeling.teacher",
+    "clipzss_d2.modeling.glm",
+    "clipzss_d2.modeling.plm",
+    "clipzss_d2.modeling.criterion",
+    "clipzss_d2.modeling.training_modules",
+]
+
+PROBE = """
+import importlib.util, json, sys
+import numpy as np
+import clipzss_d2
+from clipzss_d2 import OpenVocabularyPredictor
+from tests.helpers import tiny_cfg
+
+for name in ("demo/demo.py", "tools/export_model.py"):  # the entry points' own imports
+    spec = importlib.util.spec_from_file_location(name.replace("/", "_")[:-3], name)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+predictor = OpenVocabularyPredictor(tiny_cfg(), vocabulary="cat,sofa|couch")
+result = predictor(np.zeros((40, 48, 3), dtype=np.uint8))
+modules = [m for m in TRAINING_ONLY if m in sys.modules]
+print(json.dumps({"shape": list(result.labels.shape), "modules": modules,
+                  "plm": predictor.model.plm is None, "glm": predictor.model.glm is None}))
+"""
+
+
+def test_predictor_demo_and_export_import_no_training_code():
+    code = f"TRAINING_ONLY = {TRAINING_ONLY!r}\n" + PROBE
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [40, 48]
+    assert out["modules"] == []
+    assert out["plm"] and out["glm"]
+
+
+def test_training_builds_the_training_modules_and_student_only_refuses_to_train():
+    cfg = tiny_cfg()
+    assert not cfg.MODEL.CLIPZSS.STUDENT_ONLY
+    model = build_model(cfg)
+    assert model.glm is not None and model.plm is not None and model.criterion is not None
+    cfg.MODEL.CLIPZSS.STUDENT_ONLY = True
+    student = build_model(cfg)
+    assert student.glm is None and student.plm is None and not student.needs_teacher
+    # same student parameters either way, so a training checkpoint loads into it
+    student_keys = set(student.state_dict())
+    assert student_keys == {k for k in model.state_dict() if not k.startswith(("plm.", "glm."))}
+    student.train()
+    batch = [{"image": torch.zeros(3, 32, 32, dtype=torch.uint8), "sem_seg": torch.zeros(32, 32)}]
+    try:
+        student(batch)
+    except ValueError as e:
+        assert "STUDENT_ONLY" in str(e)
+    else:
+        raise AssertionError("a student-only model must refuse to compute losses")
