@@ -132,8 +132,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        # Images are read as stored (no EXIF rotation), exactly like their label maps.
-        mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=False)
+        # Images are read as stored (no EXIF rotation), exactly like their label maps. Each
+        # input names its dataset's class list (unless MODEL.CLIPZSS.TEST_VOCABULARY forces one).
+        vocabulary = None
+        if not cfg.MODEL.CLIPZSS.TEST_VOCABULARY:
+            vocabulary = prompt_names(MetadataCatalog.get(dataset_name))
+        mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=False, vocabulary=vocabulary)
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
@@ -161,11 +165,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Evaluate each test set over its own class list (unless a vocabulary is forced)."""
+        """Evaluate each test set over its own class list (its test loader puts it in every
+        input), unless MODEL.CLIPZSS.TEST_VOCABULARY forces one."""
         results = OrderedDict()
         for idx, name in enumerate(cfg.DATASETS.TEST):
-            if not cfg.MODEL.CLIPZSS.TEST_VOCABULARY:
-                unwrap(model).set_vocabulary(prompt_names(MetadataCatalog.get(name)))
             single = cfg.clone()
             single.defrost()
             single.DATASETS.TEST = (name,)

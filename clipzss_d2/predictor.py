@@ -196,8 +196,8 @@ class OpenVocabularyPredictor:
 
     Images are uint8 arrays H x W x 3 in BGR order by default (OpenCV's, like detectron2's
     DefaultPredictor); pass ``input_format="RGB"`` for PIL/matplotlib arrays. Grayscale (H x W)
-    and RGBA/BGRA (alpha dropped) arrays are accepted. Not thread-safe: the vocabulary is set on
-    the shared model for each call.
+    and RGBA/BGRA (alpha dropped) arrays are accepted. The vocabulary travels with each call's
+    inputs, never as model state: no call changes what another call predicts.
 
     Example:
         predictor = OpenVocabularyPredictor.from_config_file(
@@ -264,7 +264,6 @@ class OpenVocabularyPredictor:
                 "No vocabulary: pass vocabulary=['cat', 'sofa|couch', ...] or call "
                 "set_vocabulary(), or set MODEL.CLIPZSS.TEST_VOCABULARY / DATASETS.TEST."
             )
-        self.model.set_vocabulary(entries)
         return entries
 
     # -- prediction ----------------------------------------------------------------------------
@@ -281,6 +280,8 @@ class OpenVocabularyPredictor:
         apart, so padding never makes an image's prediction depend on its batch neighbours."""
         entries = self._use_vocabulary(vocabulary)
         inputs = [self._prepare(image, input_format) for image in images]
+        for x in inputs:  # the vocabulary travels with the request: no shared model state
+            x["vocabulary"] = entries
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(inputs):
             groups.setdefault(tuple(x["image"].shape), []).append(i)

@@ -127,6 +127,25 @@ def test_vocabulary_set_at_run_time(model):
         model.set_vocabulary("cat,cat")
 
 
+def test_the_vocabulary_travels_with_each_input(model):
+    """Inputs naming different vocabularies in one batch get the logits they would get alone
+    with that vocabulary as the model's default; the default itself is untouched."""
+    model.eval()
+    batch = toy_batch(batch_size=3, size=32)
+    vocabularies = [["cat", "sofa|couch"], None, ["red square", "dog", "tree"]]
+    for x, v in zip(batch, vocabularies):
+        if v is not None:
+            x["vocabulary"] = v
+    together = model(batch)
+    assert model.vocabulary == TOY_CLASSES
+    for x, v, out in zip(batch, vocabularies, together):
+        alone = {k: val for k, val in x.items() if k != "vocabulary"}
+        model.set_vocabulary(v or TOY_CLASSES)
+        expected = model([alone])[0]["sem_seg"]
+        assert out["sem_seg"].shape[0] == len(v or TOY_CLASSES)
+        torch.testing.assert_close(out["sem_seg"], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_checkpoint_holds_only_student_weights(model):
     model.train()
     model(toy_batch(batch_size=1))  # builds the teacher

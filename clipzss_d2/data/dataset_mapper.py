@@ -94,6 +94,7 @@ class ZeroShotSemSegDatasetMapper:
         pad_to: tuple[int, int] | None = None,
         size_divisibility: int = -1,
         pad_value: Sequence[int] | int = 0,
+        vocabulary: Sequence[str] | None = None,
     ):
         """
         Args:
@@ -103,6 +104,8 @@ class ZeroShotSemSegDatasetMapper:
             pad_to: minimum (height, width) after augmentation (training crop size).
             size_divisibility: pad height and width up to a multiple of this (<= 0: off).
             pad_value: image value of padded pixels (per channel or one value).
+            vocabulary: test time: the entries each output's "vocabulary" carries to the model
+                (the dataset's prompt names), so the batch names its own class list.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -113,6 +116,7 @@ class ZeroShotSemSegDatasetMapper:
         self.pad_to = tuple(pad_to) if pad_to else None
         self.size_divisibility = size_divisibility
         self.pad_value = pad_value
+        self.vocabulary = list(vocabulary) if vocabulary else None
         if self.label_map is not None:
             out = self.label_map[(self.label_map >= 0) & (self.label_map != ignore_label)]
             self.num_output_classes = int(out.max()) + 1 if out.size else 0
@@ -122,7 +126,7 @@ class ZeroShotSemSegDatasetMapper:
         logger.info(f"[ZeroShotSemSegDatasetMapper] {mode} augmentations: {augmentations}")
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True):
+    def from_config(cls, cfg, is_train: bool = True, vocabulary=None):
         if is_train:
             meta = shared_metadata(cfg.DATASETS.TRAIN)
             ignore = meta.get("ignore_label", 255)
@@ -184,7 +188,12 @@ class ZeroShotSemSegDatasetMapper:
                     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, sample_style="choice"
                 )
             )
-        return {"is_train": False, "augmentations": augs, "image_format": cfg.INPUT.FORMAT}
+        return {
+            "is_train": False,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "vocabulary": vocabulary,
+        }
 
     # ------------------------------------------------------------------------------------------
 
@@ -273,4 +282,6 @@ class ZeroShotSemSegDatasetMapper:
             dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype(np.int64))
         dataset_dict["height"], dataset_dict["width"] = height, width
         dataset_dict["image_size"] = image_size
+        if self.vocabulary is not None:
+            dataset_dict["vocabulary"] = self.vocabulary
         return dataset_dict

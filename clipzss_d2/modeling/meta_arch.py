@@ -267,27 +267,39 @@ class CLIPZSS(nn.Module):
 
     @torch.no_grad()
     def inference(self, images: ImageList, batched_inputs):
-        """Per-image K x height x width logits over the active vocabulary (`sem_seg`).
+        """Per-image K x height x width logits over each input's vocabulary (`sem_seg`).
 
-        Whole-image, sliding-window, flip and multi-scale inference follow `self.test_time`
-        (MODEL.CLIPZSS.INFERENCE); logits are resized to each input's "height"/"width".
+        The vocabulary travels with the request: an input's "vocabulary" (a list of entries,
+        "a|b" = synonyms) if given, else the model's default (set_vocabulary / config), so
+        concurrent callers with different vocabularies never share mutable state. Images with
+        the same vocabulary share a forward pass. Whole-image, sliding-window, flip and
+        multi-scale inference follow `self.test_time` (MODEL.CLIPZSS.INFERENCE); logits are
+        resized to each input's "height"/"width".
         """
-        if self._vocabulary is None:
-            raise ValueError(
-                "No vocabulary to predict: set DATASETS.TEST, MODEL.CLIPZSS.TEST_VOCABULARY, "
-                "or call model.set_vocabulary([...])."
-            )
-        text = self.text_embeddings(self._vocabulary)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, x in enumerate(batched_inputs):
+            vocabulary = x.get("vocabulary", self._vocabulary)
+            if vocabulary is None:
+                raise ValueError(
+                    "No vocabulary to predict: pass inputs[i]['vocabulary'], set DATASETS.TEST "
+                    "or MODEL.CLIPZSS.TEST_VOCABULARY, or call model.set_vocabulary([...])."
+                )
+            groups.setdefault(tuple(vocabulary), []).append(i)
+        results: list[dict | None] = [None] * len(batched_inputs)
+        for vocabulary, idx in groups.items():
+            text = self.text_embeddings(vocabulary)
 
-        def logits_fn(x: torch.Tensor) -> torch.Tensor:
-            return self.classify(self.embed(x), text)
+            def logits_fn(x: torch.Tensor, text=text) -> torch.Tensor:
+                return self.classify(self.embed(x), text)
 
-        logits = self.test_time(logits_fn, images, self.size_divisibility)
-        results = []
-        for logit, image_size, inputs in zip(logits, images.image_sizes, batched_inputs):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            if (height, width) != tuple(logit.shape[-2:]):
-                logit = sem_seg_postprocess(logit, image_size, height, width)
-            results.append({"sem_seg": logit})
+            subset = images
+            if len(idx) != len(batched_inputs):
+                subset = ImageList(images.tensor[idx], [images.image_sizes[i] for i in idx])
+            logits = self.test_time(logits_fn, subset, self.size_divisibility)
+            for i, logit, image_size in zip(idx, logits, subset.image_sizes):
+                height = batched_inputs[i].get("height", image_size[0])
+                width = batched_inputs[i].get("width", image_size[1])
+                if (height, width) != tuple(logit.shape[-2:]):
+                    logit = sem_seg_postprocess(logit, image_size, height, width)
+                results[i] = {"sem_seg": logit}
         return results
