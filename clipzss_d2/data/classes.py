@@ -1,7 +1,8 @@
 """Published class lists, seen/unseen splits and CLIP prompt names of the three benchmarks.
 
-Everything here is data copied from the published sources (docs/method.md, the datasets' own
-label files), so that the prepare scripts, the registration and the tests agree on one table.
+Everything here is data copied from the published sources (the splits in docs/method.md, the
+datasets' own label files), so that the prepare scripts, the registration and the tests agree on
+one table.
 """
 
 # ---- PASCAL VOC 2012: the standard 20 classes; background (0) is ignored --------------------
