@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from ..utils.io import atomic_write_path
 from ..vocabulary import VocabularyError, split_synonyms
 from .clip_loading import create_clip_model
+from .segments import segment_means
 
 logger = logging.getLogger(__name__)
 
@@ -233,9 +234,7 @@ class TextClassifier:
 
 def _segment_mean(values: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
     num = int(segment_ids.max()) + 1
-    sums = values.new_zeros(num, values.shape[1]).index_add_(0, segment_ids, values)
-    counts = torch.bincount(segment_ids, minlength=num).clamp_min(1).to(values.dtype)
-    return sums / counts[:, None]
+    return segment_means(values[None], segment_ids[None], num)[0][0].to(values.dtype)
 
 
 def build_text_classifier(cfg) -> TextClassifier:

@@ -2,7 +2,7 @@
 
 PLM clusters the teacher's patch tokens of every training image every iteration, so this runs
 as one batched matrix product per iteration for the assignment (one image per batch row) and
-one index_add over the flattened batch for the centroid update, with no Python loop over
+one index_add over the flattened batch for the centroid update (modeling/segments.py), with no Python loop over
 images, clusters or tokens.
 """
 
@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from ..segments import segment_sums
 
 METRICS = ("cosine", "euclidean")
 
@@ -29,19 +31,6 @@ def _scores(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:
         return torch.bmm(x, c.transpose(1, 2))
     sq = (c * c).sum(-1).unsqueeze(1)  # B x 1 x K
     return torch.baddbmm(sq, x, c.transpose(1, 2), beta=-1.0, alpha=2.0)
-
-
-def _cluster_sums(xw, labels, weight, k, with_sums=True):
-    """Per-cluster weighted sums (B x K x C) and counts (B x K) with one index_add over the
-    flattened batch: O(N*C) work, where a one-hot matmul would cost O(N*K*C).
-    ``xw`` = points times their weight, flattened to (B*N) x C."""
-    b = labels.shape[0]
-    flat = (labels + torch.arange(b, device=labels.device).unsqueeze(1) * k).reshape(-1)
-    counts = weight.new_zeros(b * k).index_add_(0, flat, weight.reshape(-1)).view(b, k)
-    if not with_sums:
-        return None, counts
-    sums = xw.new_zeros(b * k, xw.shape[1]).index_add_(0, flat, xw).view(b, k, -1)
-    return sums, counts
 
 
 def kmeans(
@@ -83,8 +72,6 @@ def kmeans(
     if token_valid is None:
         token_valid = torch.ones(b, n, dtype=torch.bool, device=x.device)
     weight = token_valid.to(x.dtype)  # B x N
-    xw = x if token_valid.all() else x * weight.unsqueeze(-1)
-    xw = xw.reshape(b * n, -1)
     blocked = (~seed_valid).unsqueeze(1)  # B x 1 x K
 
     def assign(cent):
@@ -92,7 +79,7 @@ def kmeans(
 
     labels = assign(c)
     for _ in range(iters):
-        sums, counts = _cluster_sums(xw, labels, weight, k)
+        sums, counts = segment_sums(x, labels, k, weight)
         new = sums / counts.clamp(min=1).unsqueeze(-1)
         if metric == "cosine":
             new = F.normalize(new, dim=-1)
@@ -104,7 +91,7 @@ def kmeans(
             break
         labels = new_labels
 
-    _, counts = _cluster_sums(xw, labels, weight, k, with_sums=False)
+    _, counts = segment_sums(x, labels, k, weight, with_sums=False)
     has_seed = seed_valid.any(dim=1, keepdim=True)
     labels = labels.masked_fill(~token_valid | ~has_seed, -1)
     valid = seed_valid & (counts > 0)

@@ -41,6 +41,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..segments import segment_means
 from .kmeans import METRICS, kmeans, window_seeds
 
 FUSION_MODES = ("agglomerative", "cross_scale")
@@ -160,15 +161,6 @@ def fuse_masks(
     return _agglomerative(cents, sizes, valid, threshold, metric)
 
 
-def _region_means(x, labels, num, weight_dtype=torch.float32):
-    """Mean of x (B x N x C) per label in [0, num) (other labels ignored) -> B x num x C, counts."""
-    inside = (labels >= 0) & (labels < num)
-    onehot = F.one_hot(labels.clamp(0, num - 1), num).to(weight_dtype) * inside.unsqueeze(-1)
-    counts = onehot.sum(dim=1)
-    means = torch.bmm(onehot.transpose(1, 2), x) / counts.clamp(min=1).unsqueeze(-1)
-    return means, counts
-
-
 class PseudoLabeler:
     """Multi-scale K-Means + mask fusion + partition on teacher patch tokens (no parameters)."""
 
@@ -249,7 +241,7 @@ class PseudoLabeler:
         usable = tv & group_valid.any(dim=1, keepdim=True)
         group_of = group_of.masked_fill(~usable, -1)
         g = groups.shape[1]
-        _, sizes = _region_means(x, group_of, g)
+        _, sizes = segment_means(x, group_of, g)
         # keep regions >= min size, largest first, at most max_regions
         keep = sizes >= max(self.min_region_patches, 1)
         order = torch.sort(sizes.masked_fill(~keep, -1.0), dim=1, descending=True, stable=True)[1]
@@ -260,7 +252,7 @@ class PseudoLabeler:
         region_of_group = torch.cat([region_of_group, region_of_group.new_full((b, 1), -1)], 1)
         region = region_of_group.gather(1, group_of.masked_fill(group_of < 0, g))  # B x N
         r = self.max_regions
-        centroids, counts = _region_means(x, region, r)
+        centroids, counts = segment_means(x, region, r)
         if self.metric == "cosine":
             centroids = F.normalize(centroids, dim=-1)
         return PseudoRegions(

@@ -11,29 +11,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..segments import segment_means
+
 
 def region_centroids(
     dense: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked mean of ``dense`` (B x C x h x w) per class id of ``labels`` (B x h x w).
 
-    Ids outside [0, num_classes) (the ignore value included) are ignored. Returns centroids B x K x C (zero
-    where absent; gradients flow to ``dense``) and present B x K bool. One batched one-hot
-    matmul; weights are 1/count so sums never leave the unit range in half precision.
+    Ids outside [0, num_classes) (the ignore value included) are ignored. Returns centroids
+    B x K x C in dense's dtype (zero where absent; gradients flow to ``dense``) and present
+    B x K bool.
     """
     b, c, h, w = dense.shape
     if labels.shape != (b, h, w):
         raise ValueError(f"labels {tuple(labels.shape)} must match dense {(b, h, w)}")
-    k = int(num_classes)
-    lab = labels.reshape(b, h * w).long()
-    inside = (lab >= 0) & (lab < k)
-    onehot = F.one_hot(lab.clamp(0, max(k - 1, 0)), max(k, 1))[..., :k].float()
-    onehot = onehot * inside.unsqueeze(-1)
-    counts = onehot.sum(dim=1)  # B x K, exact in fp32
-    weights = onehot / counts.clamp(min=1).unsqueeze(1)
     x = dense.reshape(b, c, h * w).transpose(1, 2)
-    means = torch.bmm(weights.transpose(1, 2).to(x.dtype), x)
-    return means, counts > 0
+    means, counts = segment_means(x, labels.reshape(b, h * w).long(), int(num_classes))
+    return means.to(dense.dtype), counts > 0
 
 
 class PseudoWeightSynthesizer(nn.Module):
