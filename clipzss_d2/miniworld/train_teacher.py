@@ -270,16 +270,17 @@ def encode_names(
 
 @torch.no_grad()
 def image_tokens(model: open_clip.CLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLS embedding (B x C) and patch tokens in the joint space (B x h x w x C), both normalised.
+    """CLS embedding (B x C) and patch tokens in the joint space (B x h x w x C), both normalised,
+    of CLIP-normalised images: the student's teacher itself ('plain' dense mode), so the probes
+    measure exactly what training uses. (Freezes ``model.visual``: evaluation comes last.)"""
+    from ..modeling.teacher import CLIPTeacher  # training-only: not imported with the package
 
-    Patch tokens are ln_post(last block output) @ proj, the 'plain' dense mode of the teacher.
-    """
-    vis = model.visual
-    x = vis.transformer(vis._embeds(images))
-    x = vis.ln_post(x) @ vis.proj
-    b, n = x.shape[:2]
-    side = int(round(math.sqrt(n - 1)))
-    return F.normalize(x[:, 0], dim=-1), F.normalize(x[:, 1:], dim=-1).reshape(b, side, side, -1)
+    teacher = CLIPTeacher(
+        visual=model.visual, clip_mean=(0.0,) * 3, clip_std=(1.0,) * 3, precision="fp32"
+    )
+    out = teacher.encode(images.to(teacher.dtype))
+    patches = F.normalize(out.patch_embed, dim=1).permute(0, 2, 3, 1)
+    return F.normalize(out.cls_embed, dim=-1), patches
 
 
 def _patch_labels(labels: np.ndarray, patch: int, purity: float) -> np.ndarray:

@@ -292,9 +292,20 @@ class CLIPTeacher(nn.Module):
         return blk(x, attn_mask=mask)
 
     def _forward(self, images, normalized, image_sizes) -> TeacherOutput:
-        vis = self.visual
-        height, width_px = images.shape[-2:]
         x = self.preprocess(images, normalized).to(self.dtype)
+        return self.encode(x, image_sizes, tuple(images.shape[-2:]))
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        input_size: tuple[int, int] | None = None,
+    ) -> TeacherOutput:
+        """The tower on CLIP-normalised RGB input (``preprocess``'s output): CLS and patch
+        tokens in the joint space. ``input_size`` is the (height, width) ``image_sizes`` refer
+        to, before any TEACHER.INPUT_SIZE resize (default: x's own size)."""
+        vis = self.visual
+        height, width_px = input_size or tuple(x.shape[-2:])
         x = vis.conv1(x)  # B x width x gh x gw (trailing pixels beyond a whole patch dropped)
         b, width, gh, gw = x.shape
         token_valid, pad = None, None
