@@ -90,9 +90,10 @@ class WebDemo:
         """(overlay RGB array or None, shares table, one-line status) for the page."""
         try:
             return self._segment(image_path, vocabulary, mode, float(threshold or 0.0))
-        except (*USER_ERRORS, cli.InputError) as e:
-            message = " ".join(str(e).split()) or type(e).__name__
-            return None, empty_table(), f"**Error:** {message}"
+        except cli.InputError as e:  # demo.py's reader: "no such file", "corrupt ...", ...
+            return failure(f"The image cannot be read: {e}.")
+        except USER_ERRORS as e:
+            return failure(str(e))
 
     def _segment(self, image_path, vocabulary, mode, threshold):
         if not image_path:
@@ -214,6 +215,11 @@ def check_image_size(path: str) -> None:
             f"The image is {width} x {height} pixels: the demo takes sides of {MIN_SIDE} to "
             f"{MAX_SIDE} pixels with at most {MAX_ASPECT}:1 between them."
         )
+
+
+def failure(message: str):
+    """What the page shows for bad input: no overlay, an empty table, the message on one line."""
+    return None, empty_table(), "**Error:** " + " ".join(message.split())
 
 
 def empty_table() -> pd.DataFrame:
