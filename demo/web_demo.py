@@ -172,10 +172,11 @@ class WebDemo:
                         elem_id="shares",
                     )
             if self.examples:
-                gr.Examples(
-                    [[path, self.vocabulary] for path in self.examples],
-                    inputs=[image, vocab],
+                gr.Examples(  # images only: picking one keeps the vocabulary typed
+                    [[path] for path in self.examples],
+                    inputs=[image],
                     label="Examples (miniature-world validation scenes)",
+                    elem_id="examples",
                 )
             button.click(
                 self.segment,
