@@ -86,10 +86,15 @@ class WebDemo:
             f"{slide.crop[0]} x {slide.crop[1]} px windows every {slide.stride[0]} px."
         )
 
-    def segment(self, image_path, vocabulary, mode="whole image", threshold=0.0):
-        """(overlay RGB array or None, shares table, one-line status) for the page."""
+    def segment(self, image, vocabulary, mode="whole image", threshold=0.0):
+        """(overlay RGB array or None, shares table, one-line status) for the page.
+
+        image: a file path, or the page's upload payload {"path": ...}.
+        """
+        if isinstance(image, dict):
+            image = image.get("path")
         try:
-            return self._segment(image_path, vocabulary, mode, float(threshold or 0.0))
+            return self._segment(image, vocabulary, mode, float(threshold or 0.0))
         except cli.InputError as e:  # demo.py's reader: "no such file", "corrupt ...", ...
             return failure(f"The image cannot be read: {e}.")
         except USER_ERRORS as e:
@@ -132,8 +137,8 @@ class WebDemo:
             )
             with gr.Row():
                 with gr.Column():
-                    image = image_path_input(
-                        label="Image", sources=["upload"], elem_id="input-image"
+                    image = gr.Image(
+                        label="Image", type="filepath", sources=["upload"], elem_id="input-image"
                     )
                     vocab = gr.Textbox(
                         value=self.vocabulary,
@@ -178,29 +183,17 @@ class WebDemo:
                     label="Examples (miniature-world validation scenes)",
                     elem_id="examples",
                 )
+            # preprocess=False: gr.Image would open the upload with PIL and fail on a file that is
+            # no image before `segment` could say so; the upload (already in Gradio's cache and
+            # validated) arrives as {"path": ...}, the other inputs as their plain values.
             button.click(
                 self.segment,
                 inputs=[image, vocab, mode, threshold],
                 outputs=[overlay, table, status],
                 concurrency_limit=1,
+                preprocess=False,
             )
         return page
-
-
-def image_path_input(**kwargs) -> gr.Image:
-    """gr.Image whose upload reaches `segment` as the file's path, unopened: demo.py's reader then
-    turns unreadable files into a message, where gr.Image would fail in PIL first. Set on the
-    instance: a gr.Image subclass would make Gradio write a .pyi stub beside this file."""
-    image = gr.Image(type="filepath", **kwargs)
-    opened = image.preprocess
-
-    def preprocess(payload):
-        if payload is None or payload.path is None:
-            return opened(payload)  # nothing, or an inline data: URL
-        return str(payload.path)
-
-    image.preprocess = preprocess
-    return image
 
 
 def check_image_size(path: str) -> None:

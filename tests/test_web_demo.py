@@ -170,7 +170,8 @@ def test_uploaded_photo_of_any_format(app, tiny, tmp_path):
     Image.fromarray(gray).save(path, quality=95)
     image = np.repeat(np.asarray(Image.open(path))[:, :, None], 3, axis=2)
     expected = reference(tiny, "whole")(image, vocabulary="cat,dog", input_format="RGB")
-    overlay, table, status = app.segment(str(path), "cat,dog", "whole image")
+    upload = {"path": str(path), "orig_name": "gray.jpg"}  # what the page's button sends
+    overlay, table, status = app.segment(upload, "cat,dog", "whole image")
     assert table_rows(table) == expected_rows(expected.labels, ["cat", "dog"])
     assert status.startswith("Segmented a 70 x 50 image over 2 classes")
 

@@ -117,7 +117,7 @@ def server(tmp_path):
                     f"web_demo.py not serving after {SERVER_START_S} s:\n{log_path.read_text()}"
                 )
             time.sleep(0.5)
-        yield url
+        yield url, log_path
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -170,7 +170,8 @@ def test_upload_vocabulary_segment_in_chromium(server, browser, tmp_path, record
         )
         return browser.find_element(By.CSS_SELECTOR, "#status").text.strip()
 
-    browser.get(server)
+    url, server_log = server
+    browser.get(url)
     WebDriverWait(browser, 60).until(lambda d: "CLIP-ZSS" in d.title)  # set by the page's script
     find("#input-image input[type=file]").send_keys(str(upload))
     find("#input-image img")  # the upload's preview: the server has the file
@@ -224,4 +225,14 @@ def test_upload_vocabulary_segment_in_chromium(server, browser, tmp_path, record
     find("#segment").click()
     status = status_text(lambda text: text.startswith("Segmented"))
     assert status.startswith("Segmented a 96 x 96 image over 3 classes (whole image)"), status
+
+    # a file that is no image: uploaded as it is, answered by a message
+    junk = tmp_path / "broken.png"
+    junk.write_bytes(b"not an image at all")
+    find("#input-image input[type=file]").send_keys(str(junk))
+    find("#segment").click()
+    status = status_text(lambda text: text.startswith("Error"))
+    assert status.startswith("Error: The image cannot be read: not an image file"), status
+    assert not browser.find_elements(By.CSS_SELECTOR, "#overlay img")
+    assert "Traceback" not in server_log.read_text()  # every problem was a message on the page
     print(f"browser session took {time.monotonic() - start:.1f} s")
