@@ -20,6 +20,7 @@ import atexit
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -327,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"web_demo.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     page = app.build()
+    # SIGTERM (kill, service managers, the browser test) exits like Ctrl-C: atexit clean-up runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     folder = os.path.dirname(app.examples[0]) if app.examples else None
     try:
         page.launch(
