@@ -1,0 +1,356 @@
+#!/usr/bin/env python
+"""Web demo (Gradio): upload an image, type a vocabulary, see the segmentation in the browser.
+
+    python demo/web_demo.py                      # the miniature-world model that `make main` trains
+    python demo/web_demo.py --config-file configs/coco_stuff.yaml \\
+        --opts MODEL.WEIGHTS output/coco_stuff/model_final.pth
+    python demo/web_demo.py --host 127.0.0.1 --port 7860
+
+The page takes an image (upload, or one of the miniature world's validation scenes), a vocabulary
+(commas separate classes, "|" joins synonyms) and the inference mode (whole image or sliding
+window), and shows the overlay with its legend and a table of the share of the image per class.
+Everything runs through OpenVocabularyPredictor and demo.py's drawing, on the CPU unless the
+config asks for an available GPU. Bad input is answered by a one-line message on the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for path in (str(Path(__file__).resolve().parent), str(ROOT)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
+
+import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning that fvcore triggers)
+
+# isort: split
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+from visualization import class_colors  # noqa: E402
+
+import demo as cli  # noqa: E402  (demo/demo.py: image reading, drawing, config set-up)
+from clipzss_d2 import get_clipzss_cfg  # noqa: E402
+from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
+from clipzss_d2.miniworld import world  # noqa: E402
+from clipzss_d2.miniworld.generate import render_item  # noqa: E402
+from clipzss_d2.predictor import OpenVocabularyPredictor  # noqa: E402
+from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
+
+EXIT_USAGE = 2
+MINIWORLD_OUTPUT = ROOT / "output" / "miniworld"  # tools/run_miniworld.py's default --output
+MINIWORLD_RUN = ("full", "seed0")  # the main job's run (variant, seed)
+# The miniature world's scenes are 96 px (INPUT.MIN_SIZE_TEST): the default 512 px window would
+# cover them whole, so its sliding window uses 64 px windows every 32 px (--opts overrides this).
+MINIWORLD_SLIDE = [
+    "MODEL.CLIPZSS.INFERENCE.SLIDE_CROP",
+    64,
+    "MODEL.CLIPZSS.INFERENCE.SLIDE_STRIDE",
+    32,
+]
+NUM_EXAMPLES = 3
+MODES = {"whole image": "whole", "sliding window": "slide"}
+# Refused before decoding: such images are mistakes or attacks, and would not fit the display.
+MIN_SIDE, MAX_SIDE, MAX_ASPECT = 8, 8192, 20
+TABLE_COLUMNS = ["class", "colour", "share (%)"]
+
+
+class WebDemo:
+    """The page's one event (`segment`) and its layout, around one predictor."""
+
+    def __init__(self, predictor: OpenVocabularyPredictor, vocabulary: str, examples: list[str]):
+        self.predictor = predictor
+        self.vocabulary = vocabulary
+        self.examples = examples
+        base = predictor.model.test_time
+        self.test_time = {name: dataclasses.replace(base, mode=m) for name, m in MODES.items()}
+        self.lock = threading.Lock()  # the predictor (vocabulary, mode) is shared state
+
+    def describe_modes(self) -> str:
+        slide = self.test_time["sliding window"]
+        size = self.predictor.cfg.INPUT.MIN_SIZE_TEST
+        resize = f"shorter side resized to {size} px" if size > 0 else "at its own size"
+        return (
+            f"The image is segmented with its {resize}; the sliding window runs "
+            f"{slide.crop[0]} x {slide.crop[1]} px windows every {slide.stride[0]} px."
+        )
+
+    def segment(self, image, vocabulary, mode="whole image", threshold=0.0):
+        """(overlay RGB array or None, shares table, one-line status) for the page.
+
+        image: a file path, or the page's upload payload {"path": ...}.
+        """
+        if isinstance(image, dict):
+            image = image.get("path")
+        try:
+            return self._segment(image, vocabulary, mode, float(threshold or 0.0))
+        except cli.InputError as e:  # demo.py's reader: "no such file", "corrupt ...", ...
+            return failure(f"The image cannot be read: {e}.")
+        except USER_ERRORS as e:
+            return failure(str(e))
+
+    def _segment(self, image_path, vocabulary, mode, threshold):
+        if not image_path:
+            raise UserInputError("No image: upload one or pick an example.")
+        if not (vocabulary or "").strip():
+            raise UserInputError("The vocabulary is empty: type class names, e.g. 'sky, tree'.")
+        if mode not in self.test_time:
+            raise UserInputError(f"Unknown mode {mode!r}: choose {' or '.join(self.test_time)}.")
+        if not 0.0 <= threshold <= 1.0:
+            raise UserInputError("The confidence threshold must be between 0 and 1.")
+        entries = parse_vocabulary(vocabulary)
+        check_image_size(image_path)
+        image = cli.read_image_rgb(image_path)
+        names = [display_name(e) for e in entries]
+        start = time.perf_counter()
+        with self.lock:
+            self.predictor.model.test_time = self.test_time[mode]
+            result = self.predictor(image, vocabulary=entries, input_format="RGB")
+        seconds = time.perf_counter() - start
+        drawer = cli.Demo(self.predictor, names, class_colors(names), threshold, legend=True)
+        overlay = drawer.draw(image, result)
+        shares = drawer.fractions(result.label_map(threshold), result.unlabelled_id)
+        height, width = image.shape[:2]
+        status = (
+            f"Segmented a {width} x {height} image over {len(entries)} classes "
+            f"({mode}) in {seconds:.2f} s."
+        )
+        return overlay, shares_table(shares, names, drawer.colors), status
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="CLIP-ZSS open-vocabulary segmentation") as page:
+            gr.Markdown(
+                "# CLIP-ZSS open-vocabulary segmentation\n"
+                "Upload an image or pick an example, type the classes to look for (commas "
+                "separate classes, `|` joins synonyms: `sofa|couch`), and press **Segment**."
+            )
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(
+                        label="Image", type="filepath", sources=["upload"], elem_id="input-image"
+                    )
+                    vocab = gr.Textbox(
+                        value=self.vocabulary,
+                        label="Vocabulary",
+                        placeholder="sky, tree|trees, person",
+                        lines=2,
+                        max_length=20000,
+                        elem_id="vocabulary",
+                    )
+                    mode = gr.Radio(
+                        list(self.test_time),
+                        value="whole image",
+                        label="Inference",
+                        info=self.describe_modes(),
+                        elem_id="mode",
+                    )
+                    threshold = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=0.0,
+                        step=0.05,
+                        label="Confidence threshold (pixels below it are left unlabelled)",
+                        elem_id="threshold",
+                    )
+                    button = gr.Button("Segment", variant="primary", elem_id="segment")
+                with gr.Column():
+                    status = gr.Markdown("", elem_id="status")
+                    overlay = gr.Image(
+                        label="Overlay and legend", type="numpy", format="png", elem_id="overlay"
+                    )
+                    table = gr.Dataframe(
+                        value=empty_table(),
+                        headers=TABLE_COLUMNS,
+                        label="Share of the image per class",
+                        interactive=False,
+                        elem_id="shares",
+                    )
+            if self.examples:
+                gr.Examples(  # images only: picking one keeps the vocabulary typed
+                    [[path] for path in self.examples],
+                    inputs=[image],
+                    label="Examples (miniature-world validation scenes)",
+                    elem_id="examples",
+                )
+            # preprocess=False: gr.Image would open the upload with PIL and fail on a file that is
+            # no image before `segment` could say so; the upload (already in Gradio's cache and
+            # validated) arrives as {"path": ...}, the other inputs as their plain values.
+            button.click(
+                self.segment,
+                inputs=[image, vocab, mode, threshold],
+                outputs=[overlay, table, status],
+                concurrency_limit=1,
+                preprocess=False,
+            )
+        return page
+
+
+def check_image_size(path: str) -> None:
+    """Refuse absurd sizes from the file header, before the pixels are decoded."""
+    try:
+        with Image.open(path) as header:
+            width, height = header.size
+    except Exception:  # unreadable: cli.read_image_rgb says why
+        return
+    short, long = min(width, height), max(width, height)
+    if short < MIN_SIDE or long > MAX_SIDE or long > MAX_ASPECT * short:
+        raise UserInputError(
+            f"The image is {width} x {height} pixels: the demo takes sides of {MIN_SIDE} to "
+            f"{MAX_SIDE} pixels with at most {MAX_ASPECT}:1 between them."
+        )
+
+
+def failure(message: str):
+    """What the page shows for bad input: no overlay, an empty table, the message on one line."""
+    return None, empty_table(), "**Error:** " + " ".join(message.split())
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame(columns=TABLE_COLUMNS)
+
+
+def shares_table(shares: dict[str, float], names: list[str], colors) -> pd.DataFrame:
+    """Classes found (largest first), then the vocabulary's classes found nowhere (0 %)."""
+    color_of = {name: "#{:02x}{:02x}{:02x}".format(*c) for name, c in zip(names, colors)}
+    color_of["unlabelled"] = "-"
+    rows = [(name, color_of[name], round(100 * share, 2)) for name, share in shares.items()]
+    rows += [(name, color_of[name], 0.0) for name in names if name not in shares]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def write_examples(folder: str, count: int = NUM_EXAMPLES) -> list[str]:
+    """The first validation scenes of the miniature world (`make main`'s seed), as PNG files."""
+    paths = []
+    for index in range(count):
+        path = os.path.join(folder, f"miniworld_val_{index:06d}.png")
+        Image.fromarray(render_item(0, "val", index, world.WorldParams()).image).save(path)
+        paths.append(path)
+    return paths
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="CLIP-ZSS web demo (Gradio). Without --config-file it serves the "
+        "miniature-world model that `make main` trains.",
+    )
+    parser.add_argument("--config-file", metavar="FILE", help="config of a trained model")
+    parser.add_argument(
+        "--miniworld-output",
+        default=str(MINIWORLD_OUTPUT),
+        metavar="DIR",
+        help="where `make main` (tools/run_miniworld.py --output) left its runs "
+        "(default: output/miniworld); used without --config-file",
+    )
+    parser.add_argument("--vocab", help="the vocabulary shown at start (default: the model's)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth",
+    )
+    return parser
+
+
+def miniworld_model(output: str) -> tuple[str, list]:
+    """Config file and opts of the main job's model; paths the run wrote relative to the
+    repository root (where `make main` runs) are made absolute, so any working folder works."""
+    run = Path(output).joinpath(*MINIWORLD_RUN)
+    config, weights = run / "config.yaml", run / "model_final.pth"
+    for needed in (config, weights):
+        if not needed.is_file():
+            raise UserInputError(
+                f"no miniature-world model at {needed}: run `make main` first (or pass "
+                f"--config-file FILE --opts MODEL.WEIGHTS WEIGHTS for another model)."
+            )
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(str(config))
+    opts = ["MODEL.WEIGHTS", str(weights), *MINIWORLD_SLIDE]
+    for key, value in (
+        ("MODEL.CLIPZSS.TEXT.CACHE_DIR", cfg.MODEL.CLIPZSS.TEXT.CACHE_DIR),
+        ("MODEL.CLIPZSS.CLIP.PRETRAINED", cfg.MODEL.CLIPZSS.CLIP.PRETRAINED),
+    ):
+        if value and not os.path.isabs(value) and os.path.exists(ROOT / value):
+            opts += [key, str(ROOT / value)]
+    return str(config), opts
+
+
+def load(args) -> WebDemo:
+    """Everything that can fail before the server starts (UserInputError: exit 2)."""
+    if args.config_file is None:
+        args.config_file, opts = miniworld_model(args.miniworld_output)
+        args.opts = opts + list(args.opts)
+        default_vocabulary = ", ".join(world.CLASSES)
+    else:
+        default_vocabulary = None
+    cfg = cli.setup_cfg(args)
+    try:
+        predictor = OpenVocabularyPredictor(cfg, config_name=args.config_file)
+    except ValueError as e:  # e.g. MODEL.CLIPZSS.INFERENCE checks, raised while building
+        raise UserInputError(f"Invalid config ({args.config_file} / --opts): {e}") from None
+    if args.vocab is not None:
+        predictor.set_vocabulary(args.vocab)  # checks it now: spelling, cache or CLIP weights
+        default_vocabulary = ", ".join(parse_vocabulary(args.vocab))
+    elif default_vocabulary is None:
+        default_vocabulary = ", ".join(predictor.vocabulary or [])
+    folder = tempfile.mkdtemp(prefix="clipzss_web_examples_")
+    atexit.register(shutil.rmtree, folder, True)
+    return WebDemo(predictor, default_vocabulary, write_examples(folder))
+
+
+def theme() -> gr.themes.Base:
+    """Gradio's default look with the system's fonts: nothing is fetched from font servers."""
+    return gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "monospace"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        app = load(args)
+    except USER_ERRORS as e:
+        print(f"web_demo.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    page = app.build()
+    # SIGTERM (kill, service managers, the browser test) exits like Ctrl-C: atexit clean-up runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    folder = os.path.dirname(app.examples[0]) if app.examples else None
+    try:
+        page.launch(
+            server_name=args.host,
+            server_port=args.port,
+            allowed_paths=[folder] if folder else None,
+            max_file_size="50mb",
+            theme=theme(),
+            footer_links=[],
+        )
+    except OSError as e:
+        print(f"web_demo.py: error: cannot serve on {args.host}:{args.port} ({e})", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    from detectron2.utils.logger import setup_logger
+
+    for name in ("fvcore", "detectron2", "clipzss_d2"):
+        setup_logger(name=name)
+    sys.exit(main())
