@@ -3,15 +3,18 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install main test test-fast lint format ablation clean
+.PHONY: install browser main test test-fast lint format ablation clean
 
 install:
 	bash scripts/install.sh
 
+browser:
+	bash scripts/install_browser.sh
+
 main: install
 	$(PY) tools/run_miniworld.py
 
-test: install
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

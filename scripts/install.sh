@@ -7,8 +7,6 @@
 #   PYTHON=python3.11         interpreter used to create it (default python3)
 #   CLIPZSS_D2_SOURCE=1       build detectron2 from GitHub source instead of the PyPI redistribution
 #                             (needs internet access and a C++ toolchain)
-#   CLIPZSS_NO_BROWSER=1      do not apt-get install Debian's chromium + chromium-driver (the web
-#                             demo's browser test, tests/test_web_demo_browser.py, then skips)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -34,25 +32,6 @@ stamp_key() {
         echo "${CLIPZSS_D2_SOURCE:-0}"
     } | sha256sum | cut -d' ' -f1
 }
-# The web demo's browser test drives Debian's chromium through its chromedriver (no browser
-# download works offline). Installed when missing and we may (root, apt-get); two file checks
-# when present, so a re-run stays quick.
-install_browser() {
-    [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] && return 0
-    if [[ "${CLIPZSS_NO_BROWSER:-0}" == "1" ]]; then
-        log "CLIPZSS_NO_BROWSER=1: not installing chromium (the browser test will skip)"
-    elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        log "installing Debian's chromium and chromium-driver (web demo browser test)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            chromium chromium-driver >/dev/null \
-            || die "apt-get could not install chromium chromium-driver (set CLIPZSS_NO_BROWSER=1 to skip)"
-    else
-        log "chromium + chromedriver missing and not root with apt-get: the browser test will skip" \
-            "(as root: apt-get install chromium chromium-driver)"
-    fi
-}
-install_browser
-
 STAMP="$VENV/.clipzss-install-stamp"
 KEY=$(stamp_key)
 
