@@ -210,6 +210,7 @@ class OpenVocabularyPredictor:
         self, cfg, vocabulary: str | Sequence[str] | None = None, *, config_name: str | None = None
     ):
         self.cfg = cfg.clone()
+        self.cfg.defrost()  # callers may pass a frozen config (demo.py freezes its own)
         self.cfg.MODEL.CLIPZSS.STUDENT_ONLY = True  # deployment: no training-only modules
         self.cfg.freeze()
         self.model = build_model(self.cfg)
