@@ -321,3 +321,36 @@ def test_make_model_folder_from_a_checkpoint_gives_the_same_folder(run, tmp_path
         OpenVocabularyPredictor.from_folder(str(trained)),
     )
     np.testing.assert_array_equal(p(img).scores, q(img).scores)
+
+
+# -- writing is all or nothing --------------------------------------------------------------------
+def test_interrupted_write_leaves_the_previous_folder(tmp_path, monkeypatch):
+    from clipzss_d2 import model_folder
+
+    from .helpers import tiny_cfg
+
+    cfg = tiny_cfg(extra_opts=["DATASETS.TEST", ()])
+    cfg.MODEL.CLIPZSS.TEST_VOCABULARY = ["cat", "dog"]
+    model = build_model(cfg)
+    target = tmp_path / "model"
+    model_folder.write_model_folder(cfg, model, str(target), iteration=1)
+    before = {p.name: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C during the card, the last file written
+
+    monkeypatch.setattr(model_folder, "model_card", killed)
+    with torch.no_grad():
+        model.log_logit_scale.fill_(1.0)  # a folder written now would differ
+    with pytest.raises(KeyboardInterrupt):
+        model_folder.write_model_folder(cfg, model, str(target), iteration=2)
+    assert {p.name: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
+    monkeypatch.undo()
+    model_folder.write_model_folder(cfg, model, str(target), iteration=2)  # replaces it whole
+    saved = torch.load(target / "model.pth", weights_only=True)["model"]
+    assert (
+        float(saved["log_logit_scale"]) == 1.0
+        and "iterations: 2" in (target / "MODEL_CARD.md").read_text()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
