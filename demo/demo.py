@@ -143,7 +143,9 @@ def read_vocabulary(args) -> tuple[list[str] | None, list[str] | None, list | No
 
 
 def setup_cfg(args):
-    if args.model_folder:
+    """The config from --model-folder or --config-file, then --opts. Other front ends (the
+    web demo) call this with their own args: a missing model_folder attribute means None."""
+    if getattr(args, "model_folder", None):
         return load_folder_config(args.model_folder, args.opts, "--opts")
     cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "--opts")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -156,7 +158,7 @@ def setup_cfg(args):
 
 
 def config_name(args) -> str:
-    if args.model_folder:
+    if getattr(args, "model_folder", None):
         return os.path.join(args.model_folder, CONFIG_FILE)
     return args.config_file
 
