@@ -7,6 +7,7 @@ python train_net.py --config-file configs/voc.yaml --num-gpus 8 --resume
 """
 
 import logging
+import os
 import sys
 import weakref
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from detectron2.data import (
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
+    HookBase,
     SimpleTrainer,
     TrainerBase,
     create_ddp_model,
@@ -40,6 +42,7 @@ from clipzss_d2.checkpoint import SafeCheckpointer
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets
 from clipzss_d2.errors import USER_ERRORS, UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
+from clipzss_d2.model_folder import write_model_folder
 from clipzss_d2.reproducibility import (
     GatherRNGStates,
     GLMBankState,
@@ -59,6 +62,35 @@ logger = logging.getLogger("clipzss_d2")
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+class LogitScaleWriter(HookBase):
+    """Put the classifier's logit scale (learned) into the EventStorage every step, so the
+    writers (TensorBoard, metrics.json) show it beside the losses and the learning rate."""
+
+    def after_step(self):
+        scale = unwrap(self.trainer.model).logit_scale
+        self.trainer.storage.put_scalar("logit_scale", float(scale.detach()), smoothing_hint=False)
+
+
+class ModelFolderWriter(HookBase):
+    """After a completed training (not a failed one), write OUTPUT_DIR/model: the folder the
+    predictor, demo and export tool load alone (clipzss_d2/model_folder.py), with the final
+    evaluation's results when there was one. Runs after the EvalHook's final evaluation."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def after_train(self):
+        if self.trainer.iter < self.trainer.max_iter:  # training stopped by an exception
+            return
+        write_model_folder(
+            self.trainer.cfg,
+            unwrap(self.trainer.model),
+            self.folder,
+            iteration=self.trainer.max_iter,
+            eval_results=getattr(self.trainer, "_last_eval_results", None),
+        )
 
 
 class Trainer(DefaultTrainer):
@@ -121,7 +153,11 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         # first, on every process: the checkpointer (main process only) saves what it gathers
         period, max_iter = self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.MAX_ITER
-        return [GatherRNGStates(self.rng_states, period, max_iter), *hooks]
+        hooks = [GatherRNGStates(self.rng_states, period, max_iter), *hooks]
+        if comm.is_main_process():  # the writers run there; the scale must precede them
+            hooks.insert(1, LogitScaleWriter())
+            hooks.append(ModelFolderWriter(os.path.join(self.cfg.OUTPUT_DIR, "model")))
+        return hooks
 
     @classmethod
     def build_train_loader(cls, cfg):

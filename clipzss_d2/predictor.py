@@ -14,6 +14,7 @@ once, on the first vocabulary that misses the cache.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -182,13 +183,15 @@ class _StudentCheckpointer(SafeCheckpointer):
         return incompatible
 
 
-def load_student_weights(model: CLIPZSS, weights: str, config_name: str = "the config") -> None:
-    """Load MODEL.WEIGHTS into `model`, refusing files that do not hold this config's student."""
+def load_student_weights(model: CLIPZSS, weights: str, config_name: str = "the config") -> dict:
+    """Load MODEL.WEIGHTS into `model`, refusing files that do not hold this config's student.
+
+    Returns the checkpoint's other entries (e.g. "iteration"; {} for empty MODEL.WEIGHTS)."""
     if not weights:
         logger.warning("MODEL.WEIGHTS is empty: the student has RANDOM weights.")
-        return
+        return {}
     path = resolve_model_weights(weights)
-    _StudentCheckpointer(model, config_name, weights).load(path, checkpointables=[])
+    return _StudentCheckpointer(model, config_name, weights).load(path, checkpointables=[])
 
 
 class OpenVocabularyPredictor:
@@ -200,6 +203,8 @@ class OpenVocabularyPredictor:
     inputs, never as model state: no call changes what another call predicts.
 
     Example:
+        predictor = OpenVocabularyPredictor.from_folder("output/voc/model")
+        # or from a config file and weights:
         predictor = OpenVocabularyPredictor.from_config_file(
             "configs/coco_stuff.yaml", ["MODEL.WEIGHTS", "model_final.pth"])
         result = predictor(cv2.imread("street.jpg"), vocabulary="car,road,tree|trees,sky")
@@ -210,6 +215,7 @@ class OpenVocabularyPredictor:
         self, cfg, vocabulary: str | Sequence[str] | None = None, *, config_name: str | None = None
     ):
         self.cfg = cfg.clone()
+        self.cfg.defrost()  # callers may pass a frozen config (demo.py freezes its own)
         self.cfg.MODEL.CLIPZSS.STUDENT_ONLY = True  # deployment: no training-only modules
         self.cfg.freeze()
         self.model = build_model(self.cfg)
@@ -240,6 +246,21 @@ class OpenVocabularyPredictor:
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
         return cls(cfg, vocabulary, config_name=config_file)
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str,
+        vocabulary: str | Sequence[str] | None = None,
+        opts: Sequence[str] = (),
+    ) -> OpenVocabularyPredictor:
+        """The model folder train_net.py leaves (OUTPUT_DIR/model): its config, weights and
+        text cache, wherever the folder now is; no CLIP weights for its cached vocabularies.
+        `opts` are config overrides (KEY VALUE), e.g. ["MODEL.DEVICE", "cpu"]."""
+        from .model_folder import CONFIG_FILE, load_folder_config
+
+        cfg = load_folder_config(path, opts)
+        return cls(cfg, vocabulary, config_name=os.path.join(path, CONFIG_FILE))
 
     # -- vocabulary ----------------------------------------------------------------------------
     @property

@@ -4,6 +4,7 @@
     python demo/demo.py --config-file configs/coco_stuff.yaml \\
         --input photo.jpg 'more/*.jpg' --output out/ --vocab "cat,sofa|couch,floor,wall" \\
         --opts MODEL.WEIGHTS output/coco_stuff/model_final.pth
+    python demo/demo.py --model-folder output/coco_stuff/model --input photo.jpg --output out/
 
 Vocabulary: --vocab "a,b|c" (commas separate classes, "|" joins synonyms), --vocab-file (one
 class per line; blank lines and lines starting with "#" are skipped), or --vocab-dataset NAME
@@ -51,6 +52,7 @@ from visualization import MIN_DISPLAY_SIDE, class_colors, legend_font_size, rend
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
+from clipzss_d2.model_folder import CONFIG_FILE, load_folder_config  # noqa: E402
 from clipzss_d2.predictor import (  # noqa: E402
     OpenVocabularyPredictor,
     SegmentationResult,
@@ -82,7 +84,14 @@ def get_parser() -> argparse.ArgumentParser:
         description="CLIP-ZSS open-vocabulary segmentation demo",
         epilog="Exit status: 0 all inputs done, 1 some inputs unreadable, 2 nothing could run.",
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config-file", metavar="FILE", help="path to config")
+    model.add_argument(
+        "--model-folder",
+        metavar="DIR",
+        help="a model folder (OUTPUT_DIR/model of train_net.py): config, weights and text "
+        "cache in one; --opts still overrides its config",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files or globs, e.g. 'dir/*.jpg'")
     source.add_argument("--video-input", help="path to a video file")
@@ -134,6 +143,10 @@ def read_vocabulary(args) -> tuple[list[str] | None, list[str] | None, list | No
 
 
 def setup_cfg(args):
+    """The config from --model-folder or --config-file, then --opts. Other front ends (the
+    web demo) call this with their own args: a missing model_folder attribute means None."""
+    if getattr(args, "model_folder", None):
+        return load_folder_config(args.model_folder, args.opts, "--opts")
     cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "--opts")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
@@ -142,6 +155,12 @@ def setup_cfg(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
+
+
+def config_name(args) -> str:
+    if getattr(args, "model_folder", None):
+        return os.path.join(args.model_folder, CONFIG_FILE)
+    return args.config_file
 
 
 def expand_inputs(patterns: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -415,7 +434,7 @@ def run(args) -> int:
         inputs, bad = expand_inputs(args.input)
         paths = output_paths(args.output, inputs)
     cfg = setup_cfg(args)
-    predictor = OpenVocabularyPredictor(cfg, config_name=args.config_file)
+    predictor = OpenVocabularyPredictor(cfg, config_name=config_name(args))
     if entries is None:
         entries = predictor.vocabulary
         if entries is None:

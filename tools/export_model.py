@@ -4,6 +4,8 @@
     python tools/export_model.py --config-file configs/coco_stuff.yaml \\
         --vocab-dataset coco_stuff171_zs_val --output exported/ --dynamic \\
         --opts MODEL.WEIGHTS output/coco_stuff/model_final.pth
+    python tools/export_model.py --model-folder output/coco_stuff/model \\
+        --vocab-dataset coco_stuff171_zs_val --output exported/ --dynamic
 
 The artefact is backbone + embedding head + the vocabulary's CLIP text embeddings as a constant
 (K x C buffer) + the logit scale: no CLIP module or weight is inside (checked after export).
@@ -44,6 +46,7 @@ from torch import nn  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.errors import USER_ERRORS  # noqa: E402
+from clipzss_d2.model_folder import CONFIG_FILE, load_folder_config  # noqa: E402
 from clipzss_d2.modeling.inference import FixedVocabularySegmenter, TestTimeInference  # noqa: E402
 from clipzss_d2.predictor import (  # noqa: E402
     OpenVocabularyPredictor,
@@ -70,7 +73,11 @@ ALLOWED_PREFIXES = (
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Export a CLIP-ZSS student with a fixed vocabulary")
-    p.add_argument("--config-file", required=True, metavar="FILE")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config-file", metavar="FILE")
+    model.add_argument(
+        "--model-folder", metavar="DIR", help="a model folder (OUTPUT_DIR/model of train_net.py)"
+    )
     vocab = p.add_mutually_exclusive_group(required=True)
     vocab.add_argument("--vocab", help='comma-separated classes, "|" joins synonyms')
     vocab.add_argument("--vocab-file", help="text file with one class per line")
@@ -225,9 +232,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> int:
     vocabulary = vocabulary_from_args(args)
-    cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "--opts")
+    if args.model_folder:
+        cfg = load_folder_config(args.model_folder, args.opts, "--opts")
+        config_file = os.path.join(args.model_folder, CONFIG_FILE)
+    else:
+        cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "--opts")
+        config_file = args.config_file
     cfg.MODEL.DEVICE = "cpu"  # exported on the CPU; the artefacts run anywhere
-    predictor = OpenVocabularyPredictor(cfg, vocabulary, config_name=args.config_file)
+    predictor = OpenVocabularyPredictor(cfg, vocabulary, config_name=config_file)
     model = sync_bn_to_bn(predictor.model).eval()
     model.set_vocabulary(vocabulary)
     if not model.test_time.is_plain:
@@ -295,7 +307,7 @@ def run(args) -> int:
         "onnx_exporter": args.onnx_exporter if "onnx" in args.format else None,
         "onnx_opset": opset,
         "size_divisibility": segmenter.size_divisibility,
-        "config_file": args.config_file,
+        "config_file": config_file,
         "weights": cfg.MODEL.WEIGHTS,
         "files": {k: os.path.basename(v) for k, v in written.items()},
     }

@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Make the self-contained model folder from any checkpoint (train_net.py writes one at the end
+of training as OUTPUT_DIR/model; this does the same for another checkpoint).
+
+    python tools/make_model_folder.py --config-file configs/voc.yaml --output voc_model/ \\
+        MODEL.WEIGHTS output/voc/model_0009999.pth
+
+The folder holds the deployable config, the student's weights only, the CLIP text embeddings of
+the config's vocabularies (training classes and each DATASETS.TEST class list: computed with
+the CLIP weights of MODEL.CLIPZSS.CLIP, or read from MODEL.CLIPZSS.TEXT.CACHE_DIR) and a model
+card; see clipzss_d2/model_folder.py. No evaluation is run: the card says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning that fvcore triggers)
+
+# isort: split
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from clipzss_d2 import get_clipzss_cfg  # noqa: E402
+from clipzss_d2.data import register_custom_datasets  # noqa: E402
+from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
+from clipzss_d2.model_folder import write_model_folder  # noqa: E402
+from clipzss_d2.predictor import load_student_weights  # noqa: E402
+from clipzss_d2.utils.config_loading import merge_config  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Write a CLIP-ZSS model folder from a checkpoint")
+    p.add_argument("--config-file", required=True, metavar="FILE", help="the training config")
+    p.add_argument("--output", help="the folder to write (default: OUTPUT_DIR/model)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: MODEL.WEIGHTS PATH")
+    return p
+
+
+def run(args) -> str:
+    cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "overrides (KEY VALUE)")
+    if not cfg.MODEL.WEIGHTS:
+        raise UserInputError("MODEL.WEIGHTS is empty: name the checkpoint to package.")
+    register_custom_datasets(cfg)  # DATASETS.CUSTOM class lists, for the vocabularies and card
+    build_cfg = cfg.clone()  # the student alone, on the CPU; the folder keeps cfg as trained
+    build_cfg.MODEL.DEVICE = "cpu"
+    build_cfg.MODEL.CLIPZSS.STUDENT_ONLY = True
+    build_cfg.freeze()
+    model = build_model(build_cfg).eval()
+    extra = load_student_weights(model, cfg.MODEL.WEIGHTS, args.config_file)
+    iteration = extra.get("iteration")
+    folder = args.output or os.path.join(cfg.OUTPUT_DIR, "model")
+    return write_model_folder(
+        cfg,
+        model,
+        folder,
+        iteration=None if iteration is None else int(iteration) + 1,
+        source=cfg.MODEL.WEIGHTS,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        folder = run(args)
+    except USER_ERRORS as e:
+        print(f"make_model_folder.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Wrote {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    for name in ("fvcore", "detectron2", "clipzss_d2"):
+        setup_logger(name=name)
+    sys.exit(main())
