@@ -248,6 +248,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", metavar="FILE", help="config of a trained model")
     parser.add_argument(
+        "--model-folder",
+        metavar="DIR",
+        help="the self-contained folder train_net.py leaves (OUTPUT_DIR/model): config, "
+        "weights and text cache in one place, no --config-file needed",
+    )
+    parser.add_argument(
         "--miniworld-output",
         default=str(MINIWORLD_OUTPUT),
         metavar="DIR",
@@ -291,7 +297,7 @@ def miniworld_model(output: str) -> tuple[str, list]:
 
 def load(args) -> WebDemo:
     """Everything that can fail before the server starts (UserInputError: exit 2)."""
-    if args.config_file is None:
+    if args.config_file is None and not args.model_folder:
         args.config_file, opts = miniworld_model(args.miniworld_output)
         args.opts = opts + list(args.opts)
         default_vocabulary = ", ".join(world.CLASSES)
@@ -299,9 +305,9 @@ def load(args) -> WebDemo:
         default_vocabulary = None
     cfg = cli.setup_cfg(args)
     try:
-        predictor = OpenVocabularyPredictor(cfg, config_name=args.config_file)
+        predictor = OpenVocabularyPredictor(cfg, config_name=cli.config_name(args))
     except ValueError as e:  # e.g. MODEL.CLIPZSS.INFERENCE checks, raised while building
-        raise UserInputError(f"Invalid config ({args.config_file} / --opts): {e}") from None
+        raise UserInputError(f"Invalid config ({cli.config_name(args)} / --opts): {e}") from None
     if args.vocab is not None:
         predictor.set_vocabulary(args.vocab)  # checks it now: spelling, cache or CLIP weights
         default_vocabulary = ", ".join(parse_vocabulary(args.vocab))

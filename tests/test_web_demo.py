@@ -274,3 +274,19 @@ def test_default_model_is_the_main_jobs_run(tiny, tmp_path):
     image = rgb_of(app.examples[0])
     labels = expected(image, vocabulary=app.vocabulary, input_format="RGB").labels
     assert table_rows(table) == expected_rows(labels, list(world.CLASSES))
+
+
+def test_a_model_folder_alone_serves_the_page(tiny, tmp_path):
+    """`--model-folder` (what train_net.py leaves): same prediction as the predictor built from
+    the original config and weights."""
+    from clipzss_d2.model_folder import write_model_folder
+
+    config, weights = tiny
+    source = reference(tiny, "whole")
+    folder = write_model_folder(source.cfg, source.model, str(tmp_path / "model"))
+    app = start("--model-folder", folder)
+    image = rgb_of(app.examples[0])
+    overlay, table, status = app.segment(app.examples[0], VOCAB, "whole image")
+    expected = source(image, vocabulary=VOCAB, input_format="RGB")
+    assert table_rows(table) == expected_rows(expected.labels, NAMES)
+    assert status.startswith("Segmented a 96 x 96 image over 4 classes")
