@@ -6,6 +6,7 @@ python train_net.py --config-file configs/voc.yaml --eval-only MODEL.WEIGHTS out
 python train_net.py --config-file configs/voc.yaml --num-gpus 8 --resume
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from collections import OrderedDict
 import clipzss_d2  # noqa: F401  (first: it silences a torch.jit warning that fvcore triggers)
 
 # isort: split
+import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 import torch
 from detectron2.data import (
@@ -26,9 +28,6 @@ from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
     HookBase,
-    SimpleTrainer,
-    TrainerBase,
-    create_ddp_model,
     default_argument_parser,
     default_setup,
     launch,
@@ -93,49 +92,50 @@ class ModelFolderWriter(HookBase):
         )
 
 
+@contextlib.contextmanager
+def cpu_ddp_shim():
+    """detectron2's DefaultTrainer passes device_ids=[local rank] to DDP, which DDP refuses for
+    a CPU module; multi-process CPU runs (gloo, as the tests use) need device_ids=None."""
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer with this project's builders (as projects/DeepLab does);
+    __init__ only adapts the config for the CPU and applies the AMP precision."""
+
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, plus two things it cannot do: build the training-only CLIP
-        # teacher, and wrap a CPU model in DDP (detectron2 always passes device_ids, which DDP
-        # rejects for CPU modules, so multi-process CPU runs need device_ids=None).
-        TrainerBase.__init__(self)
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
+        on_cpu = not cfg.MODEL.DEVICE.startswith("cuda")
+        if cfg.SOLVER.AMP.ENABLED and on_cpu:
+            logger.warning("SOLVER.AMP.ENABLED is ignored on the CPU; training in fp32.")
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.AMP.ENABLED = False
+            cfg.freeze()
+        with cpu_ddp_shim():
+            super().__init__(cfg)
+        if isinstance(self._trainer, AMPTrainer):  # DefaultTrainer builds it with fp16
+            self._trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """The student (and, for training, GLM / PLM), with the frozen CLIP teacher loaded now:
+        missing CLIP weights fail before the data loader starts."""
+        model = super().build_model(cfg)
         if cfg.DETERMINISTIC and comm.get_world_size() > 1:
             sync_batch_norms(model)  # one set of BatchNorm statistics over the global batch
         model.build_teacher()
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-
-        on_cpu = model.device.type == "cpu"
-        model = create_ddp_model(
-            model,
-            broadcast_buffers=False,
-            device_ids=None if on_cpu else [comm.get_local_rank()],
-        )
-        use_amp = cfg.SOLVER.AMP.ENABLED and not on_cpu
-        if cfg.SOLVER.AMP.ENABLED and on_cpu:
-            logger.warning("SOLVER.AMP.ENABLED is ignored on the CPU; training in fp32.")
-        if use_amp:
-            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
-        else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
-
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # the GLM bank and every process's RNG states too, so that --resume continues the run
-        self.rng_states = RNGStates()
-        self.checkpointer = SafeCheckpointer(
-            model,
-            cfg.OUTPUT_DIR,
-            trainer=weakref.proxy(self),
-            glm_bank=GLMBankState(unwrap(model)),
-            rng=self.rng_states,
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        return model
 
     def resume_or_load(self, resume=True):
         if not (resume and self.checkpointer.has_checkpoint()):
@@ -150,6 +150,16 @@ class Trainer(DefaultTrainer):
             sampler.start_iter = self.start_iter
 
     def build_hooks(self):
+        # the checkpointer, first: the GLM bank and every process's RNG states too, so that
+        # --resume continues the run (DefaultTrainer's has no place for them)
+        self.rng_states = RNGStates()
+        self.checkpointer = SafeCheckpointer(
+            self.model,
+            self.cfg.OUTPUT_DIR,
+            trainer=weakref.proxy(self),
+            glm_bank=GLMBankState(unwrap(self.model)),
+            rng=self.rng_states,
+        )
         hooks = super().build_hooks()
         # first, on every process: the checkpointer (main process only) saves what it gathers
         period, max_iter = self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.MAX_ITER
@@ -262,7 +272,10 @@ def main(args):
     try:
         register_custom_datasets(cfg)  # DATASETS.CUSTOM files, checked before the model is built
         if args.eval_only:
-            model = Trainer.build_model(cfg)
+            student = cfg.clone()  # evaluation needs neither the teacher nor GLM / PLM
+            student.defrost()
+            student.MODEL.CLIPZSS.STUDENT_ONLY = True
+            model = Trainer.build_model(student)
             SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
                 resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume
             )
