@@ -4,8 +4,6 @@ A closed-set segmenter becomes an open-vocabulary one by swapping its last class
 for a projection to the CLIP dimension; heads are in a registry so any decoder can be plugged in.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -126,7 +124,15 @@ class MLPEmbeddingHead(nn.Module):
         nn.init.normal_(self.projection.weight, std=0.01)
         nn.init.zeros_(self.projection.bias)
         self.output_stride = output_stride
-        self._finest_stride = input_shape[self.in_features[-1]].stride
+        self._strides = {f: input_shape[f].stride for f in self.in_features}
+        self._finest_stride = self._strides[self.in_features[-1]]
+        same = [f for f in self.in_features if self._strides[f] == output_stride]
+        self._grid_feature = same[0] if same else None
+        if not same and output_stride % self._finest_stride:
+            raise ValueError(
+                f"Output stride {output_stride} must be an input level's stride or a multiple "
+                f"of the finest one ({self._finest_stride})."
+            )
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -153,13 +159,18 @@ class MLPEmbeddingHead(nn.Module):
         }
 
     def forward(self, features):
-        finest = features[self.in_features[-1]]
-        scale = self._finest_stride / self.output_stride
-        size = tuple(math.ceil(n * scale) for n in finest.shape[-2:])
+        # The grid is read off a tensor's shape (not computed in Python) so that traced and
+        # exported models keep dynamic input sizes.
+        if self._grid_feature is not None:
+            size = features[self._grid_feature].shape[-2:]
+        else:
+            finest = features[self.in_features[-1]].shape[-2:]
+            ratio = self.output_stride // self._finest_stride
+            size = (finest[0] // ratio, finest[1] // ratio)
         maps = []
         for name, linear in zip(self.in_features, self.linear):
             x = linear(features[name])
-            if tuple(x.shape[-2:]) != size:
+            if self._strides[name] != self.output_stride:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             maps.append(x)
         return self.projection(self.dropout(self.fuse(torch.cat(maps, dim=1))))
