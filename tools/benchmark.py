@@ -17,7 +17,8 @@ download), for every student config given:
    (tools/benchmark_train.py's timers);
 4. peak memory of each measurement: CUDA ``max_memory_allocated``; on CPU the process's peak
    resident set size (Linux VmHWM, reset through /proc/self/clear_refs before each
-   measurement, so it includes the idle process's RSS, printed in the header).
+   measurement) minus the RSS just before it, i.e. what the measurement adds to the resident
+   models.
 
     python tools/benchmark.py --device cuda --output benchmark.md
     python tools/benchmark.py --device cpu --batch-sizes 1 --train-batch 2 --train-crop 256 \\
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import math
 import os
@@ -120,6 +122,8 @@ def reset_peak(device: str) -> None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     else:
+        with contextlib.suppress(OSError, AttributeError):  # glibc: return freed memory to the OS
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
@@ -139,10 +143,12 @@ def _vm(key: str) -> float:
 
 
 def measure_peak(fn, device: str) -> float:
+    """Peak memory of one call beyond what was resident before it (models, inputs)."""
     reset_peak(device)
+    before = torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else _vm("VmRSS")
     fn()
     sync(device)
-    return peak_gib(device)
+    return peak_gib(device) - before
 
 
 def supports(device: str, precision: str) -> bool:
@@ -390,11 +396,16 @@ def train_steps(args) -> list[dict]:
                 scaler.update()
 
             reset_peak(args.device)
+            resident = (
+                torch.cuda.memory_allocated() / 2**30
+                if args.device.startswith("cuda")
+                else _vm("VmRSS")
+            )
             for _ in range(args.train_warmup):
                 step()
             timers.totals.clear()
             timing = round_robin({"s": step}, args.device, 0, args.train_iters)["s"]
-            peak = peak_gib(args.device)
+            peak = peak_gib(args.device) - resident
             ms = timing.median * 1000
             parts = {k: v / args.train_iters * 1000 for k, v in timers.totals.items()}
             if variant == "baseline":
@@ -469,7 +480,11 @@ def compile_cost(args, vocabulary) -> list[dict]:
 
 # -- report -----------------------------------------------------------------------------------
 def markdown(args, header: list[str], tput, pred, train, comp) -> str:
-    mem = "peak GPU memory allocated (GiB)" if args.device.startswith("cuda") else "peak RSS (GiB)"
+    mem = (
+        "peak GPU memory allocated beyond the resident models (GiB)"
+        if args.device.startswith("cuda")
+        else "peak RSS increase over the resident models (GiB)"
+    )
     out = ["## Benchmark (`tools/benchmark.py`)", "", *header, ""]
     if tput:
         out += [
@@ -600,7 +615,10 @@ def main(argv=None) -> int:
         f"Load average at start (1/5/15 min): {load}.",
     ]
     if not device.startswith("cuda"):
-        header.append(f"Idle process RSS: {_vm('VmRSS'):.2f} GiB (included in peak RSS).")
+        header.append(
+            f"Memory: peak RSS (VmHWM, reset via /proc/self/clear_refs) minus the RSS just "
+            f"before the measurement (all loaded models), after glibc's malloc_trim. Idle process RSS: {_vm('VmRSS'):.2f} GiB."
+        )
     command = "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     print("\n".join(header), flush=True)
 
