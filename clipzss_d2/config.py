@@ -157,6 +157,33 @@ def add_clipzss_config(cfg):
     # Deterministic mode (clipzss_d2/reproducibility.py, README "Reproducibility and safety"):
     # needs SEED >= 0; a seeded data stream that resumes where it stopped, deterministic kernels.
     cfg.DETERMINISTIC = False
+    # Light students (configs/students/*.yaml). timm hierarchical backbone (MODEL.BACKBONE.NAME
+    # "build_clipzss_timm_backbone"): pvt_v2_b1 is SegFormer's MiT-B1; features "p2".."p5".
+    cfg.MODEL.TIMM = CN()
+    cfg.MODEL.TIMM.NAME = "pvt_v2_b1"
+    # ImageNet init: "" = random; a timm tag such as "pvt_v2_b1.in1k" (downloaded from the
+    # Hugging Face hub at build time); or a local weights file. Leave "" when MODEL.WEIGHTS
+    # holds a trained student.
+    cfg.MODEL.TIMM.PRETRAINED = ""
+    cfg.MODEL.TIMM.OUT_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.1
+    # Official Swin ImageNet checkpoint (e.g. swin_tiny_patch4_window7_224.pth) for detectron2's
+    # Swin; "" = random init.
+    cfg.MODEL.SWIN.PRETRAINED = ""
+
+    # SegFormer's all-MLP decode head (HEAD_NAME "MLPEmbeddingHead"): per level a linear map to
+    # CHANNELS, resize to OUTPUT_STRIDE, concat, fuse, project to EMBED_DIM. Embeddings and logits
+    # live at OUTPUT_STRIDE; logits are upsampled to the image once, after classification.
+    z.MLP_HEAD = CN()
+    z.MLP_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    z.MLP_HEAD.CHANNELS = 256
+    z.MLP_HEAD.OUTPUT_STRIDE = 8
+    z.MLP_HEAD.NORM = "SyncBN"
+    z.MLP_HEAD.DROPOUT = 0.1
+
+    # Test-time engineering of the student's forward (no effect on training).
+    z.INFERENCE.PRECISION = "fp32"  # fp32 | bf16 | fp16: autocast of backbone + head + classify
+    z.INFERENCE.CHANNELS_LAST = True  # NHWC images and logits (faster convs, upsampling, argmax)
 
 
 def get_clipzss_cfg():

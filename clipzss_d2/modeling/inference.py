@@ -11,6 +11,7 @@ whatever the mode and a softmax of it stays comparable between modes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,17 +38,41 @@ def pad_to_divisible(images: torch.Tensor, divisibility: int) -> torch.Tensor:
     return F.pad(images, (0, pad_w, 0, pad_h))
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for `precision` ("fp32" = none) on `device` (CPU or GPU)."""
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
 def dense_logits(
-    logits_fn: LogitsFn, images: torch.Tensor, size_divisibility: int = 0
+    logits_fn: LogitsFn,
+    images: torch.Tensor,
+    size_divisibility: int = 0,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """N x K x H x W logits at the size of `images` (N x 3 x H x W, already normalised).
+    """N x K x H x W float logits at the size of `images` (N x 3 x H x W, already normalised).
 
     Upsamples to the padded size, then crops, exactly as detectron2 semantic segmentors do, so
-    a padded batch and a single unpadded image give the same logits on the image area.
+    a padded batch and a single unpadded image give the same logits on the image area. The
+    model runs under `precision` autocast; the logits are upsampled in fp32, once. With
+    `channels_last` the images enter NHWC (convolutions follow) and the logits stay NHWC, so a
+    per-pixel max/argmax over classes reads contiguous memory (4x faster on CPU at 512^2).
     """
     h, w = images.shape[-2:]
     padded = pad_to_divisible(images, size_divisibility)
-    logits = logits_fn(padded)
+    if channels_last:
+        padded = padded.contiguous(memory_format=torch.channels_last)
+    with autocast(padded.device, precision):
+        logits = logits_fn(padded)
+    logits = logits.float()
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
     logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
     return logits[..., :h, :w]
 
@@ -71,6 +96,7 @@ def slide_logits(
     stride: tuple[int, int],
     size_divisibility: int = 0,
     batch_size: int = 0,
+    **dense_kwargs,
 ) -> torch.Tensor:
     """Sliding-window logits (N x K x H x W) for same-sized images (N x 3 x H x W).
 
@@ -93,7 +119,9 @@ def slide_logits(
     chunk = len(crops) if batch_size <= 0 else max(batch_size, 1)
     out = None
     for start in range(0, len(crops), chunk):
-        logits = dense_logits(logits_fn, crops[start : start + chunk], size_divisibility)
+        logits = dense_logits(
+            logits_fn, crops[start : start + chunk], size_divisibility, **dense_kwargs
+        )
         if out is None:
             out = logits.new_zeros(n, logits.shape[1], height, width)
         for j in range(len(logits)):
@@ -123,6 +151,8 @@ class TestTimeInference:
     scales: resize factors applied to the (already test-resized) image; logits are brought
         back to its size and averaged.
     slide_batch_size: windows per forward pass in slide mode (0 = all windows of an image).
+    precision: autocast of the model ("fp32", "bf16", "fp16"); logits are upsampled in fp32.
+    channels_last: NHWC images and logits (see `dense_logits`).
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -133,6 +163,8 @@ class TestTimeInference:
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
     slide_batch_size: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self):
         self.crop = _pair(self.crop)
@@ -153,6 +185,10 @@ class TestTimeInference:
             )
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"{key}.SCALES must be positive factors, got {list(self.scales)}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"{key}.PRECISION must be one of {list(PRECISIONS)}, got {self.precision!r}."
+            )
 
     @classmethod
     def from_config(cls, cfg) -> TestTimeInference:
@@ -164,7 +200,13 @@ class TestTimeInference:
             flip=inf.FLIP,
             scales=tuple(inf.SCALES),
             slide_batch_size=inf.SLIDE_BATCH_SIZE,
+            precision=inf.PRECISION,
+            channels_last=inf.CHANNELS_LAST,
         )
+
+    @property
+    def dense_kwargs(self) -> dict:
+        return {"precision": self.precision, "channels_last": self.channels_last}
 
     @property
     def is_plain(self) -> bool:
@@ -177,7 +219,7 @@ class TestTimeInference:
         """K x h x w logits for each image of the batch, at its unpadded size in `images`."""
         sizes = [tuple(s) for s in images.image_sizes]
         if self.is_plain:
-            logits = dense_logits(logits_fn, images.tensor, size_divisibility)
+            logits = dense_logits(logits_fn, images.tensor, size_divisibility, **self.dense_kwargs)
             return [logit[:, :h, :w] for logit, (h, w) in zip(logits, sizes)]
         unpadded = [img[:, :h, :w] for img, (h, w) in zip(images.tensor, sizes)]
         return self.augmented(logits_fn, unpadded, size_divisibility)
@@ -207,7 +249,7 @@ class TestTimeInference:
         """One view: whole-image (padded batch) or sliding-window logits per image."""
         if self.mode == "whole":
             batch = ImageList.from_tensors(list(images), size_divisibility)
-            logits = dense_logits(logits_fn, batch.tensor, size_divisibility)
+            logits = dense_logits(logits_fn, batch.tensor, size_divisibility, **self.dense_kwargs)
             return [logit[:, :h, :w] for logit, (h, w) in zip(logits, batch.image_sizes)]
         # slide: images of one size (e.g. an image and its flip) share their window batches
         out: list[torch.Tensor | None] = [None] * len(images)
@@ -223,6 +265,7 @@ class TestTimeInference:
                 self.stride,
                 size_divisibility,
                 self.slide_batch_size,
+                **self.dense_kwargs,
             )
             for i, logit in zip(idx, logits):
                 out[i] = logit
