@@ -217,6 +217,9 @@ class OpenVocabularyPredictor:
         self.cfg = cfg.clone()
         self.cfg.defrost()  # callers may pass a frozen config (demo.py freezes its own)
         self.cfg.MODEL.CLIPZSS.STUDENT_ONLY = True  # deployment: no training-only modules
+        if self.cfg.MODEL.WEIGHTS:  # a trained student: no ImageNet initialisation to fetch
+            self.cfg.MODEL.TIMM.PRETRAINED = ""
+            self.cfg.MODEL.SWIN.PRETRAINED = ""
         self.cfg.freeze()
         self.model = build_model(self.cfg)
         if not isinstance(self.model, CLIPZSS):
