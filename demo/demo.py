@@ -61,6 +61,7 @@ from clipzss_d2.predictor import (  # noqa: E402
 )
 from clipzss_d2.utils.config_loading import merge_config  # noqa: E402
 from clipzss_d2.utils.io import atomic_write_bytes, atomic_write_path  # noqa: E402
+from clipzss_d2.utils.progress import progress  # noqa: E402
 from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
 
 try:  # the EXIF handling of detectron2.data.detection_utils.read_image
@@ -342,7 +343,7 @@ class Demo:
     def _frames(self, capture, target, title, total, until_interrupt) -> int:
         frames, writer, legend_width = 0, None, None
         try:
-            with tqdm(total=total or None, unit="frame", desc=title) as bar:
+            with progress(total=total or None, unit="frame", desc=title) as bar:
                 while True:
                     ok, frame = capture.read()
                     if not ok:
@@ -454,7 +455,7 @@ def run(args) -> int:
     )
 
     if args.input:
-        for path in tqdm(inputs, unit="image"):
+        for path in progress(inputs, unit="image", desc="images"):
             try:
                 demo.process_image(path, paths[path], args.save_label_map)
             except InputError as e:

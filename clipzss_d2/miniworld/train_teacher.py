@@ -28,8 +28,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from ..modeling.clip_loading import create_clip_model  # also registers ClipZSS-* configs
+from ..modeling.clip_loading import create_clip_model
 from ..utils.io import atomic_write_path, atomic_write_text
+from ..utils.progress import progress  # also registers ClipZSS-* configs
 from . import world as W
 
 logger = logging.getLogger(__name__)
@@ -483,13 +484,8 @@ def _quiet_open_clip():
 
 
 def _progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return it
-    return tqdm(it, desc=desc, dynamic_ncols=True)
+    """A bar on a terminal, plain lines in a log (utils/progress.py)."""
+    return progress(it, desc=desc, unit="step") if enabled else it
 
 
 def main(argv=None) -> int:

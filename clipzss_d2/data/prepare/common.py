@@ -15,17 +15,16 @@ import functools
 import multiprocessing
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ...errors import UserInputError
 from ...utils.io import atomic_write_path
+from ...utils.progress import progress
 
 IGNORE = 255
 # Exit statuses of the prepare CLIs.
@@ -277,44 +276,9 @@ def run_jobs(
     return summary
 
 
-class _LogProgress:
-    """Progress for a file or CI log: a plain line at most every `interval` seconds and at the
-    end, instead of a bar redrawn with carriage returns."""
-
-    def __init__(self, total: int, desc: str, interval: float = 30.0, stream=None):
-        self.total, self.desc, self.interval = total, desc, interval
-        self.stream = stream or sys.stderr
-        self.n, self.start = 0, time.monotonic()
-        self.last = self.start
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last >= self.interval and self.n < self.total:
-            self.last = now
-            self._line(now)
-
-    def _line(self, now: float) -> None:
-        pct = 100 * self.n / self.total if self.total else 100.0
-        print(f"{self.desc}: {self.n}/{self.total} ({pct:.0f}%) in {now - self.start:.0f}s",
-              file=self.stream, flush=True)  # fmt: skip
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.total:
-            self._line(time.monotonic())
-        return False
-
-
 def progress_bar(total: int, desc: str, stream=None):
     """tqdm on a terminal; periodic plain lines when stderr is a file or a CI log."""
-    stream = stream or sys.stderr
-    if getattr(stream, "isatty", lambda: False)():
-        return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5,
-                    file=stream)  # fmt: skip
-    return _LogProgress(total, desc, stream=stream)
+    return progress(total=total, desc=desc, unit="img", stream=stream)
 
 
 def _collect(results, summary: Summary, bar) -> None:
