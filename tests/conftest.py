@@ -18,3 +18,19 @@ def shared_data() -> Path:
             pytest.fail(f"CLIPZSS_REQUIRE_SHARED_DATA=1 but {SHARED_DATA} does not exist")
         pytest.skip(f"real dataset samples not found at {SHARED_DATA} (set CLIPZSS_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def prepared_root(shared_data, tmp_path_factory):
+    """The real samples of every benchmark prepared and registered under a temporary root; the
+    catalog is put back as the other tests expect it afterwards."""
+    from clipzss_d2.data import register_all_zeroshot, registered_root
+
+    from .data_samples import prepare_all_samples
+
+    root = tmp_path_factory.mktemp("datasets")
+    prepare_all_samples(shared_data, root)
+    previous = registered_root()
+    register_all_zeroshot(str(root))
+    yield root
+    register_all_zeroshot(previous)

@@ -12,13 +12,11 @@ from clipzss_d2.data import (
     PhotometricDistortTransform,
     ZeroShotSemSegDatasetMapper,
     get_training_vocabulary,
-    register_all_zeroshot,
-    registered_root,
 )
 from clipzss_d2.data.dataset_mapper import DatasetConfigError
 from clipzss_d2.vocabulary import prompt_names
 
-from .data_samples import context_label_maps, prepare_all_samples, read_png
+from .data_samples import context_label_maps, read_png
 from .published_classes import (
     COCO171,
     COCO171_UNSEEN,
@@ -29,16 +27,6 @@ from .published_classes import (
     VOC20,
     VOC20_UNSEEN,
 )
-
-
-@pytest.fixture(scope="module")
-def prepared_root(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    prepare_all_samples(shared_data, root)
-    previous = registered_root()
-    register_all_zeroshot(str(root))
-    yield root
-    register_all_zeroshot(previous)
 
 
 def seed_augmentations(seed: int) -> None:

@@ -17,27 +17,16 @@ import torch.nn.functional as F
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_all_zeroshot, registered_root
+from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.modeling.clip_loading import create_clip_model
 from clipzss_d2.modeling.teacher import CLIPTeacher
 
-from .data_samples import prepare_all_samples
 from .helpers import TINY_CLIP, tiny_cfg
 
 VOC_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "voc.yaml")
 SAMPLE = "2011_000006"  # 500 x 375, in the VOC train samples
 H, W = 192, 256  # the resized image: both sides multiples of the student's 32 and CLIP's 8
 CROP = 320
-
-
-@pytest.fixture(scope="module")
-def prepared_root(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    prepare_all_samples(shared_data, root)
-    previous = registered_root()
-    register_all_zeroshot(str(root))
-    yield root
-    register_all_zeroshot(previous)
 
 
 def voc_cfg():

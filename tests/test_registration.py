@@ -14,7 +14,7 @@ from clipzss_d2.data import (
 from clipzss_d2.data.classes import ADE150_CLASSES, PCONTEXT459_CLASSES
 from clipzss_d2.vocabulary import parse_vocabulary, prompt_names, seen_class_ids, unseen_class_ids
 
-from .data_samples import prepare_all_samples, read_png
+from .data_samples import read_png
 from .published_classes import (
     COCO171,
     COCO171_UNSEEN,
@@ -43,16 +43,6 @@ EXPECTED = {
     "pcontext459_ov_val": (list(PCONTEXT459_CLASSES), [], 2, "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc459_val"),
     "ade150_ov_val": (list(ADE150_CLASSES), [], 3, "ADEChallengeData2016/images/validation", "ADEChallengeData2016/annotations_detectron2/validation"),
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def prepared_root(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    prepare_all_samples(shared_data, root)
-    previous = registered_root()
-    register_all_zeroshot(str(root))
-    yield root
-    register_all_zeroshot(previous)  # leave the catalog as the other tests expect it
 
 
 def test_exactly_the_documented_names_are_registered():

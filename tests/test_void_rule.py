@@ -10,32 +10,20 @@ with configs/voc.yaml it stays ignored, while the unseen sofa and the background
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog
 from PIL import Image
 
-from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_all_zeroshot, registered_root
+from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.modeling.plm import PixelLearningModule
 from clipzss_d2.modeling.teacher import TeacherOutput
 
-from .data_samples import prepare_all_samples
 from .helpers import tiny_cfg
 
 VOC_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "voc.yaml")
 SAMPLE = "2011_000006"  # person and chair (seen), sofa (unseen), background, void rings
 PATCH = 16
-
-
-@pytest.fixture(scope="module")
-def prepared_root(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    prepare_all_samples(shared_data, root)
-    previous = registered_root()
-    register_all_zeroshot(str(root))
-    yield root
-    register_all_zeroshot(previous)
 
 
 def oracle_teacher(values: torch.Tensor, dim: int) -> TeacherOutput:

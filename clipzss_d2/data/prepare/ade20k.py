@@ -13,13 +13,12 @@ import numpy as np
 from .common import (
     IGNORE,
     Job,
-    PrepareError,
     Summary,
     apply_lookup,
     check_same_size,
-    check_sources_exist,
     lookup_table,
     open_label_png,
+    png_label_jobs,
     require_dir,
     run_jobs,
 )
@@ -54,22 +53,8 @@ def ade20k_split_jobs(root: str) -> dict[str, tuple[list[Job], str, str]]:
         images = require_dir(
             os.path.join(ade, "images", split), f"ADE20K {split} image folder", hint
         )
-        names = sorted(
-            f for f in os.listdir(src_dir) if f.endswith(".png") and not f.startswith(".")
-        )
-        if not names:
-            raise PrepareError(f"No PNG annotations in {src_dir}.\n  {hint}")
         out_dir = os.path.join(ade, "annotations_detectron2", split)
-        jobs = [
-            Job(
-                key=os.path.splitext(f)[0],
-                src=os.path.join(src_dir, f),
-                image=os.path.join(images, os.path.splitext(f)[0] + ".jpg"),
-                dst=os.path.join(out_dir, f),
-            )
-            for f in names
-        ]
-        check_sources_exist(jobs, hint)
+        jobs = png_label_jobs(src_dir, images, out_dir, hint, "annotations")
         result[split] = (jobs, out_dir, f"{split}: {len(jobs)} annotations in {src_dir}")
     return result
 

@@ -17,9 +17,9 @@ from .common import (
     Summary,
     apply_lookup,
     check_same_size,
-    check_sources_exist,
     lookup_table,
     open_label_png,
+    png_label_jobs,
     require_dir,
     run_jobs,
 )
@@ -72,22 +72,8 @@ def coco_stuff_split_jobs(root: str, *, maps_dir: str | None = None):
     for split in SPLITS:
         images = require_dir(os.path.join(coco, split), f"COCO {split} image folder", hint)
         src_dir = require_dir(os.path.join(maps, split), f"COCO-Stuff {split} label folder", hint)
-        names = sorted(
-            f for f in os.listdir(src_dir) if f.endswith(".png") and not f.startswith(".")
-        )
-        if not names:
-            raise PrepareError(f"No PNG label maps in {src_dir}.\n  {hint}")
         out_dir = os.path.join(coco, "stuffthingmaps_detectron2", split)
-        jobs = [
-            Job(
-                key=os.path.splitext(f)[0],
-                src=os.path.join(src_dir, f),
-                image=os.path.join(images, os.path.splitext(f)[0] + ".jpg"),
-                dst=os.path.join(out_dir, f),
-            )
-            for f in names
-        ]
-        check_sources_exist(jobs, hint)
+        jobs = png_label_jobs(src_dir, images, out_dir, hint, "label maps")
         result[split] = (jobs, out_dir, f"{split}: {len(jobs)} label maps in {src_dir}")
     return result
 

@@ -281,6 +281,25 @@ def progress_bar(total: int, desc: str, stream=None):
     return progress(total=total, desc=desc, unit="img", stream=stream)
 
 
+def png_label_jobs(src_dir: str, images: str, out_dir: str, hint: str, what: str):
+    """One Job per PNG label file in `src_dir` (image: same stem + .jpg in `images`, output:
+    same name in `out_dir`), after checking that the sources exist."""
+    names = sorted(f for f in os.listdir(src_dir) if f.endswith(".png") and not f.startswith("."))
+    if not names:
+        raise PrepareError(f"No PNG {what} in {src_dir}.\n  {hint}")
+    jobs = [
+        Job(
+            key=os.path.splitext(f)[0],
+            src=os.path.join(src_dir, f),
+            image=os.path.join(images, os.path.splitext(f)[0] + ".jpg"),
+            dst=os.path.join(out_dir, f),
+        )
+        for f in names
+    ]
+    check_sources_exist(jobs, hint)
+    return jobs
+
+
 def _collect(results, summary: Summary, bar) -> None:
     for status, key, reason in results:
         if status == "written":
