@@ -39,6 +39,7 @@ from detectron2.utils.logger import setup_logger
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.checkpoint import SafeCheckpointer
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets
+from clipzss_d2.diagnostics import PseudoLabelReport
 from clipzss_d2.errors import USER_ERRORS, UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
 from clipzss_d2.model_folder import write_model_folder
@@ -167,6 +168,9 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():  # the writers run there; the scale must precede them
             hooks.insert(1, LogitScaleWriter())
             hooks.append(ModelFolderWriter(os.path.join(self.cfg.OUTPUT_DIR, "model")))
+        probe = unwrap(self.model).pseudo_label_probe  # MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS
+        if probe is not None:
+            hooks.append(PseudoLabelReport(probe, self.cfg.OUTPUT_DIR))
         return hooks
 
     @classmethod

@@ -3,9 +3,11 @@
 No real CLIP weights can be downloaded on offline machines, so the miniature benchmark brings its
 own teacher. It is a plain open_clip `CLIP` built from `clip_configs/ClipZSS-MiniWorld.json` with
 open_clip's tokenizer and `ClipLoss`, trained on freshly rendered scenes whose captions name every
-class, seen and unseen (as the real CLIP saw sheep and sofas on the web). The result is a plain
-state_dict that `create_clip_model("ClipZSS-MiniWorld", path, activation="gelu")` loads like a
-downloaded open_clip checkpoint, so the teacher and text-classifier code run unchanged.
+class, seen and unseen (as the real CLIP saw sheep and sofas on the web). It is built and trained
+with QuickGELU, as OpenAI's CLIP was, and saved the way OpenAI's weights reach users who load them
+from a file: a plain state_dict beside an architecture config that does not name the activation,
+so the same config route applies (MODEL.CLIPZSS.CLIP.PRETRAINED <file>,
+MODEL.CLIPZSS.CLIP.ACTIVATION quick_gelu) and the same mistake (gelu) silently costs accuracy.
 
     python -m clipzss_d2.miniworld train-teacher [--output PATH] [--steps N] [--force]
 """
@@ -31,7 +33,9 @@ import torch.nn.functional as F
 from ..modeling.clip_loading import create_clip_model
 from ..utils.io import atomic_write_path, atomic_write_text
 from ..utils.progress import progress  # also registers ClipZSS-* configs
+from . import render as R
 from . import world as W
+from .captions import make_caption
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ DEFAULT_TEACHER_PATH = os.path.join("output", "miniworld", "teacher", "clip_mini
 # Independent random streams, so teacher images never coincide with the dataset's images.
 STREAM_TRAIN, STREAM_EVAL = 1001, 1002
 # Bump when the training code changes in a way the config does not capture (invalidates caches).
-TRAINER_VERSION = 1
+TRAINER_VERSION = 2  # 2: QuickGELU
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class TeacherConfig:
     """Everything the trained weights depend on; its hash names a cached checkpoint."""
 
     model_name: str = MODEL_NAME
+    activation: str = "quick_gelu"  # as OpenAI's CLIP; the architecture config does not say it
     steps: int = 600
     batch_size: int = 64
     lr: float = 1e-3
@@ -56,15 +61,19 @@ class TeacherConfig:
     warmup_steps: int = 50
     seed: int = 0
     jpeg_quality: int = 90
-    # Scenes as in the dataset, at the model's input size (0 = read it from the model config).
-    world: W.WorldParams = field(default_factory=lambda: W.WorldParams(image_size=0))
+    # torch threads while training, fixed so that any machine trains the same weights (float
+    # reductions depend on the thread count); a loader process renders the next batch meanwhile
+    threads: int = 1
+    # Scenes as in the dataset, square at the model's input size (0 = read it from the model
+    # config), without void rings (a caption names objects, not annotation bands).
+    world: W.WorldParams = field(default_factory=lambda: W.WorldParams().square(0))
 
     def resolved(self) -> TeacherConfig:
         """Fill in the image size from the open_clip config so the hash sees the real value."""
-        if self.world.image_size:
+        if self.world.max_short_side:
             return self
         size = model_image_size(self.model_name)
-        return dataclasses.replace(self, world=dataclasses.replace(self.world, image_size=size))
+        return dataclasses.replace(self, world=self.world.square(size))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -113,13 +122,13 @@ class Batches:
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
         return (x - self.mean) / self.std
 
-    def render(self, index: int, params: W.WorldParams, n: int) -> list[W.Rendered]:
+    def render(self, index: int, params: W.WorldParams, n: int) -> list[R.Rendered]:
         rng = self.rng(index)
         out = []
         for _ in range(n):
-            r = W.make_sample(rng, params)
+            r = R.make_sample(rng, params)
             if self.cfg.jpeg_quality:
-                r.image = W.jpeg_roundtrip(r.image, self.cfg.jpeg_quality)
+                r.image = R.jpeg_roundtrip(r.image, self.cfg.jpeg_quality)
             out.append(r)
         return out
 
@@ -127,11 +136,11 @@ class Batches:
         rng = self.rng(index)
         images, captions = [], []
         for _ in range(self.cfg.batch_size):
-            r = W.make_sample(rng, self.cfg.world)
-            captions.append(W.make_caption(r, self.cfg.world, rng))
+            r = R.make_sample(rng, self.cfg.world)
+            captions.append(make_caption(r, self.cfg.world, rng))
             img = r.image
             if self.cfg.jpeg_quality:
-                img = W.jpeg_roundtrip(img, self.cfg.jpeg_quality)
+                img = R.jpeg_roundtrip(img, self.cfg.jpeg_quality)
             images.append(img)
         return self.to_tensor(images), self.tokenizer(captions)
 
@@ -201,16 +210,32 @@ def _lr_at(step: int, cfg: TeacherConfig) -> float:
 def train_teacher(
     cfg: TeacherConfig, progress: bool = True, workers: int | None = None
 ) -> tuple[open_clip.CLIP, dict]:
-    """Train from scratch; same config, same machine and thread count -> same weights."""
+    """Train from scratch; same config and torch build -> same weights (cfg.threads is fixed)."""
     cfg = cfg.resolved()
-    if cfg.world.image_size != model_image_size(cfg.model_name):
+    size = model_image_size(cfg.model_name)
+    if (cfg.world.min_short_side, cfg.world.max_short_side, cfg.world.max_aspect) != (
+        size,
+        size,
+        1,
+    ):
         raise ValueError(
-            f"World image size {cfg.world.image_size} differs from {cfg.model_name}'s input "
-            f"size {model_image_size(cfg.model_name)}."
+            f"The teacher's images must be {size} x {size} ({cfg.model_name}'s input size); use "
+            f"WorldParams.square({size})."
         )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, progress, workers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TeacherConfig, progress: bool, workers: int | None):
     torch.manual_seed(cfg.seed)
     with _quiet_open_clip():
-        model = open_clip.create_model(cfg.model_name, pretrained=None)
+        model = open_clip.create_model(
+            cfg.model_name, pretrained=None, quick_gelu=cfg.activation == "quick_gelu"
+        )
     model.train()
     batches = Batches(model, cfg)
     loss_fn = open_clip.ClipLoss()
@@ -221,8 +246,8 @@ def train_teacher(
     history = []
     data_time = 0.0
     start, cpu_start = time.time(), time.process_time()
-    if workers is None:  # render in another process only if torch leaves a core free
-        workers = 1 if (os.cpu_count() or 1) > torch.get_num_threads() else 0
+    if workers is None:  # render in another process if torch leaves a core free
+        workers = 1 if (os.cpu_count() or 1) > cfg.threads else 0
     loader = iter(_batch_loader(batches, cfg.steps, workers))
     bar = _progress(range(cfg.steps), progress, desc="miniworld CLIP")
     for step in bar:
@@ -312,7 +337,7 @@ def evaluate_teacher(
     """Zero-shot accuracy on fresh single-object / stuff-only images and patch-token quality."""
     model.eval()
     size = model_image_size(model_name)
-    base = world or W.WorldParams(image_size=size)
+    base = world or W.WorldParams().square(size)
     cfg = TeacherConfig(model_name=model_name, seed=seed, jpeg_quality=jpeg_quality, world=base)
     batches = Batches(model, cfg, stream=STREAM_EVAL)
     things, stuff = list(base.things), list(base.stuff)
@@ -510,8 +535,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch threads (0 = torch default); 1 is much faster on a machine shared with other jobs",
+        default=TeacherConfig.threads,
+        help=f"torch threads while training (default {TeacherConfig.threads}; part of the "
+        "config fingerprint: another count trains slightly different weights)",
     )
     parser.add_argument(
         "--workers",
@@ -522,13 +548,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipzss_d2").setLevel(logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.eval_only:
-        model = create_clip_model(args.model_name, pretrained=args.output, activation="gelu")
-        world = dataclasses.replace(
-            TeacherConfig().world, image_size=model_image_size(args.model_name)
+        model = create_clip_model(
+            args.model_name, pretrained=args.output, activation=TeacherConfig.activation
         )
+        world = TeacherConfig().world.square(model_image_size(args.model_name))
         print(
             json.dumps(
                 evaluate_teacher(model, args.model_name, seed=args.seed, world=world), indent=2
@@ -541,6 +565,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        threads=args.threads,
     )
     path = get_miniworld_teacher(
         args.output, cfg, force=args.force, evaluate=not args.no_eval, workers=args.workers
@@ -549,7 +574,9 @@ def main(argv=None) -> int:
         info = json.load(f)
     print(json.dumps({k: v for k, v in info.items() if k != "config"}, indent=2))
     print(f"checkpoint: {path}")
-    print(f'load with: create_clip_model("{cfg.model_name}", "{path}", activation="gelu")')
+    print(
+        f'load with: create_clip_model("{cfg.model_name}", "{path}", activation="{cfg.activation}")'
+    )
     return 0
 
 

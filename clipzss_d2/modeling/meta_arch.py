@@ -60,6 +60,7 @@ class CLIPZSS(nn.Module):
         teacher_factory=None,
         criterion: "CLIPZSSCriterion | None" = None,
         test_time: TestTimeInference | None = None,
+        pseudo_label_probe=None,
     ):
         """
         Args:
@@ -70,6 +71,8 @@ class CLIPZSS(nn.Module):
             criterion: every loss term and its weight (default: CE + ZegCLIP's NEL, weight 1).
             test_time: how inference computes logits (whole / sliding window, flip, scales);
                 default one whole-image pass.
+            pseudo_label_probe: diagnostics.PseudoLabelProbe counting PLM's pseudo labels
+                against hidden ground truth (MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS), or None.
         """
         super().__init__()
         self.backbone = backbone
@@ -90,6 +93,7 @@ class CLIPZSS(nn.Module):
         self.glm = glm
         self.plm = plm
         self.criterion = criterion
+        self.pseudo_label_probe = pseudo_label_probe
         self._teacher_factory = teacher_factory
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
         # model.train() never flips it out of eval mode.
@@ -257,6 +261,13 @@ class CLIPZSS(nn.Module):
             out = self.plm(
                 embeddings, targets, text_seen, teacher_out, self.logit_scale, image_valid
             )
+            if self.pseudo_label_probe is not None:  # reads hidden labels; changes nothing
+                from ..diagnostics import observe_batch
+
+                probe = self.pseudo_label_probe
+                observe_batch(
+                    probe, batched_inputs, targets, out.targets, len(text_seen), image_valid
+                )
             logits, targets = out.logits, out.targets
             seen_valid = out.pseudo_valid.new_ones(len(targets), len(text_seen))
             class_valid = torch.cat([seen_valid, out.pseudo_valid], dim=1)
