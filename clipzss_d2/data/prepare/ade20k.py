@@ -10,18 +10,8 @@ import os
 
 import numpy as np
 
-from .common import (
-    IGNORE,
-    Job,
-    Summary,
-    apply_lookup,
-    check_same_size,
-    lookup_table,
-    open_label_png,
-    png_label_jobs,
-    require_dir,
-    run_jobs,
-)
+from .common import IGNORE, Job, Summary, png_label_jobs, require_dir, run_jobs
+from .labels import apply_lookup, check_same_size, lookup_table, open_label_png
 
 SPLITS = ("validation", "training")
 ADE_HINT = (

@@ -10,19 +10,8 @@ import os
 import numpy as np
 
 from ..classes import COCO_STUFF171_VALUES, COCO_STUFF_182, COCO_STUFF_UNUSED_VALUES
-from .common import (
-    IGNORE,
-    Job,
-    PrepareError,
-    Summary,
-    apply_lookup,
-    check_same_size,
-    lookup_table,
-    open_label_png,
-    png_label_jobs,
-    require_dir,
-    run_jobs,
-)
+from .common import IGNORE, Job, PrepareError, Summary, png_label_jobs, require_dir, run_jobs
+from .labels import apply_lookup, check_same_size, lookup_table, open_label_png
 
 SPLITS = ("train2017", "val2017")
 COCO_HINT = (

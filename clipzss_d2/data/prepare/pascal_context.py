@@ -28,16 +28,13 @@ from .common import (
     LabelRejected,
     PrepareError,
     Summary,
-    apply_lookup,
-    check_same_size,
     check_sources_exist,
-    lookup_table,
-    open_label_png,
     read_id_list,
     require_dir,
     require_file,
     run_jobs,
 )
+from .labels import apply_lookup, check_same_size, lookup_table, open_label_png
 
 SOURCES = ("mat", "png", "detail")
 CONTEXT_HINT = (

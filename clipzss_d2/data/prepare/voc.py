@@ -15,15 +15,12 @@ from .common import (
     Job,
     PrepareError,
     Summary,
-    apply_lookup,
-    check_same_size,
     check_sources_exist,
-    lookup_table,
-    open_label_png,
     read_id_list,
     require_dir,
     run_jobs,
 )
+from .labels import apply_lookup, check_same_size, lookup_table, open_label_png
 
 VOC_HINT = (
     "Download VOCtrainval_11-May-2012.tar (http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and "
