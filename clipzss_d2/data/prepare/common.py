@@ -206,6 +206,34 @@ def run_jobs(
     return summary
 
 
+def run_splits(
+    splits: dict[str, tuple[list[Job], str, str]],
+    convert: Callable[[Job], np.ndarray],
+    *,
+    name: str,
+    title: str,
+    workers: int = 1,
+    overwrite: bool = False,
+    log=print,
+) -> list[Summary]:
+    """`run_jobs` for each split of {split: (jobs, output folder, description)}, in order, after
+    logging "<name> <description>"; the summary of a split is titled "<title> <split>"."""
+    summaries = []
+    for split, (jobs, out_dir, desc) in splits.items():
+        log(f"{name} {desc}")
+        summaries.append(
+            run_jobs(
+                jobs,
+                convert,
+                title=f"{title} {split}",
+                out_dir=out_dir,
+                workers=workers,
+                overwrite=overwrite,
+            )
+        )
+    return summaries
+
+
 def progress_bar(total: int, desc: str, stream=None):
     """tqdm on a terminal; periodic plain lines when stderr is a file or a CI log."""
     return progress(total=total, desc=desc, unit="img", stream=stream)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from .common import LabelRejected
+from .common import Job, LabelRejected
 
 
 def open_label_png(path: str, modes: Sequence[str]) -> np.ndarray:
@@ -78,3 +78,13 @@ def apply_lookup(label: np.ndarray, lut: np.ndarray, path: str, expected: str, h
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         raise LabelRejected(f"{path} holds values {shown} outside the expected {expected}{hint}")
     return lut[label].astype(np.uint8)
+
+
+def convert_png_label(
+    job: Job, modes: Sequence[str], lut: np.ndarray, expected: str, hint: str = ""
+) -> np.ndarray:
+    """Decode `job.src` (an index PNG of one of `modes`), check it against its image's size and
+    map its values through `lut`: the whole conversion of a dataset whose labels are PNGs."""
+    label = open_label_png(job.src, modes)
+    check_same_size(label, job.src, job.image)
+    return apply_lookup(label, lut, job.src, expected, hint)

@@ -32,9 +32,9 @@ from .common import (
     read_id_list,
     require_dir,
     require_file,
-    run_jobs,
+    run_splits,
 )
-from .labels import apply_lookup, check_same_size, lookup_table, open_label_png
+from .labels import apply_lookup, check_same_size, convert_png_label, lookup_table
 
 SOURCES = ("mat", "png", "detail")
 CONTEXT_HINT = (
@@ -83,9 +83,7 @@ def convert_context_mat(job: Job) -> np.ndarray:
 
 
 def convert_context_png(job: Job) -> np.ndarray:
-    label = open_label_png(job.src, ("L", "P"))
-    check_same_size(label, job.src, job.image)
-    return apply_lookup(label, PNG_LUT, job.src, PNG_VALUES)
+    return convert_png_label(job, ("L", "P"), PNG_LUT, PNG_VALUES)
 
 
 def decode_rle(rle) -> np.ndarray:
@@ -287,17 +285,12 @@ def prepare_pascal_context(
     root: str, *, workers: int = 1, overwrite: bool = False, log=print, **sources
 ) -> list[Summary]:
     source, splits = context_split_jobs(root, **sources)
-    summaries = []
-    for split, (jobs, out_dir, desc) in splits.items():
-        log(f"PASCAL Context ({source}) {desc}")
-        summaries.append(
-            run_jobs(
-                jobs,
-                CONVERTERS[source],
-                title=f"PASCAL Context-59 {split}",
-                out_dir=out_dir,
-                workers=workers,
-                overwrite=overwrite,
-            )
-        )
-    return summaries
+    return run_splits(
+        splits,
+        CONVERTERS[source],
+        name=f"PASCAL Context ({source})",
+        title="PASCAL Context-59",
+        workers=workers,
+        overwrite=overwrite,
+        log=log,
+    )

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..classes import PCONTEXT459_CLASSES
-from .common import Job, LabelRejected, PrepareError, Summary, run_jobs
+from .common import Job, LabelRejected, PrepareError, Summary, run_splits
 from .pascal_context import (
     CONTEXT_HINT,
     check_labels_txt,
@@ -87,15 +87,13 @@ def prepare_pascal_context459(
             dst=os.path.join(out_dir, os.path.basename(j.dst)))
         for j in jobs
     ]  # fmt: skip
-    log(f"PASCAL Context-459 ({source}) {desc}")
     convert = convert_context459_mat if source == "mat" else convert_context459_detail
-    return [
-        run_jobs(
-            jobs,
-            convert,
-            title="PASCAL Context-459 val",
-            out_dir=out_dir,
-            workers=workers,
-            overwrite=overwrite,
-        )
-    ]
+    return run_splits(
+        {"val": (jobs, out_dir, desc)},
+        convert,
+        name=f"PASCAL Context-459 ({source})",
+        title="PASCAL Context-459",
+        workers=workers,
+        overwrite=overwrite,
+        log=log,
+    )
