@@ -183,24 +183,35 @@ def results_table(rows, seeds):
     return header + "\n".join(lines) + note + per_class + per_run + "\n"
 
 
+def _lookup(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
 def tune(args, teacher_path):
     """The stated search on the tune split (TUNING_STEPS); returns the table and the choice."""
-    chosen, rows = {}, []
+    base = get_clipzss_cfg()
+    base.merge_from_file(str(ROOT / "configs" / "miniworld" / "full.yaml"))
+    chosen, rows, done = {}, [], {}
     for key, values in TUNING_STEPS:
         scored = []
         for value in values:
-            extra = [k_v for item in chosen.items() for k_v in item] + [key, value]
-            extra += ["DATASETS.TEST", "('miniworld_tune',)"]
-            name = "tune/" + "_".join(
-                f"{k.split('.')[-1]}={v}" for k, v in zip(extra[:-2:2], extra[1:-2:2])
-            )
-            print(f"\n--- tune: {key} = {value} (fixed: {chosen or 'configs'}) ---", flush=True)
-            row = train_and_evaluate("full", args.tune_seed, args, teacher_path, extra, name)
-            row["setting"] = {**chosen, key: value}
-            rows.append(row)
-            scored.append((row["hIoU"], value))
-        best = max(scored, key=lambda sv: sv[0])[1]
-        chosen[key] = best
+            setting = {k: _lookup(base, k) for k, _ in TUNING_STEPS}
+            setting.update(chosen)
+            setting[key] = value
+            ident = tuple(sorted(setting.items()))
+            if ident not in done:  # the config's own value was run in an earlier step
+                extra = [x for kv in setting.items() for x in kv]
+                extra += ["DATASETS.TEST", "('miniworld_tune',)"]
+                name = "tune/" + "_".join(f"{k.split('.')[-1]}={v}" for k, v in setting.items())
+                print(f"\n--- tune: {key} = {value} ({setting}) ---", flush=True)
+                row = train_and_evaluate("full", args.tune_seed, args, teacher_path, extra, name)
+                row["setting"] = setting
+                rows.append(row)
+                done[ident] = row
+            scored.append((done[ident]["hIoU"], value))
+        chosen[key] = max(scored, key=lambda sv: sv[0])[1]
     lines = ["| setting | mIoU(seen) | mIoU(unseen) | hIoU |", "|---|---:|---:|---:|"]
     for r in rows:
         setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items())
@@ -300,7 +311,7 @@ def main(argv=None):
     print(f"teacher: {teacher_path}; {json.dumps(info.get('eval', {}))}")
 
     if args.tune:
-        t = stage(f"tuning on the tune split: {len(sum((v for _, v in TUNING_STEPS), ()))} runs")
+        t = stage(f"tuning on the tune split: at most {sum(len(v) for _, v in TUNING_STEPS)} runs")
         table, rows, chosen = tune(args, teacher_path)
         timings["tuning"] = time.perf_counter() - t
         path = os.path.join(args.output, "tuning.md")
