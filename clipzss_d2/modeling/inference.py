@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from detectron2.structures import ImageList
 from torch import nn
 
+from .student import StudentForward
+
 # normalised N x 3 x h x w batch (h, w divisible by the model's size divisibility)
 #   -> N x K x h' x w' logits at the model's output stride
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -283,7 +285,7 @@ def _scaled_size(size, scale: float) -> tuple[int, int]:
     return tuple(max(1, int(round(s * scale))) for s in size)
 
 
-class FixedVocabularySegmenter(nn.Module):
+class FixedVocabularySegmenter(StudentForward, nn.Module):
     """The deployable student: backbone + embedding head + a baked-in text classifier.
 
     Holds the vocabulary's text embeddings as a buffer and nothing of CLIP. Input: N x 3 x H x W
@@ -308,8 +310,7 @@ class FixedVocabularySegmenter(nn.Module):
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, -1, 1, 1))
 
     def logits_fn(self, images: torch.Tensor) -> torch.Tensor:
-        embeddings = F.normalize(self.embedding_head(self.backbone(images)), dim=1)
-        return self.logit_scale * torch.einsum("bchw,kc->bkhw", embeddings, self.text_embeddings)
+        return self.student_logits(images, self.text_embeddings)
 
     def forward(self, images: torch.Tensor):
         x = (images.float() - self.pixel_mean) / self.pixel_std
