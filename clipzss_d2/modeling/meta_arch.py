@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
@@ -24,6 +23,7 @@ from torch import nn
 from ..vocabulary import get_training_vocabulary, parse_vocabulary, prompt_names
 from .embedding_head import build_embedding_head
 from .inference import TestTimeInference
+from .student import StudentForward
 from .text_classifier import TextClassifier, build_text_classifier
 
 if TYPE_CHECKING:  # training-only: imported by training_modules.py when training builds them
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
-class CLIPZSS(nn.Module):
+class CLIPZSS(StudentForward, nn.Module):
     """Student segmenter whose classifier is the CLIP text embeddings of the active vocabulary."""
 
     @configurable
@@ -184,17 +184,7 @@ class CLIPZSS(nn.Module):
         """K x C on the model's device; the text classifier owns the (memory + disk) cache."""
         return self.text_classifier(vocabulary).to(self.device)
 
-    # -- forward -------------------------------------------------------------------------------
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised per-pixel embeddings (B x C x h x w) at the head's output stride."""
-        embeddings = self.embedding_head(self.backbone(images))
-        return F.normalize(embeddings, dim=1)
-
-    def classify(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * torch.einsum(
-            "bchw,kc->bkhw", embeddings, text.to(embeddings.dtype)
-        )
-
+    # -- forward (embed / classify / student_logits: StudentForward) ---------------------------
     def preprocess_images(self, batched_inputs) -> ImageList:
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
@@ -301,7 +291,7 @@ class CLIPZSS(nn.Module):
             text = self.text_embeddings(vocabulary)
 
             def logits_fn(x: torch.Tensor, text=text) -> torch.Tensor:
-                return self.classify(self.embed(x), text)
+                return self.student_logits(x, text)
 
             subset = images
             if len(idx) != len(batched_inputs):
