@@ -244,3 +244,50 @@ def test_observe_batch_reads_each_inputs_hidden_labels():
         observe_batch(
             via_model, [{}, {}], b["seen_targets"], b["fused_targets"], 2, b["image_valid"]
         )
+
+
+# -- the model's wiring ---------------------------------------------------------------------------
+def model_cfg(*opts):
+    """configs/miniworld/full.yaml with a random miniature CLIP (no trained teacher needed)."""
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(FULL_CONFIG)
+    cfg.merge_from_list(
+        ["MODEL.CLIPZSS.CLIP.PRETRAINED", "none", "MODEL.CLIPZSS.TEXT.CACHE_DIR", ""] + list(opts)
+    )
+    return cfg
+
+
+def test_the_model_counts_hidden_labels_and_changes_nothing(records):
+    """Switch off (the default): no probe. On: the training step counts every unlabelled image
+    pixel by its hidden class, and the losses are those of the model without the probe."""
+    from detectron2.modeling import build_model
+
+    assert build_model(model_cfg()).pseudo_label_probe is None
+    on = model_cfg("MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS", True)
+    mapper = ZeroShotSemSegDatasetMapper(on, is_train=True)
+    np.random.seed(0)  # noqa: NPY002
+    batch = [mapper(records[0]), mapper(records[1])]
+
+    losses = {}
+    for switch in (False, True):
+        torch.manual_seed(0)
+        model = build_model(model_cfg("MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS", switch))
+        model.train()
+        torch.manual_seed(1)
+        losses[switch] = {k: v.item() for k, v in model(batch).items()}
+    probe = model.pseudo_label_probe
+    assert probe.class_names == list(W.CLASSES) and probe.unseen_names == list(W.UNSEEN)
+    assert losses[True] == losses[False]
+
+    # by hand: the batch's unlabelled image pixels (training label ignore, inside image_size)
+    expected = np.zeros(len(W.CLASSES) + 1, np.int64)
+    for x in batch:
+        h, w = x["image_size"]
+        hidden = x["hidden_sem_seg"][:h, :w].numpy()
+        unlabelled = x["sem_seg"][:h, :w].numpy() == 255
+        ids = np.where(hidden == 255, len(W.CLASSES), hidden)[unlabelled]
+        expected += np.bincount(ids, minlength=len(W.CLASSES) + 1)
+    per = probe.summary()["per_class"]
+    got = [per[c]["unlabelled_pixels"] for c in list(W.CLASSES) + ["(void)"]]
+    assert got == expected.tolist()
+    assert sum(expected[UNSEEN_IDS]) > 0 and all(per[c]["unlabelled_pixels"] == 0 for c in SEEN)
