@@ -183,10 +183,22 @@ def results_table(rows, seeds):
     return header + "\n".join(lines) + note + per_class + per_run + "\n"
 
 
+def config_value(key, args):
+    """The value configs/miniworld/full.yaml (with the command's overrides) gives `key`."""
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / "full.yaml"))
+    cfg.merge_from_list(list(args.opts))
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def tune(args, teacher_path):
     """The stated search on the tune split (TUNING_STEPS); returns the table and the choice."""
     chosen, rows = {}, []
     for key, values in TUNING_STEPS:
+        default = config_value(key, args)
         scored = []
         for value in values:
             extra = [k_v for item in chosen.items() for k_v in item] + [key, value]
@@ -199,7 +211,8 @@ def tune(args, teacher_path):
             row["setting"] = {**chosen, key: value}
             rows.append(row)
             scored.append((row["hIoU"], value))
-        best = max(scored, key=lambda sv: sv[0])[1]
+        # a tie keeps the configs' value (as stated above TUNING_STEPS), else the first listed
+        best = max(scored, key=lambda sv: (sv[0], sv[1] == default))[1]
         chosen[key] = best
     lines = ["| setting | mIoU(seen) | mIoU(unseen) | hIoU |", "|---|---:|---:|---:|"]
     for r in rows:
