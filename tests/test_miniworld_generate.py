@@ -1,5 +1,6 @@
 """MiniWorld data: deterministic files, labels that match the drawn shapes, registration."""
 
+import hashlib
 import math
 import os
 import re
@@ -16,10 +17,29 @@ from clipzss_d2.miniworld import (
     load_miniworld,
     register_miniworld,
 )
+from clipzss_d2.miniworld import captions as C
 from clipzss_d2.miniworld import generate as G
+from clipzss_d2.miniworld import render as R
+from clipzss_d2.miniworld import shapes as S
 from clipzss_d2.miniworld import world as W
 
-SIZE = 96
+SIZE = 96  # the hand-built scenes below; generated images have VOC-like sizes (WorldParams)
+COUNTS = {"train": 20, "tune": 5, "test": 80}
+
+
+def counts(train, tune, test):
+    return {"train": train, "tune": tune, "test": test}
+
+
+DEFAULT_PARAMS = W.WorldParams()
+
+
+def assert_voc_like_size(height, width, p=DEFAULT_PARAMS):
+    """A generated image's size lies in WorldParams' distribution: short side in
+    [min_short_side, max_short_side], long side / short side in [1, max_aspect] (rounded)."""
+    short, long = min(height, width), max(height, width)
+    assert p.min_short_side <= short <= p.max_short_side, (height, width)
+    assert long <= round(short * p.max_aspect) and long >= short, (height, width)
 
 
 def _files(root):
@@ -35,65 +55,101 @@ def _files(root):
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("mw") / "miniworld")
-    manifest = generate_world(root, seed=7, num_train=20, num_val=80, workers=2)
+    manifest = generate_world(root, seed=7, counts=COUNTS, workers=2)
     return root, manifest
 
 
 def test_same_seed_same_bytes_any_worker_count(small_world, tmp_path):
     root, _ = small_world
     other = str(tmp_path / "again")
-    generate_world(other, seed=7, num_train=20, num_val=80, workers=1)
+    generate_world(other, seed=7, counts=COUNTS, workers=1)
     a, b = _files(root), _files(other)
-    assert len(a) == 2 * (20 + 80) + 1
+    assert len(a) == 2 * sum(COUNTS.values()) + 1
     assert a.keys() == b.keys()
     assert all(a[k] == b[k] for k in a)
     third = str(tmp_path / "seed8")
-    generate_world(third, seed=8, num_train=20, num_val=0, workers=1)
+    generate_world(third, seed=8, counts=counts(20, 0, 0), workers=1)
     c = _files(third)
     assert c["images/train/000000.jpg"] != a["images/train/000000.jpg"]
 
 
 def test_rerun_skips_and_refuses_a_different_world(tmp_path):
     root = str(tmp_path / "w")
-    generate_world(root, seed=1, num_train=6, num_val=3, workers=1)
+    generate_world(root, seed=1, counts=counts(6, 2, 3), workers=1)
     probe = G.image_path(root, "train", 0)
     os.utime(probe, (0, 0))
-    generate_world(root, seed=1, num_train=6, num_val=3, workers=1)
+    generate_world(root, seed=1, counts=counts(6, 2, 3), workers=1)
     assert os.path.getmtime(probe) == 0  # nothing rewritten
     with pytest.raises(G.WorldExistsError, match="--overwrite"):
-        generate_world(root, seed=2, num_train=6, num_val=3, workers=1)
-    manifest = generate_world(root, seed=2, num_train=4, num_val=3, workers=1, overwrite=True)
+        generate_world(root, seed=2, counts=counts(6, 2, 3), workers=1)
+    with pytest.raises(G.WorldExistsError, match="--overwrite"):  # another split size alone
+        generate_world(root, seed=1, counts=counts(6, 3, 3), workers=1)
+    manifest = generate_world(root, seed=2, counts=counts(4, 1, 3), workers=1, overwrite=True)
     assert manifest["key"]["seed"] == 2
+    assert manifest["key"]["counts"] == counts(4, 1, 3)
     assert not os.path.exists(G.image_path(root, "train", 5))  # leftovers of the larger world
+    assert not os.path.exists(G.image_path(root, "tune", 1))
     assert len(load_miniworld(root, "train")) == 4
+    assert len(load_miniworld(root, "tune")) == 1
 
 
 def test_stored_labels_are_the_rendered_labels(small_world):
     root, manifest = small_world
     params = W.WorldParams.from_dict(manifest["key"]["params"])
-    for split, i in (("train", 0), ("train", 13), ("val", 42)):
+    for split, i in (("train", 0), ("train", 13), ("tune", 3), ("test", 42)):
         r = G.render_item(7, split, i, params)
+        height, width = manifest["splits"][split]["sizes"][i]
+        assert_voc_like_size(height, width)
         label = cv2.imread(G.label_path(root, split, i), cv2.IMREAD_UNCHANGED)
-        assert label.dtype == np.uint8 and label.shape == (SIZE, SIZE)
+        assert label.dtype == np.uint8 and label.shape == (height, width)
         np.testing.assert_array_equal(label, r.label)
         image = cv2.imread(G.image_path(root, split, i), cv2.IMREAD_COLOR)[..., ::-1]
-        assert image.shape == (SIZE, SIZE, 3)
-        # JPEG is lossy; the stored image is the rendered one up to compression noise
-        assert np.abs(image.astype(int) - r.image.astype(int)).mean() < 6
+        assert image.shape == (height, width, 3)
+        # JPEG is lossy: the stored image is the rendered one encoded at the manifest's quality
+        quality = manifest["key"]["jpeg_quality"]
+        ok, jpg = cv2.imencode(".jpg", r.image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        np.testing.assert_array_equal(image, cv2.imdecode(jpg, cv2.IMREAD_COLOR)[..., ::-1])
+        assert np.abs(image.astype(int) - r.image.astype(int)).mean() < 10
 
 
-def test_label_ids_in_range_and_unseen_classes_in_val(small_world):
+def test_generated_sizes_follow_the_voc_like_distribution(small_world):
+    """Not 96 x 96 squares any more: every size in range, many distinct ones, both orientations
+    (portrait_prob 0.3), and the manifest's sizes are the files' sizes."""
+    root, manifest = small_world
+    sizes = []
+    for split in G.SPLITS:
+        listed = manifest["splits"][split]["sizes"]
+        assert len(listed) == COUNTS[split]
+        for i, (height, width) in enumerate(listed):
+            assert_voc_like_size(height, width)
+            with open(G.label_path(root, split, i), "rb") as f:
+                png = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+            assert png.shape == (height, width)
+        sizes += [tuple(s) for s in listed]
+    portrait = sum(h > w for h, w in sizes) / len(sizes)
+    assert 0.1 <= portrait <= 0.5, portrait
+    assert sum(h == w for h, w in sizes) < 0.2 * len(sizes)
+    assert len(set(sizes)) > 0.8 * len(sizes)
+    aspects = [max(h, w) / min(h, w) for h, w in sizes]
+    assert max(aspects) > 1.4 and min(aspects) < 1.1
+    shorts = [min(s) for s in sizes]
+    assert min(shorts) < 80 and max(shorts) > 110
+
+
+def test_label_ids_in_range_and_unseen_classes_in_test(small_world):
     root, manifest = small_world
     present = set()
-    for d in load_miniworld(root, "val"):
+    for d in load_miniworld(root, "test"):
         label = cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
         ids = set(np.unique(label).tolist())
         assert ids <= set(range(len(W.CLASSES))) | {255}
         present |= ids
     for name in W.UNSEEN:
         assert W.CLASS_ID[name] in present, name
-    pixels = manifest["splits"]["val"]["class_pixels"]
+    pixels = manifest["splits"]["test"]["class_pixels"]
     assert all(pixels[c] > 0 for c in W.UNSEEN)
+    assert manifest["splits"]["test"]["ignore_pixels"] > 0  # void rings at least
 
 
 def _plain_thing(name, cx, cy, radius, angle=0.0, rgb=(1.0, 0.0, 0.0)):
@@ -121,8 +177,9 @@ def test_label_matches_drawn_shapes_at_computed_points():
         _plain_thing("arrow", 60, 20, 12, angle=math.pi / 2, rgb=(0.1, 0.6, 0.3)),
         clutter,
     ]
-    scene = W.Scene(size=SIZE, stuff=[W.StuffRegion("grass"), water], things=things)
-    r = W.render_scene(scene, rng)
+    scene = W.Scene(SIZE, SIZE, stuff=[W.StuffRegion("grass"), water], things=things)
+    assert scene.void_ring_width == 0  # a hand-built scene has no rings unless asked for
+    r = R.render_scene(scene, rng)
     L = r.label
     g, w = W.CLASS_ID["grass"], W.CLASS_ID["water"]
     # stuff: left of x = 67.5 grass, right of it water (where no object lies)
@@ -144,12 +201,13 @@ def test_label_matches_drawn_shapes_at_computed_points():
     assert L[12, 85] == 255
     # the whole map equals the painter's order of the same masks
     expected = np.full((SIZE, SIZE), g, np.uint8)
-    expected[W.region_mask(water, SIZE)] = w
+    expected[R.region_mask(water, (SIZE, SIZE))] = w
     for t in things:
         if t.name:
-            expected[W.shape_mask(t.name, t.cx, t.cy, t.radius, t.angle, SIZE)] = W.CLASS_ID[t.name]
+            mask = S.shape_mask(t.name, t.cx, t.cy, t.radius, t.angle, (SIZE, SIZE))
+            expected[mask] = W.CLASS_ID[t.name]
         else:
-            expected[W._thing_mask(t, SIZE)] = 255
+            expected[R.thing_mask(t, (SIZE, SIZE))] = 255
     np.testing.assert_array_equal(L, expected)
     # with no photometric nuisance, the pixels of a label are that object's colour, all alike
     disc_px = r.image[L == W.CLASS_ID["disc"]].astype(int)
@@ -159,29 +217,37 @@ def test_label_matches_drawn_shapes_at_computed_points():
 
 @pytest.mark.parametrize("name", W.THINGS)
 def test_every_shape_is_centred_and_sized(name):
-    mask = W.shape_mask(name, 48, 48, 20, 0.3, SIZE)
+    # a landscape canvas (H 80, W 120) and an off-centre shape: x is the column, y the row
+    cx, cy = 50, 30  # the canvas centre is (59.5, 39.5); the shape fits in 80 x 80
+    mask = S.shape_mask(name, cx, cy, 20, 0.3, (80, 120))
+    assert mask.shape == (80, 120)
     ys, xs = np.nonzero(mask)
     assert 0.15 * math.pi * 20**2 < mask.sum() < math.pi * 20**2
-    assert abs(xs.mean() - 48) < 10 and abs(ys.mean() - 48) < 10
-    assert xs.min() >= 48 - 23 and xs.max() <= 48 + 23
+    assert abs(xs.mean() - cx) < 10 and abs(ys.mean() - cy) < 10
+    assert xs.min() >= cx - 23 and xs.max() <= cx + 23
+    assert ys.min() >= cy - 23 and ys.max() <= cy + 23
+    # the same shape on a portrait canvas is the same pixels, and none beyond the overlap
+    portrait = S.shape_mask(name, cx, cy, 20, 0.3, (120, 80))
+    np.testing.assert_array_equal(portrait[:80, :80], mask[:, :80])
+    assert not portrait[80:].any() and not mask[:, 80:].any()
 
 
 def test_captions_name_exactly_the_visible_classes():
     p = W.WorldParams()
     rng = np.random.default_rng(3)
     for _ in range(200):
-        r = W.make_sample(rng, p)
-        caption = W.make_caption(r, p, rng)
+        r = R.make_sample(rng, p)
+        caption = C.make_caption(r, p, rng)
         words = set(re.findall(r"[a-z]+", caption))
-        things, _ = W.visible_classes(r, p)
-        named = {c for c in W.THINGS if c in words or W._plural(c) in words}
+        things, _ = C.visible_classes(r, p)
+        named = {c for c in W.THINGS if c in words or C._plural(c) in words}
         assert named == set(things), caption
         on_map = {W.CLASSES[i] for i in np.unique(r.label) if i != 255}
         assert {c for c in W.STUFF if c in words} <= on_map, caption
 
 
 def test_registered_on_import_with_metadata():
-    for split in ("train", "val"):
+    for split in ("train", "tune", "test"):
         name = f"miniworld_{split}"
         assert name in DatasetCatalog.list()
         meta = MetadataCatalog.get(name)
@@ -197,19 +263,24 @@ def test_registered_on_import_with_metadata():
             W.UNSEEN, key=W.CLASS_ID.get
         )
         assert len(vocabulary.seen_class_ids(meta)) == len(W.CLASSES) - len(W.UNSEEN)
+    assert "miniworld_val" not in DatasetCatalog.list()  # version 1's split is gone
     assert 12 <= len(W.CLASSES) <= 20
 
 
 def test_registered_loader_reads_dicts_and_names_the_command_when_missing(small_world, tmp_path):
-    root, _ = small_world
+    root, manifest = small_world
     names = register_miniworld(root, prefix="miniworld_testroot")
     try:
-        dicts = DatasetCatalog.get("miniworld_testroot_val")
+        assert names == [f"miniworld_testroot_{s}" for s in ("train", "tune", "test")]
+        dicts = DatasetCatalog.get("miniworld_testroot_test")
         assert len(dicts) == 80
+        assert len(DatasetCatalog.get("miniworld_testroot_tune")) == 5
         d = dicts[5]
         assert set(d) >= {"file_name", "sem_seg_file_name", "height", "width", "image_id"}
         assert os.path.isfile(d["file_name"]) and os.path.isfile(d["sem_seg_file_name"])
-        assert (d["height"], d["width"]) == (SIZE, SIZE) and d["image_id"] == "000005"
+        assert d["image_id"] == "000005"
+        assert [d["height"], d["width"]] == manifest["splits"]["test"]["sizes"][5]
+        assert cv2.imread(d["file_name"]).shape[:2] == (d["height"], d["width"])
     finally:
         for n in names:
             DatasetCatalog.remove(n)
@@ -218,12 +289,77 @@ def test_registered_loader_reads_dicts_and_names_the_command_when_missing(small_
         load_miniworld(str(tmp_path / "nowhere"), "train")
 
 
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _decoded_digest(path):
+    """Hash of the decoded pixels (a re-encoded copy of the same image would hash alike)."""
+    pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes() + str(pixels.shape).encode())
+
+
+def test_splits_are_separate_and_their_sizes_true(tmp_path):
+    """train / tune / test: disjoint files, no tune or test image (nor label map) equal to a
+    train one, dataset dicts whose height / width are the files' own, sizes that vary."""
+    root = str(tmp_path / "w")
+    generate_world(root, seed=0, counts=counts(30, 10, 10), workers=1)
+    names = register_miniworld(root, prefix="miniworld_splits")
+    try:
+        dicts = {s: DatasetCatalog.get(f"miniworld_splits_{s}") for s in G.SPLITS}
+    finally:
+        for n in names:
+            DatasetCatalog.remove(n)
+            MetadataCatalog.remove(n)
+    assert {s: len(d) for s, d in dicts.items()} == counts(30, 10, 10)
+    files = {
+        s: {d["file_name"] for d in ds} | {d["sem_seg_file_name"] for d in ds}
+        for s, ds in dicts.items()
+    }
+    assert all(len(f) == 2 * len(dicts[s]) for s, f in files.items())
+    assert not files["train"] & files["tune"]
+    assert not files["train"] & files["test"]
+    assert not files["tune"] & files["test"]
+
+    def hashes(split, key):
+        raw = {_digest(d[key]) for d in dicts[split]}
+        decoded = {_decoded_digest(d[key]).hexdigest() for d in dicts[split]}
+        return raw, decoded
+
+    for key in ("file_name", "sem_seg_file_name"):
+        train_raw, train_decoded = hashes("train", key)
+        assert len(train_raw) == 30  # no two train images alike either
+        for split in ("tune", "test"):
+            raw, decoded = hashes(split, key)
+            assert not raw & train_raw, (split, key)
+            assert not decoded & train_decoded, (split, key)
+        assert not hashes("tune", key)[0] & hashes("test", key)[0]
+
+    sizes = []
+    for ds in dicts.values():
+        for d in ds:
+            image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
+            label = cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+            assert image.shape[:2] == label.shape == (d["height"], d["width"]), d
+            sizes.append((d["height"], d["width"]))
+    aspects = {round(max(h, w) / min(h, w), 1) for h, w in sizes}
+    assert len(aspects) >= 4, aspects
+    assert any(h > w for h, w in sizes) and any(w > h for h, w in sizes)
+    for split, ds in dicts.items():  # each split has sizes of its own, not one fixed size
+        assert len({(d["height"], d["width"]) for d in ds}) >= 0.7 * len(ds), split
+
+
 def test_module_command_dispatches_and_rejects_unknown_commands(tmp_path, capsys):
     from clipzss_d2.miniworld.__main__ import main
 
     assert main(["bogus"]) == 2
     assert "generate" in capsys.readouterr().err
     root = tmp_path / "w"
-    args = ["generate", "--root", str(root), "--num-train", "2", "--num-val", "1", "--workers", "1"]
+    args = ["generate", "--root", str(root), "--workers", "1"]
+    args += ["--num-train", "2", "--num-tune", "1", "--num-test", "1"]
     assert main(args) == 0
-    assert G.read_manifest(str(root))["splits"]["train"]["count"] == 2
+    manifest = G.read_manifest(str(root))
+    assert {s: manifest["splits"][s]["count"] for s in G.SPLITS} == counts(2, 1, 1)
+    with pytest.raises(SystemExit):  # version 1's flag is gone
+        main(["generate", "--root", str(root), "--num-val", "1"])

@@ -3,15 +3,23 @@
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 
+from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2.errors import UserInputError
+from clipzss_d2.miniworld import render as R
 from clipzss_d2.miniworld import train_teacher as T
 from clipzss_d2.miniworld import world as W
-from clipzss_d2.modeling.clip_loading import create_clip_model
+from clipzss_d2.miniworld.captions import make_caption
+from clipzss_d2.modeling.clip_loading import CLIPWeightsUnavailableError, create_clip_model
+
+FULL_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "miniworld" / "full.yaml")
 
 QUICK = T.TeacherConfig(steps=2, batch_size=8, warmup_steps=1)
 
@@ -35,7 +43,7 @@ def quick_checkpoint(one_thread, tmp_path_factory):
 
 
 def test_checkpoint_loads_through_create_clip_model(quick_checkpoint):
-    model = create_clip_model(T.MODEL_NAME, quick_checkpoint, activation="gelu")
+    model = create_clip_model(T.MODEL_NAME, quick_checkpoint, activation="quick_gelu")
     saved = torch.load(quick_checkpoint, map_location="cpu", weights_only=True)
     state = model.state_dict()
     assert saved.keys() == state.keys()
@@ -45,7 +53,8 @@ def test_checkpoint_loads_through_create_clip_model(quick_checkpoint):
     incompatible = open_clip.load_checkpoint(fresh, quick_checkpoint)
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
     # and the model embeds miniworld images and names into one joint space
-    r = W.make_sample(np.random.default_rng(0), W.WorldParams())
+    r = R.make_sample(np.random.default_rng(0), QUICK.resolved().world)
+    assert r.image.shape == (96, 96, 3)  # the teacher's images: square, its input size
     x = T.Batches(model, QUICK.resolved()).to_tensor([r.image])
     cls, patches = T.image_tokens(model, x)
     assert cls.shape == (1, 64) and patches.shape == (1, 12, 12, 64)
@@ -87,9 +96,9 @@ def test_training_is_reproducible_whatever_the_loader_workers(quick_checkpoint):
 def test_captions_fit_the_text_context():
     """A truncated caption would lose class names; the longest must fit ClipZSS-MiniWorld."""
     context = open_clip.get_model_config(T.MODEL_NAME)["text_cfg"]["context_length"]
-    p = W.WorldParams()
+    p = T.TeacherConfig().resolved().world  # the scenes the teacher is trained on
     rng = np.random.default_rng(1)
-    captions = [W.make_caption(W.make_sample(rng, p), p, rng) for _ in range(300)]
+    captions = [make_caption(R.make_sample(rng, p), p, rng) for _ in range(300)]
     tokens = open_clip.tokenize(captions, context_length=77)
     assert int((tokens != 0).sum(1).max()) <= context
     assert any(name in " ".join(captions) for name in W.UNSEEN)  # the teacher sees unseen names
@@ -98,7 +107,6 @@ def test_captions_fit_the_text_context():
 def test_short_training_beats_chance_on_an_easy_world():
     """Four well-separated things at 32 px: a minute-scale sanity check of the whole loop."""
     easy = W.WorldParams(
-        image_size=32,
         min_objects=1,
         max_objects=1,
         empty_prob=0.0,
@@ -110,7 +118,7 @@ def test_short_training_beats_chance_on_an_easy_world():
         clutter_prob=0.0,
         things=("disc", "square", "triangle", "star"),
         stuff=("grass", "sand"),
-    )
+    ).square(32)
     cfg = T.TeacherConfig(
         model_name="ClipZSS-Tiny-Test", steps=60, batch_size=32, warmup_steps=5, lr=2e-3, world=easy
     )
@@ -123,3 +131,80 @@ def test_short_training_beats_chance_on_an_easy_world():
     assert after["thing_chance"] == 0.25
     assert after["thing_zero_shot_acc"] >= 0.8, (before, after)
     assert after["thing_zero_shot_acc"] > before["thing_zero_shot_acc"] + 0.2
+
+
+def test_teacher_world_is_square_and_ring_free():
+    """The teacher sees whole scenes at its input size: square, and no void rings (a caption
+    names objects, not annotation bands); a non-square world is refused."""
+    world = T.TeacherConfig().resolved().world
+    assert (world.min_short_side, world.max_short_side, world.max_aspect) == (96, 96, 1.0)
+    assert world.void_ring_width == 0 and W.WorldParams().void_ring_width == 1
+    r = R.make_sample(np.random.default_rng(2), world)
+    assert r.label.shape == (96, 96)
+    with pytest.raises(ValueError, match="square"):
+        T.train_teacher(dataclasses.replace(QUICK, world=W.WorldParams()), progress=False)
+
+
+def miniworld_cfg(checkpoint, *opts):
+    """configs/miniworld/full.yaml as tools/run_miniworld.py uses it: the trained file as
+    MODEL.CLIPZSS.CLIP.PRETRAINED (no text cache on disk: every embedding is computed)."""
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(FULL_CONFIG)
+    cfg.merge_from_list(
+        ["MODEL.CLIPZSS.CLIP.PRETRAINED", checkpoint, "MODEL.CLIPZSS.TEXT.CACHE_DIR", ""]
+        + list(opts)
+    )
+    return cfg
+
+
+def test_state_dict_teacher_through_the_config_route(quick_checkpoint):
+    """The trained teacher reaches training as OpenAI's weights reach users: a plain state dict
+    file + ACTIVATION quick_gelu in configs/miniworld. The model train_net builds (text classifier
+    and teacher) must be open_clip's own QuickGELU model with those weights; gelu is another
+    network; auto is refused for a file."""
+    from train_net import Trainer
+
+    # (iv) a plain state dict: tensors only, loadable without unpickling code
+    saved = torch.load(quick_checkpoint, map_location="cpu", weights_only=True)
+    assert isinstance(saved, dict) and all(isinstance(v, torch.Tensor) for v in saved.values())
+    assert "text_projection" in saved and not any(k.startswith("state_dict") for k in saved)
+
+    cfg = miniworld_cfg(quick_checkpoint)
+    assert cfg.MODEL.CLIPZSS.CLIP.ACTIVATION == "quick_gelu"  # the shipped config says it
+    assert cfg.MODEL.CLIPZSS.TEXT.TEMPLATES == "single"
+    model = Trainer.build_model(cfg)
+    assert model.teacher is not None  # the full method builds its teacher at once
+
+    reference = open_clip.create_model(T.MODEL_NAME, pretrained=quick_checkpoint, quick_gelu=True)
+    reference.eval()
+    names = ["star", "disc", "snow", "grass"]
+    tokens = open_clip.get_tokenizer(T.MODEL_NAME)([f"a photo of a {n}." for n in names])
+    with torch.no_grad():
+        expected = F.normalize(reference.encode_text(tokens), dim=-1)
+    # (i) the text classifier's embeddings are the reference's
+    text = model.text_embeddings(names)
+    torch.testing.assert_close(text, expected, rtol=0, atol=1e-5)
+    # ... and so are the teacher's image embeddings, on a scene of the teacher's world
+    scene = R.make_sample(np.random.default_rng(0), QUICK.resolved().world).image
+    images = torch.from_numpy(scene).permute(2, 0, 1)[None].float()  # RGB 0..255, as fed
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        cls = model.teacher(images).cls_embed
+        torch.testing.assert_close(
+            cls, reference.encode_image((images / 255 - mean) / std), rtol=1e-4, atol=1e-5
+        )
+
+    # (ii) the same file read as a GELU network gives other embeddings
+    gelu = Trainer.build_model(
+        miniworld_cfg(quick_checkpoint, "MODEL.CLIPZSS.CLIP.ACTIVATION", "gelu")
+    )
+    assert (gelu.text_embeddings(names) - expected).abs().max() > 1e-4
+    with torch.no_grad():
+        assert (gelu.teacher(images).cls_embed - cls).abs().max() > 1e-4
+
+    # (iii) auto: a file does not say its activation, so the build refuses and names the key
+    auto = miniworld_cfg(quick_checkpoint, "MODEL.CLIPZSS.CLIP.ACTIVATION", "auto")
+    with pytest.raises(CLIPWeightsUnavailableError, match=r"MODEL\.CLIPZSS\.CLIP\.ACTIVATION"):
+        Trainer.build_model(auto)
+    assert issubclass(CLIPWeightsUnavailableError, UserInputError)

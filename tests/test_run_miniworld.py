@@ -1,7 +1,10 @@
 """The README's main job (tools/run_miniworld.py), shortened: a small world, a teacher trained for
 two steps, a few student iterations. Every stage runs as in `make main`: generation, teacher,
-training with the inductive mapper, the generalized zero-shot evaluator, the demo script."""
+training with the inductive mapper, the generalized zero-shot evaluator on the test split, the
+pseudo-label diagnostics, the demo script. The --tune search and the tables are checked without
+training (fake runs), in-process."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -10,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from clipzss_d2.miniworld import world
 
-pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_main_job(tmp_path, *extra):
@@ -20,7 +23,7 @@ def run_main_job(tmp_path, *extra):
         sys.executable, str(ROOT / "tools" / "run_miniworld.py"),
         "--output", str(tmp_path / "out"),
         "--world-root", str(tmp_path / "world"),
-        "--num-train", "24", "--num-val", "6",
+        "--num-train", "24", "--num-tune", "2", "--num-test", "6",
         "--teacher-path", str(tmp_path / "teacher" / "clip.pt"),
         "--teacher-steps", "2",
         "--iters", "3",
@@ -30,6 +33,7 @@ def run_main_job(tmp_path, *extra):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_short_main_job_runs_every_stage(tmp_path):
     overrides = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"]
     proc = run_main_job(tmp_path, *overrides)
@@ -38,7 +42,9 @@ def test_short_main_job_runs_every_stage(tmp_path):
     out = tmp_path / "out"
     # the world was written where asked, in the real-dataset layout
     assert len(list((tmp_path / "world" / "images" / "train").glob("*.jpg"))) == 24
-    assert len(list((tmp_path / "world" / "annotations_detectron2" / "val").glob("*.png"))) == 6
+    labels = tmp_path / "world" / "annotations_detectron2"
+    assert len(list((labels / "tune").glob("*.png"))) == 2
+    assert len(list((labels / "test").glob("*.png"))) == 6
     # the teacher was trained and cached with its zero-shot figures
     sidecar = json.loads((tmp_path / "teacher" / "clip.json").read_text())
     assert 0.0 <= sidecar["eval"]["thing_zero_shot_acc"] <= 1.0
@@ -48,14 +54,37 @@ def test_short_main_job_runs_every_stage(tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "metrics.json").read_text().splitlines()]
     logged = set().union(*metrics)
     assert {"loss_ce", "loss_glm", "loss_bce", "loss_focal", "loss_dice"} <= logged
+    assert {"pseudo/unseen_share", "pseudo/void_share"} <= logged  # the probe's batch figures
     result = json.loads((out / "results.json").read_text())["rows"][0]
     for key in ("mIoU(seen)", "mIoU(unseen)", "hIoU"):
         assert 0.0 <= result[key] <= 100.0 and not math.isnan(result[key]), result
     s, u = result["mIoU(seen)"], result["mIoU(unseen)"]
     assert math.isclose(result["hIoU"], 2 * s * u / (s + u) if s + u else 0.0, abs_tol=1e-6)
+    assert result["test_set"] == ["miniworld_test"]
+    assert set(result["unseen_iou"]) == set(world.UNSEEN)
+    # the full method trains with pseudo labels: the run wrote the diagnostics against the
+    # hidden labels, one entry per class, and the results row carries the unseen classes' figures
+    report = json.loads((run_dir / "pseudo_label_diagnostics.json").read_text())
+    assert report["unseen"] == [c for c in world.CLASSES if c in world.UNSEEN]
+    per = report["per_class"]
+    assert set(per) == set(world.CLASSES) | {"(void)"}
+    for c in list(world.CLASSES) + ["(void)"]:
+        assert set(per[c]) == {"unlabelled_pixels", "share", "regions", "purity"}
+        assert per[c]["share"] is None or 0.0 <= per[c]["share"] <= 1.0
+        assert per[c]["purity"] is None or 0.0 <= per[c]["purity"] <= 1.0
+    assert sum(per[c]["unlabelled_pixels"] for c in world.UNSEEN) > 0
+    assert per["(void)"]["unlabelled_pixels"] > 0  # void rings and clutter
+    assert result["pseudo_labels"] == {
+        "unseen_share": report["unseen_share"],
+        "share": {c: per[c]["share"] for c in world.UNSEEN},
+        "purity": {c: per[c]["purity"] for c in world.UNSEEN},
+        "void_share": per["(void)"]["share"],
+    }
     table = (out / "results.md").read_text()
-    assert "| full |" in table and "hIoU" in table
-    # the demo wrote overlays for the validation images, with the unseen names in its vocabulary
+    assert "| full |" in table and "hIoU" in table and "miniworld_test" in table
+    for c in world.UNSEEN:  # the per unseen class table
+        assert f"| full | {c} |" in table
+    # the demo wrote overlays for the test images, with the unseen names in its vocabulary
     assert len(list((out / "demo").glob("*.png"))) >= 2
     assert "star" in proc.stdout and "stage times" in proc.stdout
 
@@ -67,18 +96,109 @@ def test_short_main_job_runs_every_stage(tmp_path):
     assert "reusing the finished run" in again.stdout
     assert weights.stat().st_mtime_ns == before
     assert json.loads((out / "results.json").read_text())["rows"][0]["hIoU"] == result["hIoU"]
-    # ... but never one trained with another config
-    changed = run_main_job(tmp_path, "--reuse", "--no-demo", *overrides, "SOLVER.BASE_LR", "0.0123")
+    # ... but never one trained with another config; the baseline (no pseudo labels) writes no
+    # diagnostics and its row says so
+    changed = run_main_job(
+        tmp_path, "--reuse", "--variants", "full", "baseline", "--no-demo",
+        *overrides, "SOLVER.BASE_LR", "0.0123",
+    )  # fmt: skip
     assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
     assert "reusing the finished run" not in changed.stdout
     assert weights.stat().st_mtime_ns != before
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["full", "baseline"]
+    assert rows[0]["pseudo_labels"] is not None and rows[1]["pseudo_labels"] is None
+    assert (out / "baseline" / "seed0" / "model_final.pth").is_file()
+    assert not (out / "baseline" / "seed0" / "pseudo_label_diagnostics.json").exists()
+    assert "| baseline | star |" in (out / "ablation.md").read_text()
 
 
+@pytest.mark.slow
 def test_main_job_rejects_a_world_made_with_other_settings(tmp_path):
     from clipzss_d2.miniworld.generate import generate_world
 
-    generate_world(str(tmp_path / "world"), num_train=3, num_val=2, workers=1)
+    generate_world(str(tmp_path / "world"), counts={"train": 3, "tune": 1, "test": 2}, workers=1)
     proc = run_main_job(tmp_path, "--no-demo")
     assert proc.returncode == 2
     assert "--overwrite" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+# -- in-process, no training: the --tune search and the tables -------------------------------------
+def load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "clipzss_run_miniworld", ROOT / "tools" / "run_miniworld.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_row(variant, seed, hiou, pseudo=None, **extra):
+    return {
+        "mIoU(seen)": hiou + 10, "mIoU(unseen)": hiou - 5, "hIoU": hiou, "mIoU": hiou,
+        "pAcc": 50.0, "unseen_iou": {c: float(i) for i, c in enumerate(world.UNSEEN)},
+        "pseudo_labels": pseudo, "variant": variant, "seed": seed, "train_minutes": 1.0,
+        "output_dir": "x", "test_set": ["miniworld_test"], "overrides": [], **extra,
+    }  # fmt: skip
+
+
+def test_tune_is_a_coordinate_search_on_the_tune_split(monkeypatch):
+    """Each step tries its values with the best values so far fixed, on miniworld_tune, seed
+    --tune-seed, and keeps the best hIoU; a tie keeps the configs' value."""
+    tool = load_tool()
+    steps = (
+        ("MODEL.CLIPZSS.GLM.LOSS_WEIGHT", (0.3, 0.1, 1.0)),  # configs/miniworld: 0.1
+        ("MODEL.CLIPZSS.PLM.FUSION_THRESHOLD", (0.8, 0.9, 0.95)),  # Base-CLIPZSS: 0.9
+    )
+    monkeypatch.setattr(tool, "TUNING_STEPS", steps)
+    # hIoU by setting: LOSS_WEIGHT 1.0 is best; then 0.8 and 0.9 tie, 0.95 is worse
+    score = {0.3: 20.0, 0.1: 25.0, 1.0: 30.0, 0.8: 31.0, 0.9: 31.0, 0.95: 12.0}
+    calls = []
+
+    def fake_train(variant, seed, args, teacher_path, extra=(), name=None):
+        calls.append((variant, seed, list(extra), name))
+        return fake_row(variant, seed, score[extra[-3]])
+
+    monkeypatch.setattr(tool, "train_and_evaluate", fake_train)
+    args = tool.argparse.Namespace(tune_seed=3, opts=[], output="unused")
+    table, rows, chosen = tool.tune(args, "teacher.pt")
+    weight, fusion = (key for key, _ in steps)
+    tune_split = ["DATASETS.TEST", "('miniworld_tune',)"]
+    assert calls == [
+        ("full", 3, [weight, 0.3, *tune_split], "tune/LOSS_WEIGHT=0.3"),
+        ("full", 3, [weight, 0.1, *tune_split], "tune/LOSS_WEIGHT=0.1"),
+        ("full", 3, [weight, 1.0, *tune_split], "tune/LOSS_WEIGHT=1.0"),
+        ("full", 3, [weight, 1.0, fusion, 0.8, *tune_split], "tune/LOSS_WEIGHT=1.0_FUSION_THRESHOLD=0.8"),
+        ("full", 3, [weight, 1.0, fusion, 0.9, *tune_split], "tune/LOSS_WEIGHT=1.0_FUSION_THRESHOLD=0.9"),
+        ("full", 3, [weight, 1.0, fusion, 0.95, *tune_split], "tune/LOSS_WEIGHT=1.0_FUSION_THRESHOLD=0.95"),
+    ]  # fmt: skip
+    assert chosen == {weight: 1.0, fusion: 0.9}  # the tie keeps the configs' 0.9
+    assert [r["setting"] for r in rows][-1] == {weight: 1.0, fusion: 0.95}
+    assert "| LOSS_WEIGHT=1.0, FUSION_THRESHOLD=0.8 | 41.0 | 26.0 | 31.0 |" in table
+    assert table.rstrip().endswith(f"chosen: {weight} 1.0, {fusion} 0.9")
+    assert "miniworld_tune, seed 3" in table
+
+
+def test_results_table_per_unseen_class_and_pseudo_labels():
+    tool = load_tool()
+    pseudo = {
+        "unseen_share": 0.5,
+        "share": {c: 0.25 for c in world.UNSEEN},
+        "purity": {c: (None if c == "snow" else 0.8) for c in world.UNSEEN},
+        "void_share": 0.1,
+    }
+    rows = [
+        fake_row("full", 0, 30.0, pseudo),
+        fake_row("full", 1, 32.0, pseudo),
+        fake_row("baseline", 0, 20.0),
+    ]
+    table = tool.results_table(rows, [0, 1])
+    assert "| full | 41.0 ± 1.0 | 26.0 ± 1.0 | 31.0 ± 1.0 | 31.0 ± 1.0 | 1.0 ± 0.0 |" in table
+    assert "| baseline | 30.0 | 15.0 | 20.0 | 20.0 | 1.0 |" in table
+    # per unseen class: test IoU (mean ± std over seeds), pseudo share / purity in %
+    assert "| full | star | 0.0 ± 0.0 | 25.0 ± 0.0 | 80.0 ± 0.0 |" in table
+    assert "| full | snow | 3.0 ± 0.0 | 25.0 ± 0.0 | n/a |" in table  # no region: no purity
+    assert "| baseline | star | 0.0 | - | - |" in table  # no pseudo labels at all
+    assert "evaluated on miniworld_test; mean ± std over seeds [0, 1]" in table
+    assert "- baseline, seed 0: 30.0 / 15.0 / 20.0" in table

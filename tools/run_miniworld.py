@@ -183,21 +183,25 @@ def results_table(rows, seeds):
     return header + "\n".join(lines) + note + per_class + per_run + "\n"
 
 
-def _lookup(cfg, key):
+def config_value(key, args):
+    """The value configs/miniworld/full.yaml (with the command's overrides) gives `key`."""
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / "full.yaml"))
+    cfg.merge_from_list(list(args.opts))
+    node = cfg
     for part in key.split("."):
-        cfg = cfg[part]
-    return cfg
+        node = node[part]
+    return node
 
 
 def tune(args, teacher_path):
     """The stated search on the tune split (TUNING_STEPS); returns the table and the choice."""
-    base = get_clipzss_cfg()
-    base.merge_from_file(str(ROOT / "configs" / "miniworld" / "full.yaml"))
+    defaults = {key: config_value(key, args) for key, _ in TUNING_STEPS}
     chosen, rows, done = {}, [], {}
     for key, values in TUNING_STEPS:
         scored = []
         for value in values:
-            setting = {k: _lookup(base, k) for k, _ in TUNING_STEPS}
+            setting = dict(defaults)
             setting.update(chosen)
             setting[key] = value
             ident = tuple(sorted(setting.items()))
@@ -211,7 +215,8 @@ def tune(args, teacher_path):
                 rows.append(row)
                 done[ident] = row
             scored.append((done[ident]["hIoU"], value))
-        chosen[key] = max(scored, key=lambda sv: sv[0])[1]
+        # a tie keeps the configs' value (as stated above TUNING_STEPS), else the first listed
+        chosen[key] = max(scored, key=lambda sv: (sv[0], sv[1] == defaults[key]))[1]
     lines = ["| setting | mIoU(seen) | mIoU(unseen) | hIoU |", "|---|---:|---:|---:|"]
     for r in rows:
         setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items())

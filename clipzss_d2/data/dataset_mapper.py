@@ -272,8 +272,11 @@ class ZeroShotSemSegDatasetMapper:
         image, sem_seg = aug_input.image, aug_input.sem_seg
         image_size = tuple(int(v) for v in image.shape[:2])
         hidden = None
-        if self.hidden_labels:  # the same geometry, full ids (float32: exact, resizable)
-            full = read_label_map(dataset_dict["sem_seg_file_name"]).astype(np.float32)
+        if self.hidden_labels:  # the same geometry, full ids
+            # uint8 like sem_seg (_load_labels has checked every id is < 256): detectron2 resizes
+            # uint8 maps with PIL's nearest and float ones with torch's, which picks other source
+            # pixels at non-integer scales, so a float32 copy would be shifted against sem_seg
+            full = read_label_map(dataset_dict["sem_seg_file_name"]).astype(np.uint8)
             hidden = transforms.apply_segmentation(full)
         if self.is_train:
             padded_image, sem_seg = self._pad(image, sem_seg)
