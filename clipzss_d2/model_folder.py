@@ -30,10 +30,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from detectron2.data import MetadataCatalog
 
+from .checkpoint import STUDENT_PREFIXES
 from .config import get_clipzss_cfg
 from .errors import UserInputError
 from .modeling.text_classifier import TextClassifier
-from .predictor import STUDENT_PREFIXES
 from .utils.config_loading import CONFIG_ERRORS, merge_config
 from .utils.io import atomic_write_text
 from .vocabulary import display_name, parse_vocabulary, prompt_names, unseen_class_ids

@@ -29,10 +29,10 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
+from clipzss_d2.checkpoint import load_student_weights  # noqa: E402
 from clipzss_d2.data import register_custom_datasets  # noqa: E402
 from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
 from clipzss_d2.model_folder import write_model_folder  # noqa: E402
-from clipzss_d2.predictor import load_student_weights  # noqa: E402
 from clipzss_d2.utils.config_loading import merge_config  # noqa: E402
 
 
