@@ -61,9 +61,11 @@ from detectron2.modeling import build_model  # noqa: E402
 from torch import nn  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
+from clipzss_d2.entry import run_main  # noqa: E402
 from clipzss_d2.modeling.inference import autocast  # noqa: E402
 from clipzss_d2.predictor import OpenVocabularyPredictor  # noqa: E402
 from clipzss_d2.solver import build_optimizer  # noqa: E402
+from clipzss_d2.utils.config_loading import merge_config_file, merge_overrides  # noqa: E402
 
 STUDENTS = [
     "configs/Base-CLIPZSS.yaml",
@@ -236,15 +238,14 @@ def pick_fastpath(baseline, images, precision: str, device: str, tries: int = 2)
 
 # -- students ----------------------------------------------------------------------------------
 def student_cfg(args, config_file: str, precision: str = "fp32", extra=()):
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(str(ROOT / config_file))
+    cfg = merge_config_file(get_clipzss_cfg(), str(ROOT / config_file), "--students")
     cfg.merge_from_list(
         OFFLINE
         + ["MODEL.DEVICE", args.device, "DATASETS.TRAIN", (), "DATASETS.TEST", ()]
         + ["MODEL.CLIPZSS.INFERENCE.PRECISION", precision]
-        + list(args.opts)
-        + list(extra)
     )
+    merge_overrides(cfg, args.opts, "--opts")
+    cfg.merge_from_list(list(extra))
     return cfg
 
 
@@ -602,6 +603,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_main(run, args, argv, prog="benchmark.py")
+
+
+def run(args, argv=None) -> int:
+    compiled = [args.compile_student] if args.compile else []
+    for config in dict.fromkeys([*args.students, *args.train_students, *compiled]):
+        student_cfg(args, config)  # a bad file or override stops here, not minutes later
     device = args.device
     torch.manual_seed(0)
     if device.startswith("cuda"):
