@@ -32,6 +32,8 @@ def load_demo():
 
 
 demo = load_demo()
+# image reading, imported the way demo.py imports it (its folder is on sys.path once it is loaded)
+from image_io import read_image_rgb  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -181,18 +183,18 @@ def test_gray_rgba_palette_and_16_bit_images_are_converted(tiny, capsys, tmp_pat
     summary = json.loads((out / "gray16.json").read_text())
     assert summary["vocabulary"] == CONFIG_VOCABULARY  # no --vocab: the config's vocabulary
 
-    converted = demo.read_image_rgb(str(tmp_path / "gray16.png"))
+    converted = read_image_rgb(str(tmp_path / "gray16.png"))
     assert converted.shape == (40, 56, 3) and converted.dtype == np.uint8
     expected = np.rint(gray16 / 257.0).astype(np.uint8)
     np.testing.assert_array_equal(converted[..., 0], expected)  # rescaled, not clipped at 255
-    assert demo.read_image_rgb(str(tmp_path / "rgba.png")).shape == (40, 56, 3)
+    assert read_image_rgb(str(tmp_path / "rgba.png")).shape == (40, 56, 3)
 
 
 def test_exif_orientation_is_honoured(tiny, capsys, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 80 wide x 40 high, displayed rotated by 90 degrees
     path = write_image(tmp_path / "rotated.jpg", rgb(40, 80), exif=exif)
-    assert demo.read_image_rgb(path).shape == (80, 40, 3)
+    assert read_image_rgb(path).shape == (80, 40, 3)
     code, _, err = run_demo(
         tiny, capsys, "--input", path, "--output", str(tmp_path), "--save-label-map"
     )
