@@ -25,6 +25,7 @@ from detectron2.modeling import build_model
 from .checkpoint import load_student_weights
 from .config import get_clipzss_cfg
 from .errors import UserInputError
+from .modeling.inference import TestTimeInference
 from .modeling.meta_arch import CLIPZSS
 from .vocabulary import (
     dataset_vocabulary,  # noqa: F401  (re-exported: tools/export_model.py imports it from here)
@@ -85,8 +86,9 @@ class OpenVocabularyPredictor:
 
     Images are uint8 arrays H x W x 3 in BGR order by default (OpenCV's, like detectron2's
     DefaultPredictor); pass ``input_format="RGB"`` for PIL/matplotlib arrays. Grayscale (H x W)
-    and RGBA/BGRA (alpha dropped) arrays are accepted. The vocabulary travels with each call's
-    inputs, never as model state: no call changes what another call predicts.
+    and RGBA/BGRA (alpha dropped) arrays are accepted. The vocabulary and the inference mode
+    (`test_time`, default MODEL.CLIPZSS.INFERENCE) travel with each call's inputs, never as
+    model state: no call changes what another call predicts.
 
     Example:
         predictor = OpenVocabularyPredictor.from_folder("output/voc/model")
@@ -178,20 +180,32 @@ class OpenVocabularyPredictor:
 
     # -- prediction ----------------------------------------------------------------------------
     def __call__(
-        self, image: np.ndarray, vocabulary=None, input_format: str = "BGR"
+        self,
+        image: np.ndarray,
+        vocabulary=None,
+        input_format: str = "BGR",
+        test_time: TestTimeInference | None = None,
     ) -> SegmentationResult:
-        return self.predict_batch([image], vocabulary, input_format)[0]
+        return self.predict_batch([image], vocabulary, input_format, test_time)[0]
 
     @torch.no_grad()
     def predict_batch(
-        self, images: Sequence[np.ndarray], vocabulary=None, input_format: str = "BGR"
+        self,
+        images: Sequence[np.ndarray],
+        vocabulary=None,
+        input_format: str = "BGR",
+        test_time: TestTimeInference | None = None,
     ) -> list[SegmentationResult]:
         """One result per image. Images of equal (resized) size share a forward pass; others run
-        apart, so padding never makes an image's prediction depend on its batch neighbours."""
+        apart, so padding never makes an image's prediction depend on its batch neighbours.
+        `test_time`: this call's inference mode, e.g. ``dataclasses.replace(
+        predictor.model.test_time, mode="slide")``; None for the config's."""
         entries = self._use_vocabulary(vocabulary)
         inputs = [self._prepare(image, input_format) for image in images]
-        for x in inputs:  # the vocabulary travels with the request: no shared model state
+        for x in inputs:  # vocabulary and mode travel with the request: no shared model state
             x["vocabulary"] = entries
+            if test_time is not None:
+                x["test_time"] = test_time
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(inputs):
             groups.setdefault(tuple(x["image"].shape), []).append(i)

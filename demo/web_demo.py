@@ -24,7 +24,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -86,8 +85,8 @@ class WebDemo:
         self.vocabulary = vocabulary
         self.examples = examples
         base = predictor.model.test_time
+        # Each request names its mode; the shared model is never changed (nor locked).
         self.test_time = {name: dataclasses.replace(base, mode=m) for name, m in MODES.items()}
-        self.lock = threading.Lock()  # the predictor (vocabulary, mode) is shared state
 
     def describe_modes(self) -> str:
         slide = self.test_time["sliding window"]
@@ -126,9 +125,9 @@ class WebDemo:
         image = read_image_rgb(image_path)
         names = [display_name(e) for e in entries]
         start = time.perf_counter()
-        with self.lock:
-            self.predictor.model.test_time = self.test_time[mode]
-            result = self.predictor(image, vocabulary=entries, input_format="RGB")
+        result = self.predictor(
+            image, vocabulary=entries, input_format="RGB", test_time=self.test_time[mode]
+        )
         seconds = time.perf_counter() - start
         drawer = Segmenter(self.predictor, names, class_colors(names), threshold, legend=True)
         overlay = drawer.draw(image, result)
