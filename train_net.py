@@ -37,6 +37,7 @@ from detectron2.utils.logger import setup_logger
 
 from clipzss_d2.checkpoint import SafeCheckpointer
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets
+from clipzss_d2.diagnostics import PseudoLabelReport
 from clipzss_d2.entry import exit_on_user_error, load_config
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
@@ -166,6 +167,9 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():  # the writers run there; the scale must precede them
             hooks.insert(1, LogitScaleWriter())
             hooks.append(ModelFolderWriter(os.path.join(self.cfg.OUTPUT_DIR, "model")))
+        probe = unwrap(self.model).pseudo_label_probe  # MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS
+        if probe is not None:
+            hooks.append(PseudoLabelReport(probe, self.cfg.OUTPUT_DIR))
         return hooks
 
     @classmethod

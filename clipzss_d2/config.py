@@ -101,6 +101,12 @@ def add_clipzss_config(cfg):
     z.LOSS.FOCAL_GAMMA = 2.0
     z.LOSS.DICE_WEIGHT = 1.0
 
+    # Diagnostics that read ground truth training never sees (clipzss_d2/diagnostics): off
+    # unless asked for. PSEUDO_LABELS: share of the unlabelled area given a pseudo label and its
+    # purity, per class (needs full labels of the training images; for calibrating PLM).
+    z.DIAGNOSTICS = CN()
+    z.DIAGNOSTICS.PSEUDO_LABELS = False
+
     z.INFERENCE = CN()
     z.INFERENCE.MODE = "whole"  # whole | slide
     z.INFERENCE.SLIDE_CROP = 512

@@ -1,4 +1,4 @@
-"""tools/export_model.py: TorchScript and ONNX artefacts reproduce PyTorch and hold no CLIP."""
+"""tools/export_model.py (clipzss_d2.export): TorchScript and ONNX artefacts reproduce PyTorch and hold no CLIP."""
 
 import importlib.util
 import json
@@ -14,6 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from onnx import numpy_helper
 
+from clipzss_d2.export import check_no_clip, compare
 from clipzss_d2.predictor import OpenVocabularyPredictor
 
 from .helpers import TINY_CLIP, tiny_cfg
@@ -129,9 +130,9 @@ def test_bad_vocabulary_and_checks_fail_loudly(tiny, capsys):
     assert "blank" in capsys.readouterr().err and not (folder / "bad").exists()
     # The checks the tool relies on can fail.
     with pytest.raises(AssertionError, match="not the student's"):
-        tool.check_no_clip({"backbone.w": 10, "clip.token_embedding.weight": 5}, 100, "x")
+        check_no_clip({"backbone.w": 10, "clip.token_embedding.weight": 5}, 100, "x")
     with pytest.raises(AssertionError, match="more than the student's"):
-        tool.check_no_clip({"backbone.w": 10, "val_3": 5000}, 100, "x")
+        check_no_clip({"backbone.w": 10, "val_3": 5000}, 100, "x")
     expected = (torch.zeros(1, 4, 4, dtype=torch.int64), torch.ones(1, 4, 4))
-    assert tool.compare("x", (np.zeros((1, 4, 4)), np.ones((1, 4, 4))), expected) == []
-    assert tool.compare("x", (np.ones((1, 4, 4)), np.ones((1, 4, 4)) * 2), expected)
+    assert compare("x", (np.zeros((1, 4, 4)), np.ones((1, 4, 4))), expected) == []
+    assert compare("x", (np.ones((1, 4, 4)), np.ones((1, 4, 4)) * 2), expected)

@@ -1,6 +1,6 @@
-"""The deployable path (predictor, demo, export) builds and imports the student alone: no CLIP
-teacher, GLM, PLM or criterion. Checked in a fresh interpreter, since pytest itself imports
-everything."""
+"""The deployable path (predictor, demo, the export tool and clipzss_d2.export) builds and
+imports the student alone: no CLIP teacher, GLM, PLM or criterion. Checked in a fresh
+interpreter, since pytest itself imports everything."""
 
 import json
 import subprocess
@@ -25,6 +25,7 @@ PROBE = """
 import importlib.util, json, sys
 import numpy as np
 import clipzss_d2
+import clipzss_d2.export
 from clipzss_d2 import OpenVocabularyPredictor
 from tests.helpers import tiny_cfg
 
@@ -33,6 +34,7 @@ for name in ("demo/demo.py", "tools/export_model.py"):  # the entry points' own 
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 predictor = OpenVocabularyPredictor(tiny_cfg(), vocabulary="cat,sofa|couch")
 result = predictor(np.zeros((40, 48, 3), dtype=np.uint8))
+clipzss_d2.export.FixedVocabularySegmenter(predictor.model, ["cat", "sofa|couch"])
 modules = [m for m in TRAINING_ONLY if m in sys.modules]
 print(json.dumps({"shape": list(result.labels.shape), "modules": modules,
                   "plm": predictor.model.plm is None, "glm": predictor.model.glm is None}))

@@ -1,3 +1,4 @@
+import logging
 import os
 
 import open_clip
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 from clipzss_d2.modeling import clip_loading
 from clipzss_d2.modeling.clip_loading import CLIPWeightsUnavailableError, create_clip_model
-from clipzss_d2.modeling.text_classifier import TEMPLATE_SETS, TextClassifier
+from clipzss_d2.modeling.text_classifier import TEMPLATE_SETS, VILD_TEMPLATES, TextClassifier
 from clipzss_d2.vocabulary import VocabularyError
 
 from .helpers import TINY_CLIP
@@ -57,6 +58,47 @@ def test_matches_open_clip_zero_shot_classifier(tiny_weights, templates):
         num_classes_per_batch=2,
     ).T
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_miss_loads_the_text_tower_only(tiny_weights, tmp_path, caplog, monkeypatch):
+    """On a cache miss the classifier loads and holds CLIP's text tower, never its image tower,
+    and encodes exactly as open_clip's full model with those weights."""
+    reference = open_clip.create_model(TINY_CLIP).eval()
+    reference.load_state_dict(torch.load(tiny_weights))
+    text_numel = sum(p.numel() for n, p in reference.named_parameters() if "visual" not in n)
+    image_numel_at_load = []  # image-tower parameters of each model weights are loaded into
+    load = torch.nn.Module.load_state_dict
+
+    def spy(module, *args, **kwargs):
+        visual = getattr(module, "visual", None)
+        image_numel_at_load.append(sum(p.numel() for p in visual.parameters()) if visual else 0)
+        return load(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", spy)
+    clf = make(tiny_weights, cache_dir=str(tmp_path))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        ours = clf(CLASSES)
+    assert image_numel_at_load == [0]
+    assert clf.clip_loaded and clf._clip.visual is None
+    assert sum(p.numel() for p in clf._clip.parameters()) == text_numel
+    assert "initialized randomly" not in caplog.text  # the weights were loaded
+    expected = open_clip.build_zero_shot_classifier(
+        reference, open_clip.get_tokenizer(TINY_CLIP), CLASSES, list(VILD_TEMPLATES)
+    ).T
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    # the disk cache is keyed as before, and a fresh classifier reads it without CLIP
+    assert clf.cache_key(CLASSES) == {
+        "format": "1",
+        "model": TINY_CLIP,
+        "pretrained": tiny_weights,
+        "activation": "gelu",
+        "templates": list(VILD_TEMPLATES),
+        "classes": CLASSES,
+    }
+    warm = make(tiny_weights, cache_dir=str(tmp_path))
+    torch.testing.assert_close(warm(CLASSES), ours)
+    assert not warm.clip_loaded
 
 
 def test_synonyms_are_averaged(tiny_weights):

@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """The main job: CLIP-ZSS end to end on the built-in miniature world, on the CPU, in minutes.
 
-1. generate the world (synthetic scenes + label maps, seen/unseen split in the metadata);
-2. get the teacher: a tiny CLIP trained here on captions naming all classes (cached);
+1. generate the world (train / tune / test splits; seen/unseen split in the metadata);
+2. get the teacher: a tiny QuickGELU CLIP trained here on captions naming all classes (cached),
+   loaded from its state-dict file as users load OpenAI's weights;
 3. train the student with seen labels only (unseen pixels are ignored, unseen names unseen);
-4. evaluate mIoU(seen), mIoU(unseen), hIoU with the generalized zero-shot evaluator;
-5. run the demo on validation images with a vocabulary that includes the unseen names.
+4. evaluate mIoU(seen), mIoU(unseen), hIoU on the *test* split; pseudo-label share and purity
+   against the hidden labels (diagnostics, switched on here for runs with pseudo labels);
+5. run the demo on test images with a vocabulary that includes the unseen names.
 
     python tools/run_miniworld.py                      # the README's main job (full method)
-    python tools/run_miniworld.py --ablation           # baseline / +GLM / +PLM / full, 2 seeds
+    python tools/run_miniworld.py --ablation           # baseline / +GLM / +PLM / full, 3 seeds
     python tools/run_miniworld.py --ablation --reuse   # ... keeping the runs already finished
+    python tools/run_miniworld.py --tune               # the hyper-parameter search, tune split
 """
 
 import argparse
@@ -35,7 +38,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.errors import USER_ERRORS  # noqa: E402
 from clipzss_d2.miniworld import register_miniworld, world  # noqa: E402
-from clipzss_d2.miniworld.generate import generate_world  # noqa: E402
+from clipzss_d2.miniworld.generate import DEFAULT_COUNTS, generate_world  # noqa: E402
 from clipzss_d2.miniworld.train_teacher import (  # noqa: E402
     DEFAULT_TEACHER_PATH,
     TeacherConfig,
@@ -47,6 +50,13 @@ from train_net import Trainer  # noqa: E402
 
 VARIANTS = ("baseline", "glm-only", "plm-only", "full")
 METRICS = ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU", "pAcc")
+# The stated search (--tune): coordinate descent on the tune split, seed 0, full method; each
+# step keeps the best hIoU so far. Ties and anything not listed keep configs/miniworld values.
+TUNING_STEPS = (
+    ("MODEL.CLIPZSS.GLM.LOSS_WEIGHT", (0.1, 0.3, 1.0)),
+    ("MODEL.CLIPZSS.PLM.FUSION_THRESHOLD", (0.8, 0.9, 0.95)),
+)
+DIAGNOSTICS_FILE = "pseudo_label_diagnostics.json"
 logger = logging.getLogger("clipzss_d2.miniworld")
 
 
@@ -55,10 +65,10 @@ def stage(title):
     return time.perf_counter()
 
 
-def train_and_evaluate(variant, seed, args, teacher_path, world_root):
+def train_and_evaluate(variant, seed, args, teacher_path, extra=(), name=None):
     cfg = get_clipzss_cfg()
     cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / f"{variant}.yaml"))
-    out_dir = os.path.join(args.output, variant, f"seed{seed}")
+    out_dir = os.path.join(args.output, name or variant, f"seed{seed}")
     opts = [
         "MODEL.CLIPZSS.CLIP.PRETRAINED", teacher_path,
         "MODEL.CLIPZSS.TEXT.CACHE_DIR", os.path.join(args.output, "text_cache"),
@@ -67,7 +77,9 @@ def train_and_evaluate(variant, seed, args, teacher_path, world_root):
     ]  # fmt: skip
     if args.iters:
         opts += ["SOLVER.MAX_ITER", args.iters, "SOLVER.WARMUP_ITERS", min(100, args.iters // 10)]
-    cfg.merge_from_list(opts + args.opts)
+    cfg.merge_from_list(opts + list(extra) + args.opts)
+    # the diagnostics read hidden labels: asked for here, never on by default
+    cfg.MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS = bool(cfg.MODEL.CLIPZSS.PLM.PSEUDO_LABELS)
     cfg.freeze()
     finished = finished_run(out_dir, cfg)
     if finished is not None and args.reuse:
@@ -86,9 +98,30 @@ def train_and_evaluate(variant, seed, args, teacher_path, world_root):
     results = results["sem_seg"]
     minutes = (time.perf_counter() - start) / 60
     row = {k: results.get(k, float("nan")) for k in METRICS}
-    row.update(variant=variant, seed=seed, train_minutes=minutes, output_dir=out_dir)
+    row["unseen_iou"] = {c: results.get(f"IoU-{c}", float("nan")) for c in world.UNSEEN}
+    row["pseudo_labels"] = read_diagnostics(out_dir)
+    row.update(
+        variant=variant, seed=seed, train_minutes=minutes, output_dir=out_dir,
+        test_set=list(cfg.DATASETS.TEST), overrides=[str(v) for v in extra],
+    )  # fmt: skip
     atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(row, indent=2))
     return row
+
+
+def read_diagnostics(out_dir):
+    """Pseudo-label share and purity per unseen class (None for runs without pseudo labels)."""
+    try:
+        with open(os.path.join(out_dir, DIAGNOSTICS_FILE)) as f:
+            summary = json.load(f)
+    except OSError:
+        return None
+    per = summary["per_class"]
+    return {
+        "unseen_share": summary["unseen_share"],
+        "share": {c: per[c]["share"] for c in world.UNSEEN},
+        "purity": {c: per[c]["purity"] for c in world.UNSEEN},
+        "void_share": per["(void)"]["share"],
+    }
 
 
 def finished_run(out_dir, cfg):
@@ -112,10 +145,11 @@ def fmt(values):
 
 
 def results_table(rows, seeds):
-    """Markdown: one line per variant, mean ± population std over seeds, and every run."""
+    """Markdown: one line per variant (mean ± population std over seeds), per unseen class IoU
+    and pseudo-label share / purity, and every run."""
     header = "| method | mIoU(seen) | mIoU(unseen) | hIoU | mIoU(all) | train time (min) |\n"
     header += "|---|---:|---:|---:|---:|---:|\n"
-    lines = []
+    lines, classes = [], []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         runs = [r for r in rows if r["variant"] == variant]
         cells = [fmt([r[k] for r in runs]) for k in ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU")]
@@ -124,17 +158,80 @@ def results_table(rows, seeds):
             + " | ".join(cells)
             + f" | {fmt([r['train_minutes'] for r in runs])} |"
         )
+        for c in world.UNSEEN:
+            pseudo = [r["pseudo_labels"] for r in runs if r.get("pseudo_labels")]
+            share = [100 * p["share"][c] for p in pseudo if p["share"][c] is not None]
+            purity = [100 * p["purity"][c] for p in pseudo if p["purity"][c] is not None]
+            classes.append(
+                f"| {variant} | {c} | {fmt([r['unseen_iou'][c] for r in runs])} | "
+                f"{fmt(share) if pseudo else '-'} | {fmt(purity) if pseudo else '-'} |"
+            )
+    per_class = (
+        "\n\nPer unseen class: test IoU, and the pseudo labels of training against the hidden "
+        "labels (share of the class's unlabelled pixels given a pseudo label; purity of the "
+        "regions whose majority it is), %:\n\n"
+        "| method | class | IoU | pseudo share | pseudo purity |\n|---|---|---:|---:|---:|\n"
+        + "\n".join(classes)
+    )
     per_run = "\n\nPer run (seed: seen / unseen / hIoU):\n\n" + "\n".join(
         f"- {r['variant']}, seed {r['seed']}: {r['mIoU(seen)']:.1f} / {r['mIoU(unseen)']:.1f} / {r['hIoU']:.1f}"
         for r in rows
     )
-    note = f"\n\nmean ± std over seeds {list(seeds)}" if len(seeds) > 1 else ""
-    return header + "\n".join(lines) + note + per_run + "\n"
+    tested = sorted({d for r in rows for d in r.get("test_set", [])})
+    note = f"\n\nevaluated on {', '.join(tested)}"
+    note += f"; mean ± std over seeds {list(seeds)}" if len(seeds) > 1 else ""
+    return header + "\n".join(lines) + note + per_class + per_run + "\n"
+
+
+def _lookup(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def tune(args, teacher_path):
+    """The stated search on the tune split (TUNING_STEPS); returns the table and the choice."""
+    base = get_clipzss_cfg()
+    base.merge_from_file(str(ROOT / "configs" / "miniworld" / "full.yaml"))
+    chosen, rows, done = {}, [], {}
+    for key, values in TUNING_STEPS:
+        scored = []
+        for value in values:
+            setting = {k: _lookup(base, k) for k, _ in TUNING_STEPS}
+            setting.update(chosen)
+            setting[key] = value
+            ident = tuple(sorted(setting.items()))
+            if ident not in done:  # the config's own value was run in an earlier step
+                extra = [x for kv in setting.items() for x in kv]
+                extra += ["DATASETS.TEST", "('miniworld_tune',)"]
+                name = "tune/" + "_".join(f"{k.split('.')[-1]}={v}" for k, v in setting.items())
+                print(f"\n--- tune: {key} = {value} ({setting}) ---", flush=True)
+                row = train_and_evaluate("full", args.tune_seed, args, teacher_path, extra, name)
+                row["setting"] = setting
+                rows.append(row)
+                done[ident] = row
+            scored.append((done[ident]["hIoU"], value))
+        chosen[key] = max(scored, key=lambda sv: sv[0])[1]
+    lines = ["| setting | mIoU(seen) | mIoU(unseen) | hIoU |", "|---|---:|---:|---:|"]
+    for r in rows:
+        setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items())
+        lines.append(
+            f"| {setting} | {r['mIoU(seen)']:.1f} | {r['mIoU(unseen)']:.1f} | {r['hIoU']:.1f} |"
+        )
+    table = (
+        "Tuning (full method, miniworld_tune, seed "
+        f"{args.tune_seed}; coordinate search in this order, best hIoU kept):\n\n"
+        + "\n".join(lines)
+        + "\n\nchosen: "
+        + ", ".join(f"{k} {v}" for k, v in chosen.items())
+        + "\n"
+    )
+    return table, rows, chosen
 
 
 def run_demo(row, args, world_root):
     """The real demo script, as a user runs it, on a few validation images."""
-    images = sorted((Path(world_root) / "images" / "val").glob("*"))[: args.demo_images]
+    images = sorted((Path(world_root) / "images" / "test").glob("*"))[: args.demo_images]
     out = os.path.join(args.output, "demo")
     vocab = ",".join(world.CLASSES)
     cmd = [
@@ -159,15 +256,23 @@ def main(argv=None):
     ap.add_argument(
         "--variants", nargs="+", choices=VARIANTS, help="override the variants to train"
     )
-    ap.add_argument("--seeds", type=int, nargs="+", help="default: 0 (main job) or 0 1 (ablation)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", help="default: 0 (main job) or 0 1 2 (ablation)"
+    )
+    ap.add_argument(
+        "--tune",
+        action="store_true",
+        help="run the stated hyper-parameter search on the tune split instead (TUNING_STEPS)",
+    )
+    ap.add_argument("--tune-seed", type=int, default=0)
     ap.add_argument("--iters", type=int, default=0, help="override SOLVER.MAX_ITER")
     ap.add_argument(
         "--world-root",
         default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "miniworld"),
         help="where the generated world lives (default: $DETECTRON2_DATASETS/miniworld)",
     )
-    ap.add_argument("--num-train", type=int, default=3000)
-    ap.add_argument("--num-val", type=int, default=500)
+    for split, count in DEFAULT_COUNTS.items():
+        ap.add_argument(f"--num-{split}", type=int, default=count, help=f"{split} images")
     ap.add_argument(
         "--teacher-path", default=DEFAULT_TEACHER_PATH, help="cached teacher checkpoint"
     )
@@ -183,19 +288,20 @@ def main(argv=None):
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = ap.parse_args(argv)
     variants = args.variants or (VARIANTS if args.ablation else ("full",))
-    seeds = args.seeds or ([0, 1] if args.ablation else [0])
+    seeds = args.seeds or ([0, 1, 2] if args.ablation else [0])
     setup_logger(name="detectron2", abbrev_name="d2")
     setup_logger(name="clipzss_d2")
     timings = {}
 
     t = stage("1/5 world")
     world_root = args.world_root
-    manifest = generate_world(world_root, seed=0, num_train=args.num_train, num_val=args.num_val)
+    counts = {s: getattr(args, f"num_{s}") for s in DEFAULT_COUNTS}
+    manifest = generate_world(world_root, seed=0, counts=counts)
     register_miniworld(world_root)
     timings["world"] = time.perf_counter() - t
-    key = manifest["key"]
-    print(f"{world_root}: {key['num_train']} train / {key['num_val']} val images, "
-          f"{len(world.CLASSES)} classes, unseen = {', '.join(world.UNSEEN)}")  # fmt: skip
+    counts = " / ".join(f"{n} {s}" for s, n in manifest["key"]["counts"].items())
+    print(f"{world_root}: {counts} images, {len(world.CLASSES)} classes, "
+          f"unseen = {', '.join(world.UNSEEN)}")  # fmt: skip
 
     t = stage("2/5 teacher (tiny CLIP trained on captions naming all classes)")
     teacher_cfg = TeacherConfig(steps=args.teacher_steps) if args.teacher_steps else None
@@ -204,12 +310,23 @@ def main(argv=None):
     info = cached_teacher_info(teacher_path, teacher_cfg) or {}
     print(f"teacher: {teacher_path}; {json.dumps(info.get('eval', {}))}")
 
+    if args.tune:
+        t = stage(f"tuning on the tune split: at most {sum(len(v) for _, v in TUNING_STEPS)} runs")
+        table, rows, chosen = tune(args, teacher_path)
+        timings["tuning"] = time.perf_counter() - t
+        path = os.path.join(args.output, "tuning.md")
+        atomic_write_text(path, table)
+        payload = {"rows": rows, "chosen": chosen, "timings_s": timings}
+        atomic_write_text(path[:-3] + ".json", json.dumps(payload, indent=2))
+        print("\n" + table + f"\n(saved to {path})")
+        return rows
+
     rows = []
     t = stage(f"3-4/5 student training + evaluation: {', '.join(variants)} x seeds {seeds}")
     for variant in variants:
         for seed in seeds:
             print(f"\n--- {variant}, seed {seed} ---", flush=True)
-            rows.append(train_and_evaluate(variant, seed, args, teacher_path, world_root))
+            rows.append(train_and_evaluate(variant, seed, args, teacher_path))
     timings["students"] = time.perf_counter() - t
     table = results_table(rows, seeds)
     path = os.path.join(args.output, "ablation.md" if len(rows) > 1 else "results.md")

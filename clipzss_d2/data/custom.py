@@ -8,221 +8,32 @@
 or a dataset file (datasets/README.md, "Your own dataset") listed in `DATASETS.CUSTOM`, which
 registers `<name>_<split>` for each split. Registration reads nothing from disk; the first load
 of a dataset (detectron2's DatasetCatalog.get, before training starts) checks every image/label
-pair and every label value and stops with one message listing what is wrong.
+pair and every label value and stops with one message listing what is wrong (custom_checks.py).
 """
 
-import copy
 import json
-import logging
 import os
-import time
 from collections.abc import Sequence
 
-import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
-from ..errors import UserInputError
-from ..vocabulary import VocabularyError, parse_vocabulary
-from .classes import class_colors
+from .custom_checks import CustomDatasetError, check_classes, forget_checked, load_checked_pairs
+from .datasets import EVALUATOR_TYPE
 from .label_io import (
     LabelEncoding,
     LabelEncodingError,
     ignore_value,
-    read_label_map,
     register_label_encoding,
     unregister_label_encoding,
 )
 
-logger = logging.getLogger(__name__)
-
-EVALUATOR_TYPE = "gzss_sem_seg"
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MAX_SHOWN = 10
-
-
-class CustomDatasetError(UserInputError, ValueError):
-    """A user dataset (its call, its dataset file or its files) cannot be used as given."""
-
-
-_loaded: dict[str, list[dict]] = {}  # name -> checked records, so later loads are free
-
-
-def _check_classes(name, classes, unseen, prompts, colors):
-    if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
-        raise CustomDatasetError(
-            f"Dataset {name}: `classes` must be a non-empty list of class names (index = class id)."
-        )
-    classes = [str(c) for c in classes]
-    if len(set(classes)) != len(classes):
-        dup = sorted({c for c in classes if classes.count(c) > 1})
-        raise CustomDatasetError(f"Dataset {name}: class name(s) {dup} appear twice in `classes`.")
-    unseen = [str(u) for u in (unseen or [])]
-    missing = [u for u in unseen if u not in classes]
-    if missing:
-        raise CustomDatasetError(
-            f"Dataset {name}: unseen class(es) {missing} are not in the class list; spell them "
-            f"exactly as in `classes` ({', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''})."
-        )
-    if len(unseen) == len(classes):
-        raise CustomDatasetError(
-            f"Dataset {name}: every class is unseen; leave at least one seen class to train on."
-        )
-    if prompts is None:
-        prompt_list = list(classes)
-    elif isinstance(prompts, dict):
-        unknown = [k for k in prompts if k not in classes]
-        if unknown:
-            raise CustomDatasetError(
-                f"Dataset {name}: `prompts` names {unknown}, which are not in the class list."
-            )
-        prompt_list = [str(prompts.get(c, c)) for c in classes]
-    else:
-        prompt_list = [str(p) for p in prompts]
-        if len(prompt_list) != len(classes):
-            raise CustomDatasetError(
-                f"Dataset {name}: {len(prompt_list)} prompts for {len(classes)} classes; give one "
-                f"per class or a mapping class -> prompt."
-            )
-    try:
-        parse_vocabulary(prompt_list)
-    except VocabularyError as e:
-        raise CustomDatasetError(f"Dataset {name}: prompt names: {e}") from None
-    if colors is None:
-        colors = class_colors(len(classes))
-    elif len(colors) != len(classes):
-        raise CustomDatasetError(
-            f"Dataset {name}: {len(colors)} colours for {len(classes)} classes."
-        )
-    return classes, unseen, prompt_list, [tuple(int(v) for v in c) for c in colors]
-
-
-def _index_images(image_root: str, image_ext: str | None) -> dict[str, str]:
-    """{path relative to image_root without extension: full path}."""
-    exts = (image_ext.lower(),) if image_ext else IMAGE_EXTS
-    found = {}
-    for dirpath, _, files in os.walk(image_root):
-        for f in files:
-            stem, ext = os.path.splitext(f)
-            if ext.lower() in exts and not f.startswith("."):
-                rel = os.path.relpath(os.path.join(dirpath, stem), image_root)
-                found.setdefault(rel, os.path.join(dirpath, f))
-    return found
-
-
-def _list_labels(label_root: str, label_ext: str) -> dict[str, str]:
-    found = {}
-    for dirpath, _, files in os.walk(label_root):
-        for f in files:
-            if f.lower().endswith(label_ext.lower()) and not f.startswith("."):
-                rel = os.path.relpath(os.path.join(dirpath, f[: -len(label_ext)]), label_root)
-                found[rel] = os.path.join(dirpath, f)
-    return found
-
-
-def _bullets(items: list[str]) -> str:
-    shown = "\n  ".join(items[:MAX_SHOWN])
-    more = f"\n  ... and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else ""
-    return f"\n  {shown}{more}"
-
-
-def load_checked_pairs(
-    name: str,
-    image_root: str,
-    label_root: str,
-    encoding: LabelEncoding,
-    classes: list[str],
-    image_ext: str | None = None,
-    label_ext: str = ".png",
-    check_labels: bool = True,
-) -> list[dict]:
-    """Records of every label file with its image, after checking files, sizes and values."""
-    if name in _loaded:
-        return copy.deepcopy(_loaded[name])
-    for what, folder in (("image", image_root), ("label", label_root)):
-        if not os.path.isdir(folder):
-            raise CustomDatasetError(
-                f"Dataset {name}: {what} folder {folder} does not exist; fix the path given at "
-                f"registration (relative paths in a dataset file are relative to that file)."
-            )
-    labels = _list_labels(label_root, label_ext)
-    if not labels:
-        raise CustomDatasetError(
-            f"Dataset {name}: no {label_ext} label file in {label_root}; check label_root and "
-            f"label_ext."
-        )
-    images = _index_images(image_root, image_ext)
-    missing = sorted(labels[k] for k in labels if k not in images)
-    if missing:
-        raise CustomDatasetError(
-            f"Dataset {name}: {len(missing)} of {len(labels)} label files have no image of the "
-            f"same name in {image_root}; add the images, remove those labels or set image_ext:"
-            f"{_bullets(missing)}"
-        )
-    unlabelled = len(images) - len(labels)
-    if unlabelled > 0:
-        logger.warning(
-            f"Dataset {name}: {unlabelled} images in {image_root} have no label; unused."
-        )
-
-    problems, present = [], np.zeros(65536, dtype=bool)
-    start, last = time.monotonic(), time.monotonic()
-    keys = sorted(labels)
-    for n, key in enumerate(keys):
-        label_path, image_path = labels[key], images[key]
-        try:
-            with Image.open(image_path) as img:
-                iw, ih = img.size
-        except Exception as e:
-            problems.append(f"{image_path}: cannot be read as an image ({type(e).__name__})")
-            continue
-        try:
-            if check_labels:
-                label = read_label_map(label_path, encoding=encoding)
-                lh, lw = label.shape[:2]
-                present[np.unique(label)] = True
-            else:
-                with Image.open(label_path) as lab:
-                    lw, lh = lab.size
-        except LabelEncodingError as e:
-            problems.append(str(e))
-            continue
-        except Exception as e:
-            problems.append(
-                f"{label_path}: cannot be read as a label PNG ({type(e).__name__}: {e})"
-            )
-            continue
-        if (lh, lw) != (ih, iw):
-            problems.append(
-                f"size mismatch: label {label_path} is {lw}x{lh} but image {image_path} is "
-                f"{iw}x{ih} (width x height)"
-            )
-        if time.monotonic() - last > 30:  # plain log lines: readable in files and CI logs
-            last = time.monotonic()
-            logger.info(f"Dataset {name}: checked {n + 1}/{len(keys)} label files ...")
-    if problems:
-        raise CustomDatasetError(
-            f"Dataset {name}: {len(problems)} of {len(keys)} image/label pairs are unusable; fix "
-            f"the files, or the classes / label_encoding if every file is listed:"
-            f"{_bullets(problems)}"
-        )
-    if check_labels:
-        never = [c for i, c in enumerate(classes) if not present[i]]
-        if never:
-            logger.warning(
-                f"Dataset {name}: class(es) {never[:MAX_SHOWN]} occur in no label file "
-                f"({len(never)} of {len(classes)}); if that is unexpected, check the class order "
-                f"and label_encoding offset."
-            )
-        logger.info(
-            f"Dataset {name}: {len(keys)} image/label pairs checked in "
-            f"{time.monotonic() - start:.1f}s."
-        )
-    records = [
-        {"file_name": images[k], "sem_seg_file_name": labels[k], "image_id": k} for k in keys
-    ]
-    _loaded[name] = records
-    return copy.deepcopy(records)
+__all__ = [
+    "CustomDatasetError",
+    "read_dataset_file",
+    "register_custom_datasets",
+    "register_dataset_file",
+    "register_zeroshot_sem_seg",
+]
 
 
 def register_zeroshot_sem_seg(
@@ -252,7 +63,7 @@ def register_zeroshot_sem_seg(
     check_labels: False skips decoding every label when the dataset is first loaded (sizes and
         files are still checked from the headers); for very large, already verified datasets.
     """
-    classes, unseen, prompt_names, colors = _check_classes(name, classes, unseen, prompts, colors)
+    classes, unseen, prompt_names, colors = check_classes(name, classes, unseen, prompts, colors)
     try:
         encoding = LabelEncoding.create(len(classes), label_encoding)
     except LabelEncodingError as e:
@@ -260,7 +71,7 @@ def register_zeroshot_sem_seg(
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    _loaded.pop(name, None)
+    forget_checked(name)
     unregister_label_encoding(name)
     register_label_encoding(label_root, encoding, name)
     args = (name, image_root, label_root, encoding, classes, image_ext, label_ext, check_labels)

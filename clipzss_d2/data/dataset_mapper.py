@@ -79,6 +79,9 @@ class ZeroShotSemSegDatasetMapper:
     Output: image (CHW uint8 tensor in `image_format`), sem_seg (HW int64), height and width of
     the original image, file_name, and image_size: (height, width) of the image inside the
     (possibly padded) tensor, so the model can tell padding from image.
+    With `hidden_labels` (MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS), training outputs also carry
+    `hidden_sem_seg`: the full ids, unseen classes included, augmented and padded like sem_seg,
+    for diagnostics only (clipzss_d2/diagnostics); no loss reads them.
     """
 
     @configurable
@@ -95,6 +98,7 @@ class ZeroShotSemSegDatasetMapper:
         size_divisibility: int = -1,
         pad_value: Sequence[int] | int = 0,
         vocabulary: Sequence[str] | None = None,
+        hidden_labels: bool = False,
     ):
         """
         Args:
@@ -106,6 +110,7 @@ class ZeroShotSemSegDatasetMapper:
             pad_value: image value of padded pixels (per channel or one value).
             vocabulary: test time: the entries each output's "vocabulary" carries to the model
                 (the dataset's prompt names), so the batch names its own class list.
+            hidden_labels: training: also output the full labels as `hidden_sem_seg`.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -116,6 +121,7 @@ class ZeroShotSemSegDatasetMapper:
         self.pad_to = tuple(pad_to) if pad_to else None
         self.size_divisibility = size_divisibility
         self.pad_value = pad_value
+        self.hidden_labels = hidden_labels and is_train
         self.vocabulary = list(vocabulary) if vocabulary else None
         if self.label_map is not None:
             out = self.label_map[(self.label_map >= 0) & (self.label_map != ignore_label)]
@@ -180,6 +186,7 @@ class ZeroShotSemSegDatasetMapper:
                 "pad_to": pad_to,
                 "size_divisibility": cfg.INPUT.get("SIZE_DIVISIBILITY", -1),
                 "pad_value": [int(round(v)) for v in mean] if len(mean) > 1 else int(mean[0]),
+                "hidden_labels": cfg.MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS,
             }
         augs = []
         if cfg.INPUT.MIN_SIZE_TEST > 0:
@@ -261,11 +268,18 @@ class ZeroShotSemSegDatasetMapper:
             raise ValueError(f"Training record of {dataset_dict['file_name']} has no label map")
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
-        self.augmentations(aug_input)
+        transforms = self.augmentations(aug_input)
         image, sem_seg = aug_input.image, aug_input.sem_seg
         image_size = tuple(int(v) for v in image.shape[:2])
+        hidden = None
+        if self.hidden_labels:  # the same geometry, full ids (float32: exact, resizable)
+            full = read_label_map(dataset_dict["sem_seg_file_name"]).astype(np.float32)
+            hidden = transforms.apply_segmentation(full)
         if self.is_train:
-            image, sem_seg = self._pad(image, sem_seg)
+            padded_image, sem_seg = self._pad(image, sem_seg)
+            if hidden is not None:
+                hidden = self._pad(image, hidden)[1]
+            image = padded_image
 
         if self.is_train and self.num_output_classes is not None:
             bad = (sem_seg != self.ignore_label) & (sem_seg >= self.num_output_classes)
@@ -280,6 +294,8 @@ class ZeroShotSemSegDatasetMapper:
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype(np.int64))
+        if hidden is not None:
+            dataset_dict["hidden_sem_seg"] = torch.as_tensor(hidden.astype(np.int64))
         dataset_dict["height"], dataset_dict["width"] = height, width
         dataset_dict["image_size"] = image_size
         if self.vocabulary is not None:

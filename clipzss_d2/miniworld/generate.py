@@ -1,14 +1,17 @@
 """Write the miniature world to disk in the layout of a real semantic-segmentation dataset.
 
-    <root>/images/{train,val}/000000.jpg                    RGB JPEG
-    <root>/annotations_detectron2/{train,val}/000000.png    uint8 class ids, 255 = ignore
-    <root>/manifest.json                                    written last: the world is complete
+    <root>/images/{train,tune,test}/000000.jpg                   RGB JPEG
+    <root>/annotations_detectron2/{train,tune,test}/000000.png   uint8 class ids, 255 = ignore
+    <root>/manifest.json                                         written last: the world is complete
+
+Three splits from three random streams: `train` for training, `tune` for every choice of a
+hyper-parameter, `test` for the figures that are reported.
 
 Image i of a split depends only on (seed, split, i), so any number of worker processes writes the
 same bytes, and a re-run with the same seed and parameters finds the manifest and does nothing.
 
     python -m clipzss_d2.miniworld generate --root datasets/miniworld --seed 0 \
-        --num-train 3000 --num-val 500
+        --num-train 3000 --num-tune 300 --num-test 500
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ..utils.io import atomic_write_bytes, atomic_write_text
+from . import render as R
 from . import world as W
 
 logger = logging.getLogger(__name__)
@@ -33,10 +37,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 IMAGE_DIR = "images"
 LABEL_DIR = "annotations_detectron2"
-SPLITS = ("train", "val")
-_SPLIT_STREAM = {"train": 0, "val": 1}
-DEFAULT_NUM_TRAIN = 3000
-DEFAULT_NUM_VAL = 500
+SPLITS = ("train", "tune", "test")
+_SPLIT_STREAM = {"train": 0, "tune": 2, "test": 1}  # test keeps version 1's validation stream
+DEFAULT_COUNTS = {"train": 3000, "tune": 300, "test": 500}
 DEFAULT_JPEG_QUALITY = 90
 
 
@@ -62,15 +65,16 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM[split], index]))
 
 
-def render_item(seed: int, split: str, index: int, params: W.WorldParams) -> W.Rendered:
+def render_item(seed: int, split: str, index: int, params: W.WorldParams) -> R.Rendered:
     """The scene stored as image `index` of `split` (also used by tests to re-derive it)."""
-    return W.make_sample(sample_rng(seed, split, index), params)
+    return R.make_sample(sample_rng(seed, split, index), params)
 
 
-def _write_range(job: tuple) -> np.ndarray:
+def _write_range(job: tuple) -> tuple[np.ndarray, list[list[int]]]:
     root, seed, split, start, stop, params_dict, quality = job
     params = W.WorldParams.from_dict(params_dict)
     pixels = np.zeros(256, np.int64)
+    sizes = []
     for i in range(start, stop):
         r = render_item(seed, split, i, params)
         ok1, jpg = cv2.imencode(".jpg", r.image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -80,7 +84,8 @@ def _write_range(job: tuple) -> np.ndarray:
         atomic_write_bytes(image_path(root, split, i), jpg.tobytes())
         atomic_write_bytes(label_path(root, split, i), png.tobytes())
         pixels += np.bincount(r.label.ravel(), minlength=256)
-    return pixels
+        sizes.append(list(r.label.shape))
+    return pixels, sizes
 
 
 def _pool_context():
@@ -99,13 +104,12 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
-def world_key(seed: int, num_train: int, num_val: int, params: W.WorldParams, quality: int) -> dict:
+def world_key(seed: int, counts: dict[str, int], params: W.WorldParams, quality: int) -> dict:
     """What identifies a generated world; a manifest with the same key means nothing to do."""
     return {
         "world_version": W.WORLD_VERSION,
         "seed": seed,
-        "num_train": num_train,
-        "num_val": num_val,
+        "counts": {s: int(counts[s]) for s in SPLITS},
         "jpeg_quality": quality,
         "params": params.to_dict(),
     }
@@ -126,8 +130,7 @@ class WorldExistsError(UserInputError, RuntimeError):
 def generate_world(
     root: str | None = None,
     seed: int = 0,
-    num_train: int = DEFAULT_NUM_TRAIN,
-    num_val: int = DEFAULT_NUM_VAL,
+    counts: dict[str, int] | None = None,
     params: W.WorldParams | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     workers: int | None = None,
@@ -136,7 +139,8 @@ def generate_world(
     """Generate (or find already generated) the world at `root`; returns its manifest."""
     root = root or default_root()
     params = params or W.WorldParams()
-    key = world_key(seed, num_train, num_val, params, jpeg_quality)
+    counts = {**DEFAULT_COUNTS, **(counts or {})}
+    key = world_key(seed, counts, params, jpeg_quality)
     existing = read_manifest(root)
     if existing is not None:
         if existing.get("key") == key:
@@ -145,13 +149,12 @@ def generate_world(
         if not overwrite:
             raise WorldExistsError(
                 f"{root} holds a MiniWorld generated with other settings "
-                f"(seed {existing.get('key', {}).get('seed')}, "
-                f"{existing.get('key', {}).get('num_train')} train / "
-                f"{existing.get('key', {}).get('num_val')} val). Pass --overwrite to replace it, "
+                f"(seed {existing.get('key', {}).get('seed')}, world version "
+                f"{existing.get('key', {}).get('world_version')}, counts "
+                f"{existing.get('key', {}).get('counts')}). Pass --overwrite to replace it, "
                 f"or choose another --root."
             )
         os.remove(os.path.join(root, MANIFEST))  # the world is incomplete until rewritten
-    counts = {"train": num_train, "val": num_val}
     for split in SPLITS:
         os.makedirs(os.path.join(root, IMAGE_DIR, split), exist_ok=True)
         os.makedirs(os.path.join(root, LABEL_DIR, split), exist_ok=True)
@@ -170,8 +173,10 @@ def generate_world(
     else:
         results = [_write_range(j) for j in jobs]
     pixels = {s: np.zeros(256, np.int64) for s in SPLITS}
-    for job, px in zip(jobs, results):
+    sizes: dict[str, list] = {s: [] for s in SPLITS}
+    for job, (px, job_sizes) in zip(jobs, results):  # jobs are in index order per split
         pixels[job[2]] += px
+        sizes[job[2]] += job_sizes
     seconds = time.time() - start
     manifest = {
         "format": "clipzss-miniworld",
@@ -188,6 +193,7 @@ def generate_world(
                 "count": counts[s],
                 "class_pixels": {c: int(pixels[s][i]) for i, c in enumerate(W.CLASSES)},
                 "ignore_pixels": int(pixels[s][W.IGNORE_LABEL]),
+                "sizes": sizes[s],  # (height, width) of each image, in index order
             }
             for s in SPLITS
         },
@@ -195,10 +201,9 @@ def generate_world(
     # no timing inside: the same seed must give the same bytes, manifest included
     atomic_write_text(os.path.join(root, MANIFEST), json.dumps(manifest, indent=1) + "\n")
     logger.info(
-        "MiniWorld written to %s: %d train + %d val images in %.1f s (%d workers).",
+        "MiniWorld written to %s: %s images in %.1f s (%d workers).",
         root,
-        num_train,
-        num_val,
+        " + ".join(f"{counts[s]} {s}" for s in SPLITS),
         seconds,
         workers,
     )
@@ -223,9 +228,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--root", default=None, help=f"output folder (default {default_root()})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
-    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
-    parser.add_argument("--image-size", type=int, default=W.WorldParams.image_size)
+    for split in SPLITS:
+        parser.add_argument(f"--num-{split}", type=int, default=DEFAULT_COUNTS[split])
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
     parser.add_argument(
         "--workers",
@@ -243,9 +247,8 @@ def main(argv=None) -> int:
     manifest = generate_world(
         root,
         seed=args.seed,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        params=W.WorldParams(image_size=args.image_size),
+        counts={s: getattr(args, f"num_{s}") for s in SPLITS},
+        params=W.WorldParams(),
         jpeg_quality=args.jpeg_quality,
         workers=args.workers,
         overwrite=args.overwrite,

@@ -3,9 +3,12 @@
 No real CLIP weights can be downloaded on offline machines, so the miniature benchmark brings its
 own teacher. It is a plain open_clip `CLIP` built from `clip_configs/ClipZSS-MiniWorld.json` with
 open_clip's tokenizer and `ClipLoss`, trained on freshly rendered scenes whose captions name every
-class, seen and unseen (as the real CLIP saw sheep and sofas on the web). The result is a plain
-state_dict that `create_clip_model("ClipZSS-MiniWorld", path, activation="gelu")` loads like a
-downloaded open_clip checkpoint, so the teacher and text-classifier code run unchanged.
+class, seen and unseen (as the real CLIP saw sheep and sofas on the web). It is built and trained
+with QuickGELU, as OpenAI's CLIP was, and saved the way OpenAI's weights reach users who load them
+from a file: a plain state_dict beside an architecture config that does not name the activation,
+so the same config route applies (MODEL.CLIPZSS.CLIP.PRETRAINED <file>,
+MODEL.CLIPZSS.CLIP.ACTIVATION quick_gelu) and the same mistake (gelu) silently costs accuracy.
+Config: teacher_config.py; data: teacher_data.py; probes: teacher_eval.py.
 
     python -m clipzss_d2.miniworld train-teacher [--output PATH] [--steps N] [--force]
 """
@@ -14,162 +17,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 
 from ..modeling.clip_loading import create_clip_model
 from ..utils.io import atomic_write_path, atomic_write_text
-from ..utils.progress import progress  # also registers ClipZSS-* configs
-from . import world as W
+from ..utils.progress import progress
+from .teacher_config import DEFAULT_TEACHER_PATH, MODEL_NAME, TeacherConfig, model_image_size
+from .teacher_data import Batches, batch_loader
+from .teacher_eval import evaluate_teacher
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "ClipZSS-MiniWorld"
-DEFAULT_TEACHER_PATH = os.path.join("output", "miniworld", "teacher", "clip_miniworld.pt")
-# Independent random streams, so teacher images never coincide with the dataset's images.
-STREAM_TRAIN, STREAM_EVAL = 1001, 1002
-# Bump when the training code changes in a way the config does not capture (invalidates caches).
-TRAINER_VERSION = 1
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """Everything the trained weights depend on; its hash names a cached checkpoint."""
-
-    model_name: str = MODEL_NAME
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    seed: int = 0
-    jpeg_quality: int = 90
-    # Scenes as in the dataset, at the model's input size (0 = read it from the model config).
-    world: W.WorldParams = field(default_factory=lambda: W.WorldParams(image_size=0))
-
-    def resolved(self) -> TeacherConfig:
-        """Fill in the image size from the open_clip config so the hash sees the real value."""
-        if self.world.image_size:
-            return self
-        size = model_image_size(self.model_name)
-        return dataclasses.replace(self, world=dataclasses.replace(self.world, image_size=size))
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["world"] = self.world.to_dict()
-        return d
-
-    def fingerprint(self) -> str:
-        cfg = self.resolved()
-        payload = {
-            "trainer_version": TRAINER_VERSION,
-            "world_version": W.WORLD_VERSION,
-            "config": cfg.to_dict(),
-            "model_cfg": open_clip.get_model_config(cfg.model_name),
-        }
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def model_image_size(model_name: str) -> int:
-    model_cfg = open_clip.get_model_config(model_name)
-    if model_cfg is None:
-        raise ValueError(f"Unknown open_clip model config {model_name!r}")
-    size = model_cfg["vision_cfg"]["image_size"]
-    return int(size if isinstance(size, int) else size[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-
-class Batches:
-    """Deterministic image-caption batches: batch i depends only on (seed, stream, i)."""
-
-    def __init__(self, model: open_clip.CLIP, cfg: TeacherConfig, stream: int = STREAM_TRAIN):
-        self.cfg = cfg = cfg.resolved()
-        self.stream = stream
-        self.tokenizer = open_clip.get_tokenizer(cfg.model_name)
-        pp = open_clip.get_model_preprocess_cfg(model)
-        self.mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
-        self.std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
-
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence([self.cfg.seed, self.stream, index]))
-
-    def to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-        return (x - self.mean) / self.std
-
-    def render(self, index: int, params: W.WorldParams, n: int) -> list[W.Rendered]:
-        rng = self.rng(index)
-        out = []
-        for _ in range(n):
-            r = W.make_sample(rng, params)
-            if self.cfg.jpeg_quality:
-                r.image = W.jpeg_roundtrip(r.image, self.cfg.jpeg_quality)
-            out.append(r)
-        return out
-
-    def __call__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = self.rng(index)
-        images, captions = [], []
-        for _ in range(self.cfg.batch_size):
-            r = W.make_sample(rng, self.cfg.world)
-            captions.append(W.make_caption(r, self.cfg.world, rng))
-            img = r.image
-            if self.cfg.jpeg_quality:
-                img = W.jpeg_roundtrip(img, self.cfg.jpeg_quality)
-            images.append(img)
-        return self.to_tensor(images), self.tokenizer(captions)
-
-
-class _StepDataset(torch.utils.data.Dataset):
-    """Batch i of the stream as item i, so a loader worker renders ahead of the training step."""
-
-    def __init__(self, batches: Batches, steps: int):
-        self.batches, self.steps = batches, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int):
-        return self.batches(index)
-
-
-def _worker_init(_: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-def _batch_loader(batches: Batches, steps: int, workers: int):
-    dataset = _StepDataset(batches, steps)
-    if workers <= 0:
-        return (dataset[i] for i in range(steps))
-    # spawn, not fork: a child forked from a process whose OpenMP/cv2 pools have run can hang in
-    # its first cv2 call. Batches depend on the index only, so the weights do not depend on the
-    # number of workers.
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=2,
-        multiprocessing_context="spawn",
-        worker_init_fn=_worker_init,
-    )
+__all__ = ["DEFAULT_TEACHER_PATH", "TeacherConfig", "get_miniworld_teacher", "train_teacher"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,16 +68,32 @@ def _lr_at(step: int, cfg: TeacherConfig) -> float:
 def train_teacher(
     cfg: TeacherConfig, progress: bool = True, workers: int | None = None
 ) -> tuple[open_clip.CLIP, dict]:
-    """Train from scratch; same config, same machine and thread count -> same weights."""
+    """Train from scratch; same config and torch build -> same weights (cfg.threads is fixed)."""
     cfg = cfg.resolved()
-    if cfg.world.image_size != model_image_size(cfg.model_name):
+    size = model_image_size(cfg.model_name)
+    if (cfg.world.min_short_side, cfg.world.max_short_side, cfg.world.max_aspect) != (
+        size,
+        size,
+        1,
+    ):
         raise ValueError(
-            f"World image size {cfg.world.image_size} differs from {cfg.model_name}'s input "
-            f"size {model_image_size(cfg.model_name)}."
+            f"The teacher's images must be {size} x {size} ({cfg.model_name}'s input size); use "
+            f"WorldParams.square({size})."
         )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, progress, workers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TeacherConfig, progress: bool, workers: int | None):
     torch.manual_seed(cfg.seed)
     with _quiet_open_clip():
-        model = open_clip.create_model(cfg.model_name, pretrained=None)
+        model = open_clip.create_model(
+            cfg.model_name, pretrained=None, quick_gelu=cfg.activation == "quick_gelu"
+        )
     model.train()
     batches = Batches(model, cfg)
     loss_fn = open_clip.ClipLoss()
@@ -221,9 +104,9 @@ def train_teacher(
     history = []
     data_time = 0.0
     start, cpu_start = time.time(), time.process_time()
-    if workers is None:  # render in another process only if torch leaves a core free
-        workers = 1 if (os.cpu_count() or 1) > torch.get_num_threads() else 0
-    loader = iter(_batch_loader(batches, cfg.steps, workers))
+    if workers is None:  # render in another process if torch leaves a core free
+        workers = 1 if (os.cpu_count() or 1) > cfg.threads else 0
+    loader = iter(batch_loader(batches, cfg.steps, workers))
     bar = _progress(range(cfg.steps), progress, desc="miniworld CLIP")
     for step in bar:
         for g in opt.param_groups:
@@ -254,160 +137,6 @@ def train_teacher(
         "loader_workers": workers,
     }
     return model, info
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def encode_names(
-    model: open_clip.CLIP, model_name: str, names, template="a photo of a {}."
-) -> torch.Tensor:
-    tokenizer = open_clip.get_tokenizer(model_name)
-    t = model.encode_text(tokenizer([template.format(n) for n in names]))
-    return F.normalize(t, dim=-1)
-
-
-@torch.no_grad()
-def image_tokens(model: open_clip.CLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLS embedding (B x C) and patch tokens in the joint space (B x h x w x C), both normalised,
-    of CLIP-normalised images: the student's teacher itself ('plain' dense mode), so the probes
-    measure exactly what training uses. (Freezes ``model.visual``: evaluation comes last.)"""
-    from ..modeling.teacher import CLIPTeacher  # training-only: not imported with the package
-
-    teacher = CLIPTeacher(
-        visual=model.visual, clip_mean=(0.0,) * 3, clip_std=(1.0,) * 3, precision="fp32"
-    )
-    out = teacher.encode(images.to(teacher.dtype))
-    patches = F.normalize(out.patch_embed, dim=1).permute(0, 2, 3, 1)
-    return F.normalize(out.cls_embed, dim=-1), patches
-
-
-def _patch_labels(labels: np.ndarray, patch: int, purity: float) -> np.ndarray:
-    """Majority class per patch (B x h x w), -1 where the patch is mixed or mostly ignored."""
-    b, hh, ww = labels.shape
-    h, w = hh // patch, ww // patch
-    blocks = labels[:, : h * patch, : w * patch].reshape(b, h, patch, w, patch)
-    blocks = blocks.transpose(0, 1, 3, 2, 4).reshape(-1, patch * patch).astype(np.int64)
-    nc = len(W.CLASSES) + 1  # last bin: ignore
-    blocks = np.where(blocks == W.IGNORE_LABEL, nc - 1, blocks)
-    flat = blocks + nc * np.arange(len(blocks))[:, None]
-    counts = np.bincount(flat.ravel(), minlength=nc * len(blocks)).reshape(-1, nc)
-    major = counts.argmax(-1)
-    major[(counts.max(-1) < purity * patch * patch) | (major == nc - 1)] = -1
-    return major.reshape(b, h, w)
-
-
-@torch.no_grad()
-def evaluate_teacher(
-    model: open_clip.CLIP,
-    model_name: str = MODEL_NAME,
-    num_images: int = 400,
-    seed: int = 0,
-    world: W.WorldParams | None = None,
-    jpeg_quality: int = 90,
-    batch_size: int = 100,
-) -> dict:
-    """Zero-shot accuracy on fresh single-object / stuff-only images and patch-token quality."""
-    model.eval()
-    size = model_image_size(model_name)
-    base = world or W.WorldParams(image_size=size)
-    cfg = TeacherConfig(model_name=model_name, seed=seed, jpeg_quality=jpeg_quality, world=base)
-    batches = Batches(model, cfg, stream=STREAM_EVAL)
-    things, stuff = list(base.things), list(base.stuff)
-    results: dict = {"num_images": num_images}
-
-    def run(params: W.WorldParams, offset: int):
-        rendered = []
-        for start in range(0, num_images, batch_size):
-            n = min(batch_size, num_images - start)
-            rendered += batches.render(offset + start, params, n)
-        x = batches.to_tensor([r.image for r in rendered])
-        cls, patches = zip(
-            *(image_tokens(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size))
-        )
-        return rendered, torch.cat(cls), torch.cat(patches)
-
-    # 1) one object, no clutter: which thing is it? (over thing names, as in CLIP's zero-shot use)
-    single = dataclasses.replace(
-        base, min_objects=1, max_objects=1, empty_prob=0.0, clutter_prob=0.0
-    )
-    rendered, cls, _ = run(single, 0)
-    text = encode_names(model, model_name, things)
-    pred = (cls @ text.T).argmax(1).numpy()
-    truth = np.array([things.index(r.scene.things[0].name) for r in rendered])
-    results["thing_zero_shot_acc"] = float((pred == truth).mean())
-    for split, members in (
-        ("seen", [c for c in things if c not in W.UNSEEN]),
-        ("unseen", [c for c in things if c in W.UNSEEN]),
-    ):
-        sel = np.isin(truth, [things.index(c) for c in members])
-        if sel.any():
-            results[f"thing_zero_shot_acc_{split}"] = float((pred[sel] == truth[sel]).mean())
-    results["thing_chance"] = 1.0 / len(things)
-    typical = np.array([r.scene.things[0].typical_colour for r in rendered])
-    for key, sel in (("typical_colour", typical), ("other_colour", ~typical)):
-        if sel.any():
-            results[f"thing_zero_shot_acc_{key}"] = float((pred[sel] == truth[sel]).mean())
-    results["thing_zero_shot_acc_per_class"] = {
-        c: round(float((pred[truth == i] == i).mean()), 3)
-        for i, c in enumerate(things)
-        if (truth == i).any()
-    }
-
-    # 2) background only: which texture?
-    if len(stuff) > 1:
-        plain = dataclasses.replace(
-            base, max_objects=0, min_objects=0, second_stuff_prob=0.0, clutter_prob=0.0
-        )
-        rendered, cls, _ = run(plain, 10_000)
-        text = encode_names(model, model_name, stuff)
-        pred = (cls @ text.T).argmax(1).numpy()
-        truth = np.array([stuff.index(r.scene.stuff[0].name) for r in rendered])
-        results["stuff_zero_shot_acc"] = float((pred == truth).mean())
-
-    # 3) dataset-like scenes: patch tokens against text and against each other
-    rendered, _, patches = run(base, 20_000)
-    patch = size // patches.shape[1]
-    labels = _patch_labels(np.stack([r.label for r in rendered]), patch, purity=0.75)
-    names = list(W.CLASSES)
-    text = encode_names(model, model_name, names)
-    valid = labels >= 0
-    tok = patches[torch.from_numpy(valid)]
-    lab = labels[valid]
-    patch_pred = (tok @ text.T).argmax(1).numpy()
-    results["patch_text_acc"] = float((patch_pred == lab).mean())
-    results["patch_chance"] = 1.0 / len(names)
-    unseen_ids = [W.CLASS_ID[c] for c in W.UNSEEN]
-    sel = np.isin(lab, unseen_ids)
-    if sel.any():
-        results["patch_text_acc_unseen"] = float((patch_pred[sel] == lab[sel]).mean())
-    # cosine similarity of patch tokens: pooled over images (subsampled) and within each image
-    gen = np.random.default_rng(seed)
-    idx = gen.choice(len(lab), size=min(4000, len(lab)), replace=False)
-    sim = (tok[idx] @ tok[idx].T).numpy()
-    same = lab[idx][:, None] == lab[idx][None, :]
-    off = ~np.eye(len(idx), dtype=bool)
-    results["patch_cos_same_class"] = float(sim[same & off].mean())
-    results["patch_cos_diff_class"] = float(sim[~same].mean())
-    s_in, d_in = [], []
-    for b in range(len(rendered)):
-        v = valid[b]
-        if v.sum() < 2:
-            continue
-        t = patches[b][torch.from_numpy(v)]
-        lb = labels[b][v]
-        sm = (t @ t.T).numpy()
-        sa = lb[:, None] == lb[None, :]
-        o = ~np.eye(len(lb), dtype=bool)
-        if (sa & o).any():
-            s_in.append(sm[sa & o].mean())
-        if (~sa).any():
-            d_in.append(sm[~sa].mean())
-    results["patch_cos_same_class_within_image"] = float(np.mean(s_in))
-    results["patch_cos_diff_class_within_image"] = float(np.mean(d_in))
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,8 +239,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch threads (0 = torch default); 1 is much faster on a machine shared with other jobs",
+        default=TeacherConfig.threads,
+        help=f"torch threads while training (default {TeacherConfig.threads}; part of the "
+        "config fingerprint: another count trains slightly different weights)",
     )
     parser.add_argument(
         "--workers",
@@ -522,13 +252,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipzss_d2").setLevel(logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.eval_only:
-        model = create_clip_model(args.model_name, pretrained=args.output, activation="gelu")
-        world = dataclasses.replace(
-            TeacherConfig().world, image_size=model_image_size(args.model_name)
+        model = create_clip_model(
+            args.model_name, pretrained=args.output, activation=TeacherConfig.activation
         )
+        world = TeacherConfig().world.square(model_image_size(args.model_name))
         print(
             json.dumps(
                 evaluate_teacher(model, args.model_name, seed=args.seed, world=world), indent=2
@@ -541,6 +269,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        threads=args.threads,
     )
     path = get_miniworld_teacher(
         args.output, cfg, force=args.force, evaluate=not args.no_eval, workers=args.workers
@@ -549,7 +278,9 @@ def main(argv=None) -> int:
         info = json.load(f)
     print(json.dumps({k: v for k, v in info.items() if k != "config"}, indent=2))
     print(f"checkpoint: {path}")
-    print(f'load with: create_clip_model("{cfg.model_name}", "{path}", activation="gelu")')
+    print(
+        f'load with: create_clip_model("{cfg.model_name}", "{path}", activation="{cfg.activation}")'
+    )
     return 0
 
 

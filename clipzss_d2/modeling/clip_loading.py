@@ -24,6 +24,9 @@ CUSTOM_CONFIG_DIR = Path(__file__).resolve().parent.parent / "clip_configs"
 open_clip.add_model_config(CUSTOM_CONFIG_DIR)
 
 RANDOM_INIT_TAGS = ("", "none", "random")
+# What open_clip builds as the image tower of a text-only model, then dropped: building the real
+# one (and loading its weights) only to encode class names would cost its memory and time.
+VISION_STUB = {"image_size": 1, "patch_size": 1, "width": 8, "head_width": 8, "layers": 1}
 ACTIVATIONS = ("auto", "quick_gelu", "gelu")
 ACTIVATION_KEY = "MODEL.CLIPZSS.CLIP.ACTIVATION"
 
@@ -175,10 +178,13 @@ def create_clip_model(
     device: str | torch.device = "cpu",
     cache_dir: str | None = None,
     config_key: str = "MODEL.CLIPZSS.CLIP.PRETRAINED",
+    text_only: bool = False,
 ) -> open_clip.CLIP:
     """Build a frozen open_clip model in eval mode (fp32; callers cast if they want half).
 
     activation: "auto" | "quick_gelu" | "gelu" (``resolve_activation``).
+    text_only: the text tower alone (``visual`` is None), for encoding class names: the image
+        tower is neither built at its size nor given its weights.
     """
     if open_clip.get_model_config(model_name) is None:
         raise ValueError(
@@ -192,13 +198,14 @@ def create_clip_model(
         "CLIP %s: %s activation (%s).", model_name, "QuickGELU" if quick_gelu else "GELU", why
     )
     # quick_gelu as a constructor argument overrides the architecture config both ways
-    model = open_clip.create_model(
-        model_name,
-        pretrained=checkpoint,
-        device=device,
-        cache_dir=cache_dir,
-        quick_gelu=quick_gelu,
-    )
+    kwargs = {"device": device, "cache_dir": cache_dir, "quick_gelu": quick_gelu}
+    # big_vision (.npz) weights are loaded by open_clip through the image tower: built in full
+    if text_only and not str(checkpoint).endswith((".npz", ".npy")):
+        model = _create_text_tower(model_name, checkpoint, kwargs)
+    else:
+        model = open_clip.create_model(model_name, pretrained=checkpoint, **kwargs)
+        if text_only:
+            model.visual = None
     if checkpoint is None:
         logger.warning(
             "CLIP '%s' built with RANDOM weights (pretrained=%r): zero-shot transfer will not work.",
@@ -207,4 +214,34 @@ def create_clip_model(
         )
     model.eval()
     model.requires_grad_(False)
+    return model
+
+
+def _not_random_init_note(record: logging.LogRecord) -> bool:
+    """open_clip warns on the root logger that a model built without weights is random; the
+    text tower gets its weights right after, so the warning would be false."""
+    return "initialized randomly" not in record.getMessage()
+
+
+def _create_text_tower(model_name: str, checkpoint: str | None, kwargs: dict) -> open_clip.CLIP:
+    """open_clip's model with a stub image tower, dropped before the checkpoint is loaded;
+    its ``visual.*`` weights are skipped, every other weight must fit."""
+    root = logging.getLogger()
+    if checkpoint is not None:
+        root.addFilter(_not_random_init_note)
+    try:
+        model = open_clip.create_model(
+            model_name, pretrained=None, pretrained_text=False, vision_cfg=VISION_STUB, **kwargs
+        )
+    finally:
+        root.removeFilter(_not_random_init_note)
+    model.visual = None
+    if checkpoint is not None:
+        loaded = open_clip.load_checkpoint(model, checkpoint, strict=False)
+        unexpected = [k for k in loaded.unexpected_keys if not k.startswith("visual.")]
+        if loaded.missing_keys or unexpected:
+            raise RuntimeError(
+                f"CLIP weights {checkpoint} do not fit the text tower of {model_name}: missing "
+                f"{loaded.missing_keys[:5]}, unexpected {unexpected[:5]}."
+            )
     return model

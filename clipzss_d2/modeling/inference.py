@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from detectron2.structures import ImageList
-from torch import nn
 
 # normalised N x 3 x h x w batch (h, w divisible by the model's size divisibility)
 #   -> N x K x h' x w' logits at the model's output stride
@@ -281,40 +280,3 @@ def _pair(value) -> tuple[int, int]:
 
 def _scaled_size(size, scale: float) -> tuple[int, int]:
     return tuple(max(1, int(round(s * scale))) for s in size)
-
-
-class FixedVocabularySegmenter(nn.Module):
-    """The deployable student: backbone + embedding head + a baked-in text classifier.
-
-    Holds the vocabulary's text embeddings as a buffer and nothing of CLIP. Input: N x 3 x H x W
-    uint8 or float (0..255) in the channel order of the model's INPUT.FORMAT, any H, W (padded
-    inside to the size divisibility). Output: N x K x H x W logits, or (labels N x H x W int64,
-    scores N x H x W float = softmax probability of the predicted class).
-    """
-
-    def __init__(self, model: nn.Module, vocabulary: Sequence[str], output: str = "logits"):
-        super().__init__()
-        if output not in ("logits", "labels"):
-            raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
-        self.backbone = model.backbone
-        self.embedding_head = model.embedding_head
-        self.size_divisibility = int(model.size_divisibility)
-        self.output = output
-        self.vocabulary = list(vocabulary)
-        text = model.text_embeddings(self.vocabulary).detach().float()
-        self.register_buffer("text_embeddings", text.clone())
-        self.register_buffer("logit_scale", model.logit_scale.detach().float().clone())
-        self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().view(1, -1, 1, 1))
-        self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, -1, 1, 1))
-
-    def logits_fn(self, images: torch.Tensor) -> torch.Tensor:
-        embeddings = F.normalize(self.embedding_head(self.backbone(images)), dim=1)
-        return self.logit_scale * torch.einsum("bchw,kc->bkhw", embeddings, self.text_embeddings)
-
-    def forward(self, images: torch.Tensor):
-        x = (images.float() - self.pixel_mean) / self.pixel_std
-        logits = dense_logits(self.logits_fn, x, self.size_divisibility)
-        if self.output == "logits":
-            return logits
-        scores, labels = logits.softmax(dim=1).max(dim=1)
-        return labels, scores

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
@@ -24,6 +23,7 @@ from torch import nn
 from ..vocabulary import get_training_vocabulary, parse_vocabulary, prompt_names
 from .embedding_head import build_embedding_head
 from .inference import TestTimeInference
+from .student import StudentForward
 from .text_classifier import TextClassifier, build_text_classifier
 
 if TYPE_CHECKING:  # training-only: imported by training_modules.py when training builds them
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
-class CLIPZSS(nn.Module):
+class CLIPZSS(StudentForward, nn.Module):
     """Student segmenter whose classifier is the CLIP text embeddings of the active vocabulary."""
 
     @configurable
@@ -60,6 +60,7 @@ class CLIPZSS(nn.Module):
         teacher_factory=None,
         criterion: "CLIPZSSCriterion | None" = None,
         test_time: TestTimeInference | None = None,
+        pseudo_label_probe=None,
     ):
         """
         Args:
@@ -70,6 +71,8 @@ class CLIPZSS(nn.Module):
             criterion: every loss term and its weight (default: CE + ZegCLIP's NEL, weight 1).
             test_time: how inference computes logits (whole / sliding window, flip, scales);
                 default one whole-image pass.
+            pseudo_label_probe: diagnostics.PseudoLabelProbe counting PLM's pseudo labels
+                against hidden ground truth (MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS), or None.
         """
         super().__init__()
         self.backbone = backbone
@@ -90,6 +93,7 @@ class CLIPZSS(nn.Module):
         self.glm = glm
         self.plm = plm
         self.criterion = criterion
+        self.pseudo_label_probe = pseudo_label_probe
         self._teacher_factory = teacher_factory
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
         # model.train() never flips it out of eval mode.
@@ -180,17 +184,7 @@ class CLIPZSS(nn.Module):
         """K x C on the model's device; the text classifier owns the (memory + disk) cache."""
         return self.text_classifier(vocabulary).to(self.device)
 
-    # -- forward -------------------------------------------------------------------------------
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised per-pixel embeddings (B x C x h x w) at the head's output stride."""
-        embeddings = self.embedding_head(self.backbone(images))
-        return F.normalize(embeddings, dim=1)
-
-    def classify(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * torch.einsum(
-            "bchw,kc->bkhw", embeddings, text.to(embeddings.dtype)
-        )
-
+    # -- forward (embed / classify / student_logits: StudentForward) ---------------------------
     def preprocess_images(self, batched_inputs) -> ImageList:
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
@@ -257,6 +251,13 @@ class CLIPZSS(nn.Module):
             out = self.plm(
                 embeddings, targets, text_seen, teacher_out, self.logit_scale, image_valid
             )
+            if self.pseudo_label_probe is not None:  # reads hidden labels; changes nothing
+                from ..diagnostics import observe_batch
+
+                probe = self.pseudo_label_probe
+                observe_batch(
+                    probe, batched_inputs, targets, out.targets, len(text_seen), image_valid
+                )
             logits, targets = out.logits, out.targets
             seen_valid = out.pseudo_valid.new_ones(len(targets), len(text_seen))
             class_valid = torch.cat([seen_valid, out.pseudo_valid], dim=1)
@@ -294,7 +295,7 @@ class CLIPZSS(nn.Module):
             text = self.text_embeddings(vocabulary)
 
             def logits_fn(x: torch.Tensor, text=text) -> torch.Tensor:
-                return self.classify(self.embed(x), text)
+                return self.student_logits(x, text)
 
             subset = images
             if len(idx) != len(batched_inputs):

@@ -195,15 +195,14 @@ class TextClassifier:
     # -- encoding ----------------------------------------------------------------------------
     def _load_clip(self):
         if self._clip is None:
-            model = create_clip_model(
+            self._clip = create_clip_model(
                 self.model_name,
                 self.pretrained,
                 activation=self.activation,
                 device=self.device,
                 cache_dir=self.download_dir,
+                text_only=True,
             )
-            model.visual = None  # only the text tower is needed here
-            self._clip = model
             self._tokenizer = open_clip.get_tokenizer(self.model_name)
         return self._clip, self._tokenizer
 

@@ -5,6 +5,7 @@ Imported only when a model is built for training (``CLIPZSS.from_config`` with
 demo) never loads them; tests/test_student_only.py checks it.
 """
 
+from ..vocabulary import shared_metadata
 from .criterion import CLIPZSSCriterion
 from .glm import GlobalLearningModule
 from .plm import PixelLearningModule
@@ -16,7 +17,16 @@ def build_training_modules(cfg) -> dict:
     teacher's factory (None for the supervised baseline) and the criterion."""
     z = cfg.MODEL.CLIPZSS
     plm_on = z.PLM.PSEUDO_LABELS or z.PLM.SYNTHESIZER
+    probe = None
+    if z.DIAGNOSTICS.PSEUDO_LABELS and z.PLM.PSEUDO_LABELS:
+        from ..diagnostics import PseudoLabelProbe
+
+        meta = shared_metadata(cfg.DATASETS.TRAIN)
+        probe = PseudoLabelProbe(
+            meta.stuff_classes, meta.get("unseen_classes", []), cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        )
     return {
+        "pseudo_label_probe": probe,
         "glm": GlobalLearningModule(cfg) if z.GLM.ENABLED else None,
         "plm": PixelLearningModule(cfg) if plm_on else None,
         "teacher_factory": (lambda: CLIPTeacher(cfg)) if (z.GLM.ENABLED or plm_on) else None,

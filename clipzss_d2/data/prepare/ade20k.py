@@ -10,18 +10,8 @@ import os
 
 import numpy as np
 
-from .common import (
-    IGNORE,
-    Job,
-    Summary,
-    apply_lookup,
-    check_same_size,
-    lookup_table,
-    open_label_png,
-    png_label_jobs,
-    require_dir,
-    run_jobs,
-)
+from .common import IGNORE, Job, Summary, png_label_jobs, require_dir, run_splits
+from .labels import convert_png_label, lookup_table
 
 SPLITS = ("validation", "training")
 ADE_HINT = (
@@ -34,9 +24,7 @@ ADE_VALUES = "ADE20K values 0 (other) .. 150"
 
 
 def convert_ade_label(job: Job) -> np.ndarray:
-    label = open_label_png(job.src, ("L",))
-    check_same_size(label, job.src, job.image)
-    return apply_lookup(label, ADE_LUT, job.src, ADE_VALUES)
+    return convert_png_label(job, ("L",), ADE_LUT, ADE_VALUES)
 
 
 def ade20k_split_jobs(root: str) -> dict[str, tuple[list[Job], str, str]]:
@@ -63,17 +51,12 @@ def prepare_ade20k(
     root: str, *, workers: int = 1, overwrite: bool = False, log=print
 ) -> list[Summary]:
     splits = ade20k_split_jobs(root)
-    summaries = []
-    for split, (jobs, out_dir, desc) in splits.items():
-        log(f"ADE20K {desc}")
-        summaries.append(
-            run_jobs(
-                jobs,
-                convert_ade_label,
-                title=f"ADE20K-150 {split}",
-                out_dir=out_dir,
-                workers=workers,
-                overwrite=overwrite,
-            )
-        )
-    return summaries
+    return run_splits(
+        splits,
+        convert_ade_label,
+        name="ADE20K",
+        title="ADE20K-150",
+        workers=workers,
+        overwrite=overwrite,
+        log=log,
+    )

@@ -10,19 +10,8 @@ import os
 import numpy as np
 
 from ..classes import COCO_STUFF171_VALUES, COCO_STUFF_182, COCO_STUFF_UNUSED_VALUES
-from .common import (
-    IGNORE,
-    Job,
-    PrepareError,
-    Summary,
-    apply_lookup,
-    check_same_size,
-    lookup_table,
-    open_label_png,
-    png_label_jobs,
-    require_dir,
-    run_jobs,
-)
+from .common import IGNORE, Job, PrepareError, Summary, png_label_jobs, require_dir, run_splits
+from .labels import convert_png_label, lookup_table
 
 SPLITS = ("train2017", "val2017")
 COCO_HINT = (
@@ -45,9 +34,7 @@ COCO_VALUE_HINT = (
 
 
 def convert_coco_stuff_label(job: Job) -> np.ndarray:
-    label = open_label_png(job.src, ("L",))
-    check_same_size(label, job.src, job.image)
-    return apply_lookup(label, COCO_STUFF_LUT, job.src, COCO_VALUES, COCO_VALUE_HINT)
+    return convert_png_label(job, ("L",), COCO_STUFF_LUT, COCO_VALUES, COCO_VALUE_HINT)
 
 
 def find_maps_dir(coco: str, maps_dir: str | None, hint: str) -> str:
@@ -82,17 +69,12 @@ def prepare_coco_stuff(
     root: str, *, workers: int = 1, overwrite: bool = False, log=print, **sources
 ) -> list[Summary]:
     splits = coco_stuff_split_jobs(root, **sources)
-    summaries = []
-    for split, (jobs, out_dir, desc) in splits.items():
-        log(f"COCO-Stuff {desc}")
-        summaries.append(
-            run_jobs(
-                jobs,
-                convert_coco_stuff_label,
-                title=f"COCO-Stuff {split}",
-                out_dir=out_dir,
-                workers=workers,
-                overwrite=overwrite,
-            )
-        )
-    return summaries
+    return run_splits(
+        splits,
+        convert_coco_stuff_label,
+        name="COCO-Stuff",
+        title="COCO-Stuff",
+        workers=workers,
+        overwrite=overwrite,
+        log=log,
+    )

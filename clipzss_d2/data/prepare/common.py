@@ -1,11 +1,12 @@
 """Shared machinery of the dataset prepare scripts.
 
-A conversion is a list of jobs (one output PNG each) and a per-job function that returns the
-label map or raises `LabelRejected` with a reason. `run_jobs` skips outputs that already exist
-(writes are atomic, so an existing file is a finished one), runs the rest in a process pool with
-a progress bar, and collects a summary. Problems with the input *as a whole* (missing folders,
-lists, files) raise `PrepareError` before any work starts; problems with one file reject that
-file and the run goes on, so one bad download is reported together with all the others.
+A conversion is a list of jobs (one output PNG each) and a per-job function that returns the label
+map or raises `LabelRejected` with a reason (the per-file readers and checks that do so are in
+labels.py). `run_jobs` skips outputs that already exist (writes are atomic, so an existing file is
+a finished one), runs the rest in a process pool with a progress bar, and collects a summary.
+Problems with the input *as a whole* (missing folders, lists, files) raise `PrepareError` before
+any work starts; problems with one file reject that file and the run goes on, so one bad download
+is reported together with all the others.
 """
 
 import argparse
@@ -133,75 +134,7 @@ def check_sources_exist(
         )
 
 
-# ---- per-file reading and checks (these raise LabelRejected) --------------------------------
-
-
-def open_label_png(path: str, modes: Sequence[str]) -> np.ndarray:
-    """Decode an index PNG fully (a truncated file fails here, not later) and check its mode."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            array = np.asarray(img)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error ...
-        raise LabelRejected(
-            f"{path} cannot be decoded ({type(e).__name__}: {e}); the file is truncated or "
-            f"corrupt: extract it again from the original archive"
-        ) from None
-    if mode not in modes:
-        raise LabelRejected(
-            f"{path} has image mode {mode}, expected {' or '.join(modes)} (class indices, one "
-            f"channel): a colour rendering of the labels cannot be converted; use the original file"
-        )
-    return array
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """(height, width) of an image, read from its header."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except Exception as e:
-        raise LabelRejected(
-            f"image {path} cannot be read ({type(e).__name__}: {e}); extract it again"
-        ) from None
-    return h, w
-
-
-def check_same_size(label: np.ndarray, label_path: str, image_path: str | None) -> None:
-    if label.ndim != 2:
-        raise LabelRejected(f"{label_path} has shape {label.shape}, expected a 2-D label map")
-    if image_path is None:
-        return
-    h, w = image_size(image_path)
-    if label.shape != (h, w):
-        raise LabelRejected(
-            f"size mismatch: {label_path} is {label.shape[1]}x{label.shape[0]} but image "
-            f"{image_path} is {w}x{h} (width x height); the label belongs to another image or "
-            f"was resized: extract both from the original archives"
-        )
-
-
-def lookup_table(mapping: dict[int, int], size: int) -> np.ndarray:
-    """Dense table value -> output id; -1 marks values that must not occur."""
-    lut = np.full(size, -1, dtype=np.int16)
-    for src, dst in mapping.items():
-        lut[src] = dst
-    return lut
-
-
-def apply_lookup(label: np.ndarray, lut: np.ndarray, path: str, expected: str, hint: str = ""):
-    """Map every value through `lut`; reject the file if it holds a value the table lacks."""
-    if not np.issubdtype(label.dtype, np.integer):
-        raise LabelRejected(f"{path} holds {label.dtype} values, expected integer class ids")
-    if label.size and int(label.min()) < 0:
-        raise LabelRejected(f"{path} holds negative values, expected {expected}")
-    present = np.flatnonzero(np.bincount(label.ravel().astype(np.int64)))
-    bad = [int(v) for v in present if v >= len(lut) or lut[v] < 0]
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        raise LabelRejected(f"{path} holds values {shown} outside the expected {expected}{hint}")
-    return lut[label].astype(np.uint8)
+# ---- writing and running -----------------------------------------------------------------------
 
 
 def write_label_png(label: np.ndarray, dst: str) -> None:
@@ -210,9 +143,6 @@ def write_label_png(label: np.ndarray, dst: str) -> None:
     assert label.dtype in (np.uint8, np.uint16) and label.ndim == 2
     with atomic_write_path(dst) as tmp:
         Image.fromarray(label).save(tmp, format="PNG")
-
-
-# ---- running ---------------------------------------------------------------------------------
 
 
 def _run_one(job: Job, convert: Callable[[Job], np.ndarray]) -> tuple[str, str, str]:
@@ -274,6 +204,34 @@ def run_jobs(
         else:
             _collect(map(run, todo), summary, bar)
     return summary
+
+
+def run_splits(
+    splits: dict[str, tuple[list[Job], str, str]],
+    convert: Callable[[Job], np.ndarray],
+    *,
+    name: str,
+    title: str,
+    workers: int = 1,
+    overwrite: bool = False,
+    log=print,
+) -> list[Summary]:
+    """`run_jobs` for each split of {split: (jobs, output folder, description)}, in order, after
+    logging "<name> <description>"; the summary of a split is titled "<title> <split>"."""
+    summaries = []
+    for split, (jobs, out_dir, desc) in splits.items():
+        log(f"{name} {desc}")
+        summaries.append(
+            run_jobs(
+                jobs,
+                convert,
+                title=f"{title} {split}",
+                out_dir=out_dir,
+                workers=workers,
+                overwrite=overwrite,
+            )
+        )
+    return summaries
 
 
 def progress_bar(total: int, desc: str, stream=None):

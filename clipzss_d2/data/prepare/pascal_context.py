@@ -17,6 +17,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -27,16 +28,13 @@ from .common import (
     LabelRejected,
     PrepareError,
     Summary,
-    apply_lookup,
-    check_same_size,
     check_sources_exist,
-    lookup_table,
-    open_label_png,
     read_id_list,
     require_dir,
     require_file,
-    run_jobs,
+    run_splits,
 )
+from .labels import apply_lookup, check_same_size, convert_png_label, lookup_table
 
 SOURCES = ("mat", "png", "detail")
 CONTEXT_HINT = (
@@ -59,7 +57,9 @@ PNG_LUT = lookup_table({0: IGNORE, IGNORE: IGNORE, **{k: k - 1 for k in range(1,
 PNG_VALUES = "SegmentationClassContext values 0 (background) .. 59 (and 255)"
 
 
-def convert_context_mat(job: Job) -> np.ndarray:
+def read_context_mat(job: Job) -> np.ndarray:
+    """The `LabelMap` (459-label ids, 0 = unlabelled) of an official trainval/<id>.mat file,
+    checked against its image's size; used by the 59- and the 459-class conversions."""
     from scipy.io import loadmat
 
     try:
@@ -75,13 +75,15 @@ def convert_context_mat(job: Job) -> np.ndarray:
         )
     label = np.asarray(mat["LabelMap"])
     check_same_size(label, job.src, job.image)
-    return apply_lookup(label, MAT_LUT, job.src, MAT_VALUES)
+    return label
+
+
+def convert_context_mat(job: Job) -> np.ndarray:
+    return apply_lookup(read_context_mat(job), MAT_LUT, job.src, MAT_VALUES)
 
 
 def convert_context_png(job: Job) -> np.ndarray:
-    label = open_label_png(job.src, ("L", "P"))
-    check_same_size(label, job.src, job.image)
-    return apply_lookup(label, PNG_LUT, job.src, PNG_VALUES)
+    return convert_png_label(job, ("L", "P"), PNG_LUT, PNG_VALUES)
 
 
 def decode_rle(rle) -> np.ndarray:
@@ -93,7 +95,10 @@ def decode_rle(rle) -> np.ndarray:
         return mask_util.decode(rle)
 
 
-def convert_context_detail(job: Job) -> np.ndarray:
+def paint_detail_masks(job: Job) -> np.ndarray:
+    """The Detail API masks of one image painted in file order into a 459-label-id map (0 =
+    unlabelled), checked against the image's size; used by the 59- and the 459-class
+    conversions."""
     (h, w), annotations = job.payload
     canvas = np.zeros((h, w), dtype=np.uint16)  # 459-id space, 0 = unlabelled
     for category_id, rle in annotations:
@@ -110,6 +115,11 @@ def convert_context_detail(job: Job) -> np.ndarray:
             )
         canvas[mask.astype(bool)] = category_id
     check_same_size(canvas, f"the masks of {job.key} in the Detail JSON", job.image)
+    return canvas
+
+
+def convert_context_detail(job: Job) -> np.ndarray:
+    canvas = paint_detail_masks(job)
     return apply_lookup(canvas, MAT_LUT, f"the masks of {job.key}", "459-label category ids")
 
 
@@ -156,7 +166,7 @@ def load_detail_annotations(path: str, hint: str) -> dict[str, tuple[tuple[int, 
     return per_image
 
 
-def _find_labels_txt(voc: str, mat_dir: str) -> str | None:
+def find_labels_txt(voc: str, mat_dir: str) -> str | None:
     """labels.txt ships beside trainval/ in trainval.tar.gz."""
     for path in (
         os.path.join(os.path.dirname(os.path.abspath(mat_dir)), "labels.txt"),
@@ -167,20 +177,16 @@ def _find_labels_txt(voc: str, mat_dir: str) -> str | None:
     return None
 
 
-def check_labels_txt(path: str) -> None:
-    """The 459-label list that ships with the .mat files must name our 59 ids as we do."""
+def check_labels_txt(path: str, expected: Iterable[tuple[int, str]]) -> None:
+    """The 459-label list that ships with the .mat files must name the `expected` (459-label
+    id, class name) pairs as we do."""
     names = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                if k.strip().isdigit():
-                    names[int(k)] = v.strip()
-    wrong = [
-        f"{i}: {names.get(i)!r} (expected {c!r})"
-        for i, c in zip(PCONTEXT59_459_IDS, PCONTEXT59_CLASSES)
-        if names.get(i) != c
-    ]
+            k, sep, v = line.partition(":")
+            if sep and k.strip().isdigit():
+                names[int(k)] = v.strip()
+    wrong = [f"{i}: {names.get(i)!r} (expected {c!r})" for i, c in expected if names.get(i) != c]
     if wrong:
         raise PrepareError(
             f"{path} does not match the PASCAL Context 459-label list this converter assumes: "
@@ -238,9 +244,9 @@ def context_split_jobs(
     detail = None
     if source == "mat":
         require_dir(location, "PASCAL Context .mat folder", hint)
-        labels_txt = _find_labels_txt(voc, location)
+        labels_txt = find_labels_txt(voc, location)
         if labels_txt:
-            check_labels_txt(labels_txt)
+            check_labels_txt(labels_txt, zip(PCONTEXT59_459_IDS, PCONTEXT59_CLASSES))
     elif source == "png":
         require_dir(location, "SegmentationClassContext folder", hint)
     else:
@@ -279,17 +285,12 @@ def prepare_pascal_context(
     root: str, *, workers: int = 1, overwrite: bool = False, log=print, **sources
 ) -> list[Summary]:
     source, splits = context_split_jobs(root, **sources)
-    summaries = []
-    for split, (jobs, out_dir, desc) in splits.items():
-        log(f"PASCAL Context ({source}) {desc}")
-        summaries.append(
-            run_jobs(
-                jobs,
-                CONVERTERS[source],
-                title=f"PASCAL Context-59 {split}",
-                out_dir=out_dir,
-                workers=workers,
-                overwrite=overwrite,
-            )
-        )
-    return summaries
+    return run_splits(
+        splits,
+        CONVERTERS[source],
+        name=f"PASCAL Context ({source})",
+        title="PASCAL Context-59",
+        workers=workers,
+        overwrite=overwrite,
+        log=log,
+    )

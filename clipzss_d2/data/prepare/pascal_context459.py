@@ -12,12 +12,14 @@ import os
 import numpy as np
 
 from ..classes import PCONTEXT459_CLASSES
-from .common import Job, LabelRejected, PrepareError, Summary, check_same_size, run_jobs
+from .common import Job, LabelRejected, PrepareError, Summary, run_splits
 from .pascal_context import (
     CONTEXT_HINT,
-    _find_labels_txt,
+    check_labels_txt,
     context_split_jobs,
-    decode_rle,
+    find_labels_txt,
+    paint_detail_masks,
+    read_context_mat,
 )
 
 IGNORE16 = 65535
@@ -35,59 +37,11 @@ def map_459(label: np.ndarray, what: str) -> np.ndarray:
 
 
 def convert_context459_mat(job: Job) -> np.ndarray:
-    from scipy.io import loadmat
-
-    try:
-        mat = loadmat(job.src, variable_names=["LabelMap"])
-    except Exception as e:  # truncated/corrupt: ValueError, OSError; MATLAB v7.3: NotImplemented
-        raise LabelRejected(
-            f"{job.src} cannot be read as a MATLAB file ({type(e).__name__}: {e}); extract it "
-            f"again from trainval.tar.gz"
-        ) from None
-    if "LabelMap" not in mat:
-        raise LabelRejected(
-            f"{job.src} has no LabelMap variable; this is not a PASCAL Context trainval .mat file"
-        )
-    label = np.asarray(mat["LabelMap"])
-    check_same_size(label, job.src, job.image)
-    return map_459(label, job.src)
+    return map_459(read_context_mat(job), job.src)
 
 
 def convert_context459_detail(job: Job) -> np.ndarray:
-    (h, w), annotations = job.payload
-    canvas = np.zeros((h, w), dtype=np.uint16)
-    for category_id, rle in annotations:
-        try:
-            mask = decode_rle(rle)
-        except Exception as e:
-            raise LabelRejected(
-                f"{job.key}: an RLE mask of category {category_id} cannot be decoded "
-                f"({type(e).__name__}: {e})"
-            ) from None
-        if mask.shape != (h, w):
-            raise LabelRejected(f"{job.key}: the RLE masks disagree on the image size")
-        canvas[mask.astype(bool)] = category_id
-    check_same_size(canvas, f"the masks of {job.key} in the Detail JSON", job.image)
-    return map_459(canvas, f"the masks of {job.key}")
-
-
-def check_labels_txt_459(path: str) -> None:
-    names = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            k, sep, v = line.partition(":")
-            if sep and k.strip().isdigit():
-                names[int(k)] = v.strip()
-    wrong = [
-        f"{i}: {names.get(i)!r} (expected {c!r})"
-        for i, c in enumerate(PCONTEXT459_CLASSES, start=1)
-        if names.get(i) != c
-    ]
-    if wrong:
-        raise PrepareError(
-            f"{path} does not match the PASCAL Context 459-label list: {'; '.join(wrong[:5])}. "
-            f"Use the labels.txt of the official trainval.tar.gz."
-        )
+    return map_459(paint_detail_masks(job), f"the masks of {job.key}")
 
 
 def prepare_pascal_context459(
@@ -123,9 +77,9 @@ def prepare_pascal_context459(
         root, source=source, mat_dir=mat_dir, detail_json=detail_json, **lists
     )
     if source == "mat":
-        labels_txt = _find_labels_txt(voc, mat_dir or os.path.join(voc, "trainval"))
+        labels_txt = find_labels_txt(voc, mat_dir or os.path.join(voc, "trainval"))
         if labels_txt:
-            check_labels_txt_459(labels_txt)
+            check_labels_txt(labels_txt, enumerate(PCONTEXT459_CLASSES, start=1))
     jobs, _, desc = splits["val"]
     out_dir = os.path.join(voc, "annotations_detectron2", "pc459_val")
     jobs = [
@@ -133,15 +87,13 @@ def prepare_pascal_context459(
             dst=os.path.join(out_dir, os.path.basename(j.dst)))
         for j in jobs
     ]  # fmt: skip
-    log(f"PASCAL Context-459 ({source}) {desc}")
     convert = convert_context459_mat if source == "mat" else convert_context459_detail
-    return [
-        run_jobs(
-            jobs,
-            convert,
-            title="PASCAL Context-459 val",
-            out_dir=out_dir,
-            workers=workers,
-            overwrite=overwrite,
-        )
-    ]
+    return run_splits(
+        {"val": (jobs, out_dir, desc)},
+        convert,
+        name=f"PASCAL Context-459 ({source})",
+        title="PASCAL Context-459",
+        workers=workers,
+        overwrite=overwrite,
+        log=log,
+    )

@@ -15,15 +15,12 @@ from .common import (
     Job,
     PrepareError,
     Summary,
-    apply_lookup,
-    check_same_size,
     check_sources_exist,
-    lookup_table,
-    open_label_png,
     read_id_list,
     require_dir,
-    run_jobs,
+    run_splits,
 )
+from .labels import convert_png_label, lookup_table
 
 VOC_HINT = (
     "Download VOCtrainval_11-May-2012.tar (http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and "
@@ -40,9 +37,7 @@ VOC_VALUES = "VOC values 0 (background), 1..20 (classes) and 255 (void)"
 
 
 def convert_voc_label(job: Job) -> np.ndarray:
-    label = open_label_png(job.src, ("P", "L"))
-    check_same_size(label, job.src, job.image)
-    return apply_lookup(label, VOC_LUT, job.src, VOC_VALUES)
+    return convert_png_label(job, ("P", "L"), VOC_LUT, VOC_VALUES)
 
 
 def voc_split_jobs(
@@ -137,17 +132,12 @@ def prepare_voc(
     **sources,
 ) -> list[Summary]:
     splits = voc_split_jobs(root, **sources)  # every check first, then the work
-    summaries = []
-    for split, (jobs, out_dir, desc) in splits.items():
-        log(f"VOC 2012 {desc}")
-        summaries.append(
-            run_jobs(
-                jobs,
-                convert_voc_label,
-                title=f"VOC 2012 {split}",
-                out_dir=out_dir,
-                workers=workers,
-                overwrite=overwrite,
-            )
-        )
-    return summaries
+    return run_splits(
+        splits,
+        convert_voc_label,
+        name="VOC 2012",
+        title="VOC 2012",
+        workers=workers,
+        overwrite=overwrite,
+        log=log,
+    )

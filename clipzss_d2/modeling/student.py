@@ -1,0 +1,27 @@
+"""The student's forward, written once: backbone, embedding head, scaled cosine to text embeddings.
+
+Both the model (CLIPZSS: training, evaluation, predictor) and its exported form
+(clipzss_d2.export.FixedVocabularySegmenter) inherit it, so an artefact cannot drift from the
+network it was exported from. Plain tensor code: traceable, and exportable to ONNX.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+class StudentForward:
+    """Mixin for an nn.Module with `backbone`, `embedding_head` and a `logit_scale` tensor."""
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised per-pixel embeddings (B x C x h x w) at the head's output stride."""
+        return F.normalize(self.embedding_head(self.backbone(images)), dim=1)
+
+    def classify(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """B x K x h x w logits: logit scale x cosine similarity to the K x C text embeddings."""
+        return self.logit_scale * torch.einsum(
+            "bchw,kc->bkhw", embeddings, text.to(embeddings.dtype)
+        )
+
+    def student_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B x 3 x H x W) -> B x K x h x w logits at the output stride."""
+        return self.classify(self.embed(images), text)
