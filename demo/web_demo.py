@@ -10,8 +10,8 @@ The page takes an image (upload, or one of the miniature world's validation scen
 (commas separate classes, "|" joins synonyms) and the inference mode (whole image or sliding
 window), and shows the overlay with its legend and a table of the share of the image per class.
 Everything runs through OpenVocabularyPredictor and demo.py's reading and drawing
-(demo/image_io.py, demo/segmenter.py), on the CPU unless the
-config asks for an available GPU. Bad input is answered by a one-line message on the page.
+(demo/image_io.py, demo/segmenter.py), on the CPU unless the config asks for an available GPU.
+Bad input is answered by a one-line message on the page.
 """
 
 from __future__ import annotations
