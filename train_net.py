@@ -9,7 +9,6 @@ python train_net.py --config-file configs/voc.yaml --num-gpus 8 --resume
 import contextlib
 import logging
 import os
-import sys
 import weakref
 from collections import OrderedDict
 
@@ -36,11 +35,11 @@ from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils.logger import setup_logger
 
-from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.checkpoint import SafeCheckpointer
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets
 from clipzss_d2.diagnostics import PseudoLabelReport
-from clipzss_d2.errors import USER_ERRORS, UserInputError
+from clipzss_d2.entry import exit_on_user_error, load_config
+from clipzss_d2.errors import UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
 from clipzss_d2.model_folder import write_model_folder
 from clipzss_d2.reproducibility import (
@@ -53,11 +52,11 @@ from clipzss_d2.reproducibility import (
     enable_deterministic_kernels,
 )
 from clipzss_d2.solver import build_optimizer
-from clipzss_d2.utils.config_loading import merge_config
 from clipzss_d2.utils.weights import resolve_model_weights
 from clipzss_d2.vocabulary import prompt_names
 
 logger = logging.getLogger("clipzss_d2")
+PROG = "train_net.py"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -229,11 +228,6 @@ class Trainer(DefaultTrainer):
         return results
 
 
-def load_config(args):
-    """The run's config; a missing or malformed file or override is a UserInputError."""
-    return merge_config(get_clipzss_cfg(), args.config_file, args.opts, "overrides (KEY VALUE)")
-
-
 def check_devices(cfg, args) -> None:
     """Refuse, before any process starts, a run asking for more GPUs than the machine has."""
     if not cfg.MODEL.DEVICE.startswith("cuda"):
@@ -271,42 +265,38 @@ def setup(args):
     return cfg
 
 
+@exit_on_user_error(PROG, system_exit=True)  # in every launched process
 def main(args):
     cfg = setup(args)
-    try:
-        register_custom_datasets(cfg)  # DATASETS.CUSTOM files, checked before the model is built
-        if args.eval_only:
-            student = cfg.clone()  # evaluation needs neither the teacher nor GLM / PLM
-            student.defrost()
-            student.MODEL.CLIPZSS.STUDENT_ONLY = True
-            model = Trainer.build_model(student)
-            SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-                resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume
-            )
-            return Trainer.test(cfg, model)
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        return trainer.train()
-    except USER_ERRORS as e:
-        exit_user_error(e)
+    register_custom_datasets(cfg)  # DATASETS.CUSTOM files, checked before the model is built
+    if args.eval_only:
+        student = cfg.clone()  # evaluation needs neither the teacher nor GLM / PLM
+        student.defrost()
+        student.MODEL.CLIPZSS.STUDENT_ONLY = True
+        model = Trainer.build_model(student)
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
 
 
-def exit_user_error(e: Exception) -> None:
-    print(f"train_net.py: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+@exit_on_user_error(PROG, system_exit=True)
+def check_before_launch(args) -> None:
+    """User mistakes found here stop the run before any process starts."""
+    config = load_config(args)
+    check_devices(config, args)
+    register_custom_datasets(config)  # a bad dataset file stops here, before any process
+    if config.DETERMINISTIC:
+        check_deterministic_config(config)
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    try:  # user mistakes found here stop the run before any process starts
-        config = load_config(args)
-        check_devices(config, args)
-        register_custom_datasets(config)  # a bad dataset file stops here, before any process
-        if config.DETERMINISTIC:
-            check_deterministic_config(config)
-    except USER_ERRORS as e:
-        exit_user_error(e)
+    check_before_launch(args)
     launch(
         main,
         args.num_gpus,

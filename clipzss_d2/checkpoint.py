@@ -6,11 +6,15 @@ unpickler that builds only what model-zoo files hold (dicts, lists, strings, num
 arrays) and every other file with `torch.load(weights_only=True)`; whatever else a file holds is
 refused with one line naming the file. Saves go to a temporary file renamed into place, and
 `last_checkpoint` is rewritten only after the checkpoint itself is complete.
+
+`load_student_weights` is the deployment loader (predictor, model folder): weights that do not
+fit the config's student are an error, where detectron2 only warns.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
 import re
@@ -23,6 +27,11 @@ from detectron2.utils.file_io import PathManager
 
 from .errors import UserInputError
 from .utils.io import atomic_write_path, atomic_write_text
+from .utils.weights import resolve_model_weights
+
+logger = logging.getLogger(__name__)
+# Parameters the deployed student needs; other entries (GLM/PLM training modules) may be absent.
+STUDENT_PREFIXES = ("backbone.", "embedding_head.", "log_logit_scale")
 
 
 class UnsafeCheckpointError(UserInputError, pickle.UnpicklingError):
@@ -31,6 +40,10 @@ class UnsafeCheckpointError(UserInputError, pickle.UnpicklingError):
 
 class CheckpointFormatError(UserInputError, ValueError):
     """A weights file cannot be read, or does not hold a checkpoint's structure."""
+
+
+class IncompatibleWeightsError(UserInputError, ValueError):
+    """MODEL.WEIGHTS does not hold the student that the config builds."""
 
 
 # What detectron2 / Detectron / Caffe2 model-zoo pickles reference (Python 2 and 3 protocols,
@@ -201,3 +214,70 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+
+# -- deployment: the student alone ---------------------------------------------------------------
+class _StudentCheckpointer(SafeCheckpointer):
+    """SafeCheckpointer that refuses weights not matching the model (detectron2 only warns)."""
+
+    def __init__(self, model, config_name: str, weights: str):
+        super().__init__(model)
+        self.config_name = config_name
+        self.weights = weights
+
+    def _load_file(self, filename):
+        try:
+            return super()._load_file(filename)
+        except CheckpointFormatError as e:  # one line naming the file already
+            raise IncompatibleWeightsError(str(e)) from None
+        except UserInputError:  # e.g. a file that would run code
+            raise
+        except Exception as e:  # pickle, zip and torch errors all mean "not a checkpoint"
+            raise IncompatibleWeightsError(
+                f"MODEL.WEIGHTS = {self.weights!r} could not be read as a checkpoint "
+                f"({type(e).__name__}: {e})."
+            ) from e
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        hint = (
+            f"MODEL.WEIGHTS = {self.weights!r} does not fit the model built from {self.config_name}"
+        )
+        if incompatible.incorrect_shapes:
+            key, ckpt_shape, model_shape = incompatible.incorrect_shapes[0]
+            raise IncompatibleWeightsError(
+                f"{hint}: {len(incompatible.incorrect_shapes)} tensors have other shapes, e.g. "
+                f"{key}: {tuple(ckpt_shape)} in the checkpoint vs {tuple(model_shape)} in the "
+                f"model. The weights were trained with a different config (backbone depth or "
+                f"width, head channels, MODEL.CLIPZSS.EMBED_DIM ...): pass the config file they "
+                f"were trained with."
+            )
+        missing = [k for k in incompatible.missing_keys if k.startswith(STUDENT_PREFIXES)]
+        if missing:
+            raise IncompatibleWeightsError(
+                f"{hint}: {len(missing)} student weights are missing from the checkpoint, e.g. "
+                f"{missing[:3]}. Is it a trained CLIP-ZSS model (not a backbone-only "
+                f"initialisation such as detectron2's R-103.pkl)?"
+            )
+        # Training-only modules (GLM, PLM synthesizer) do not matter here, present or not.
+        for kind, keys in (
+            ("unused checkpoint entries", incompatible.unexpected_keys),
+            ("training-only model entries absent from the checkpoint", incompatible.missing_keys),
+        ):
+            if keys:
+                logger.info("Ignoring %d %s (e.g. %s).", len(keys), kind, keys[:3])
+                keys.clear()
+        return incompatible
+
+
+def load_student_weights(
+    model: torch.nn.Module, weights: str, config_name: str = "the config"
+) -> dict:
+    """Load MODEL.WEIGHTS into `model`, refusing files that do not hold this config's student.
+
+    Returns the checkpoint's other entries (e.g. "iteration"; {} for empty MODEL.WEIGHTS)."""
+    if not weights:
+        logger.warning("MODEL.WEIGHTS is empty: the student has RANDOM weights.")
+        return {}
+    path = resolve_model_weights(weights)
+    return _StudentCheckpointer(model, config_name, weights).load(path, checkpointables=[])

@@ -30,11 +30,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from detectron2.data import MetadataCatalog
 
+from .checkpoint import STUDENT_PREFIXES
 from .config import get_clipzss_cfg
 from .errors import UserInputError
 from .modeling.text_classifier import TextClassifier
-from .predictor import STUDENT_PREFIXES
-from .utils.config_loading import CONFIG_ERRORS, merge_config
+from .utils.config_loading import merge_config, merge_overrides, use_cpu_without_gpu
 from .utils.io import atomic_write_text
 from .vocabulary import display_name, parse_vocabulary, prompt_names, unseen_class_ids
 
@@ -180,18 +180,9 @@ def load_folder_config(folder: str, opts: Sequence[str] = (), opts_name: str = "
         value = node[key]
         if value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
             node[key] = os.path.join(root, value)
-    opts = list(opts)
-    if len(opts) % 2:
-        raise UserInputError(
-            f"Config {opts_name} come in KEY VALUE pairs; got {len(opts)} words ({' '.join(opts)})."
-        )
-    try:  # after the folder's paths: relative paths in overrides are the user's, as usual
-        cfg.merge_from_list(opts)
-    except CONFIG_ERRORS as e:
-        raise UserInputError(f"Config {opts_name}: {' '.join(str(e).split())}.") from None
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but no GPU is available: using the CPU.", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
+    # after the folder's paths: relative paths in overrides are the user's, as usual
+    merge_overrides(cfg, opts, opts_name)
+    use_cpu_without_gpu(cfg)
     return cfg
 
 

@@ -13,33 +13,28 @@ once, on the first vocabulary that misses the cache.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from .checkpoint import CheckpointFormatError, SafeCheckpointer
+from .checkpoint import load_student_weights
 from .config import get_clipzss_cfg
 from .errors import UserInputError
+from .modeling.inference import TestTimeInference
 from .modeling.meta_arch import CLIPZSS
-from .utils.weights import resolve_model_weights
-from .vocabulary import display_name, parse_vocabulary, prompt_names
-
-logger = logging.getLogger(__name__)
+from .vocabulary import (
+    dataset_vocabulary,  # noqa: F401  (re-exported: tools/export_model.py imports it from here)
+    display_name,
+    parse_vocabulary,
+    read_vocabulary_file,  # noqa: F401  (re-exported, likewise)
+)
 
 INPUT_FORMATS = ("BGR", "RGB")
-# Parameters the deployed student needs; other entries (GLM/PLM training modules) may be absent.
-STUDENT_PREFIXES = ("backbone.", "embedding_head.", "log_logit_scale")
-
-
-class IncompatibleWeightsError(UserInputError, ValueError):
-    """MODEL.WEIGHTS does not hold the student that the config builds."""
 
 
 @dataclass
@@ -86,121 +81,14 @@ class SegmentationResult:
         return fractions
 
 
-def read_vocabulary_file(path: str) -> list[str]:
-    """Classes from a text file, one per line ("a|b" synonyms); blank and "#" lines skipped."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except FileNotFoundError:
-        raise UserInputError(f"Vocabulary file {path}: no such file.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserInputError(
-            f"Vocabulary file {path} cannot be read as UTF-8 text ({e})."
-        ) from None
-    names = [line for line in lines if line and not line.startswith("#")]
-    if not names:
-        raise UserInputError(f"Vocabulary file {path} holds no class names.")
-    try:
-        return parse_vocabulary(names)
-    except UserInputError as e:
-        raise UserInputError(f"Vocabulary file {path}: {e}") from None
-
-
-@dataclass
-class DatasetVocabulary:
-    """The classes of a registered dataset, read from its metadata (no files on disk needed)."""
-
-    entries: list[str]  # names given to CLIP (prompt_names, "a|b" synonyms)
-    class_names: list[str]  # stuff_classes, for display
-    colors: list | None  # stuff_colors when the dataset defines them
-
-
-def dataset_vocabulary(name: str) -> DatasetVocabulary:
-    known = sorted(n for n in MetadataCatalog.list() if MetadataCatalog.get(n).get("stuff_classes"))
-    if name not in known:
-        raise UserInputError(
-            f"{name!r} is not a registered dataset with class names. Registered: "
-            f"{', '.join(known) if known else 'none'}."
-        )
-    meta = MetadataCatalog.get(name)
-    return DatasetVocabulary(
-        entries=parse_vocabulary(prompt_names(meta)),
-        class_names=list(meta.stuff_classes),
-        colors=meta.get("stuff_colors", None),
-    )
-
-
-class _StudentCheckpointer(SafeCheckpointer):
-    """SafeCheckpointer that refuses weights not matching the model (detectron2 only warns)."""
-
-    def __init__(self, model, config_name: str, weights: str):
-        super().__init__(model)
-        self.config_name = config_name
-        self.weights = weights
-
-    def _load_file(self, filename):
-        try:
-            return super()._load_file(filename)
-        except CheckpointFormatError as e:  # one line naming the file already
-            raise IncompatibleWeightsError(str(e)) from None
-        except UserInputError:  # e.g. a file that would run code
-            raise
-        except Exception as e:  # pickle, zip and torch errors all mean "not a checkpoint"
-            raise IncompatibleWeightsError(
-                f"MODEL.WEIGHTS = {self.weights!r} could not be read as a checkpoint "
-                f"({type(e).__name__}: {e})."
-            ) from e
-
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        hint = (
-            f"MODEL.WEIGHTS = {self.weights!r} does not fit the model built from {self.config_name}"
-        )
-        if incompatible.incorrect_shapes:
-            key, ckpt_shape, model_shape = incompatible.incorrect_shapes[0]
-            raise IncompatibleWeightsError(
-                f"{hint}: {len(incompatible.incorrect_shapes)} tensors have other shapes, e.g. "
-                f"{key}: {tuple(ckpt_shape)} in the checkpoint vs {tuple(model_shape)} in the "
-                f"model. The weights were trained with a different config (backbone depth or "
-                f"width, head channels, MODEL.CLIPZSS.EMBED_DIM ...): pass the config file they "
-                f"were trained with."
-            )
-        missing = [k for k in incompatible.missing_keys if k.startswith(STUDENT_PREFIXES)]
-        if missing:
-            raise IncompatibleWeightsError(
-                f"{hint}: {len(missing)} student weights are missing from the checkpoint, e.g. "
-                f"{missing[:3]}. Is it a trained CLIP-ZSS model (not a backbone-only "
-                f"initialisation such as detectron2's R-103.pkl)?"
-            )
-        # Training-only modules (GLM, PLM synthesizer) do not matter here, present or not.
-        for kind, keys in (
-            ("unused checkpoint entries", incompatible.unexpected_keys),
-            ("training-only model entries absent from the checkpoint", incompatible.missing_keys),
-        ):
-            if keys:
-                logger.info("Ignoring %d %s (e.g. %s).", len(keys), kind, keys[:3])
-                keys.clear()
-        return incompatible
-
-
-def load_student_weights(model: CLIPZSS, weights: str, config_name: str = "the config") -> dict:
-    """Load MODEL.WEIGHTS into `model`, refusing files that do not hold this config's student.
-
-    Returns the checkpoint's other entries (e.g. "iteration"; {} for empty MODEL.WEIGHTS)."""
-    if not weights:
-        logger.warning("MODEL.WEIGHTS is empty: the student has RANDOM weights.")
-        return {}
-    path = resolve_model_weights(weights)
-    return _StudentCheckpointer(model, config_name, weights).load(path, checkpointables=[])
-
-
 class OpenVocabularyPredictor:
     """Segment images over any vocabulary with a trained CLIP-ZSS student.
 
     Images are uint8 arrays H x W x 3 in BGR order by default (OpenCV's, like detectron2's
     DefaultPredictor); pass ``input_format="RGB"`` for PIL/matplotlib arrays. Grayscale (H x W)
-    and RGBA/BGRA (alpha dropped) arrays are accepted. The vocabulary travels with each call's
-    inputs, never as model state: no call changes what another call predicts.
+    and RGBA/BGRA (alpha dropped) arrays are accepted. The vocabulary and the inference mode
+    (`test_time`, default MODEL.CLIPZSS.INFERENCE) travel with each call's inputs, never as
+    model state: no call changes what another call predicts.
 
     Example:
         predictor = OpenVocabularyPredictor.from_folder("output/voc/model")
@@ -292,20 +180,32 @@ class OpenVocabularyPredictor:
 
     # -- prediction ----------------------------------------------------------------------------
     def __call__(
-        self, image: np.ndarray, vocabulary=None, input_format: str = "BGR"
+        self,
+        image: np.ndarray,
+        vocabulary=None,
+        input_format: str = "BGR",
+        test_time: TestTimeInference | None = None,
     ) -> SegmentationResult:
-        return self.predict_batch([image], vocabulary, input_format)[0]
+        return self.predict_batch([image], vocabulary, input_format, test_time)[0]
 
     @torch.no_grad()
     def predict_batch(
-        self, images: Sequence[np.ndarray], vocabulary=None, input_format: str = "BGR"
+        self,
+        images: Sequence[np.ndarray],
+        vocabulary=None,
+        input_format: str = "BGR",
+        test_time: TestTimeInference | None = None,
     ) -> list[SegmentationResult]:
         """One result per image. Images of equal (resized) size share a forward pass; others run
-        apart, so padding never makes an image's prediction depend on its batch neighbours."""
+        apart, so padding never makes an image's prediction depend on its batch neighbours.
+        `test_time`: this call's inference mode, e.g. ``dataclasses.replace(
+        predictor.model.test_time, mode="slide")``; None for the config's."""
         entries = self._use_vocabulary(vocabulary)
         inputs = [self._prepare(image, input_format) for image in images]
-        for x in inputs:  # the vocabulary travels with the request: no shared model state
+        for x in inputs:  # vocabulary and mode travel with the request: no shared model state
             x["vocabulary"] = entries
+            if test_time is not None:
+                x["test_time"] = test_time
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(inputs):
             groups.setdefault(tuple(x["image"].shape), []).append(i)

@@ -1,4 +1,5 @@
-"""Class vocabularies: parsing what users type, the seen/unseen partition in dataset metadata,
+"""Class vocabularies: parsing what users type (a string, a file, a registered dataset's classes),
+the seen/unseen partition in dataset metadata,
 and the training vocabulary that the mapper and the model agree on (no dataset registration
 here, so the model can use it without importing the data package).
 
@@ -10,6 +11,7 @@ Metadata convention of every dataset registered by this project (see clipzss_d2/
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from detectron2.data import MetadataCatalog
 
@@ -74,6 +76,55 @@ def prompt_names(metadata) -> list[str]:
             f"{len(metadata.stuff_classes)} stuff_classes."
         )
     return list(names)
+
+
+@dataclass
+class Vocabulary:
+    """A vocabulary as the commands use it: entries for CLIP, names and colours for display."""
+
+    entries: list[str]  # names given to CLIP ("a|b" synonyms)
+    class_names: list[str]  # for display
+    colors: list | None = None  # a dataset's stuff_colors, when it defines them
+
+    @classmethod
+    def of(cls, entries: Sequence[str]) -> "Vocabulary":
+        return cls(list(entries), [display_name(e) for e in entries])
+
+
+def read_vocabulary_file(path: str) -> list[str]:
+    """Classes from a text file, one per line ("a|b" synonyms); blank and "#" lines skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError:
+        raise UserInputError(f"Vocabulary file {path}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(
+            f"Vocabulary file {path} cannot be read as UTF-8 text ({e})."
+        ) from None
+    names = [line for line in lines if line and not line.startswith("#")]
+    if not names:
+        raise UserInputError(f"Vocabulary file {path} holds no class names.")
+    try:
+        return parse_vocabulary(names)
+    except UserInputError as e:
+        raise UserInputError(f"Vocabulary file {path}: {e}") from None
+
+
+def dataset_vocabulary(name: str) -> Vocabulary:
+    """The classes of a registered dataset, read from its metadata (no files on disk needed)."""
+    known = sorted(n for n in MetadataCatalog.list() if MetadataCatalog.get(n).get("stuff_classes"))
+    if name not in known:
+        raise UserInputError(
+            f"{name!r} is not a registered dataset with class names. Registered: "
+            f"{', '.join(known) if known else 'none'}."
+        )
+    meta = MetadataCatalog.get(name)
+    return Vocabulary(
+        entries=parse_vocabulary(prompt_names(meta)),
+        class_names=list(meta.stuff_classes),
+        colors=meta.get("stuff_colors", None),
+    )
 
 
 def unseen_class_ids(metadata) -> list[int]:

@@ -9,8 +9,9 @@
 The page takes an image (upload, or one of the miniature world's validation scenes), a vocabulary
 (commas separate classes, "|" joins synonyms) and the inference mode (whole image or sliding
 window), and shows the overlay with its legend and a table of the share of the image per class.
-Everything runs through OpenVocabularyPredictor and demo.py's drawing, on the CPU unless the
-config asks for an available GPU. Bad input is answered by a one-line message on the page.
+Everything runs through OpenVocabularyPredictor and demo.py's reading and drawing
+(demo/image_io.py, demo/segmenter.py), on the CPU unless the config asks for an available GPU.
+Bad input is answered by a one-line message on the page.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,18 +38,28 @@ import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning th
 # isort: split
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
+from image_io import InputError, read_image_rgb  # noqa: E402
 from PIL import Image  # noqa: E402
+from segmenter import Segmenter  # noqa: E402
 from visualization import class_colors  # noqa: E402
 
-import demo as cli  # noqa: E402  (demo/demo.py: image reading, drawing, config set-up)
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
+from clipzss_d2.entry import (  # noqa: E402
+    add_config_arguments,
+    add_vocabulary_arguments,
+    build_predictor,
+    load_config,
+    run_main,
+    vocabulary_from_args,
+)
 from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
 from clipzss_d2.miniworld import world  # noqa: E402
 from clipzss_d2.miniworld.generate import render_item  # noqa: E402
 from clipzss_d2.predictor import OpenVocabularyPredictor  # noqa: E402
+from clipzss_d2.utils.config_loading import merge_config_file  # noqa: E402
 from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
 
-EXIT_USAGE = 2
+PROG = "web_demo.py"
 MINIWORLD_OUTPUT = ROOT / "output" / "miniworld"  # tools/run_miniworld.py's default --output
 MINIWORLD_RUN = ("full", "seed0")  # the main job's run (variant, seed)
 # The miniature world's scenes are 96 px (INPUT.MIN_SIZE_TEST): the default 512 px window would
@@ -75,8 +85,8 @@ class WebDemo:
         self.vocabulary = vocabulary
         self.examples = examples
         base = predictor.model.test_time
+        # Each request names its mode; the shared model is never changed (nor locked).
         self.test_time = {name: dataclasses.replace(base, mode=m) for name, m in MODES.items()}
-        self.lock = threading.Lock()  # the predictor (vocabulary, mode) is shared state
 
     def describe_modes(self) -> str:
         slide = self.test_time["sliding window"]
@@ -96,7 +106,7 @@ class WebDemo:
             image = image.get("path")
         try:
             return self._segment(image, vocabulary, mode, float(threshold or 0.0))
-        except cli.InputError as e:  # demo.py's reader: "no such file", "corrupt ...", ...
+        except InputError as e:  # demo.py's reader: "no such file", "corrupt ...", ...
             return failure(f"The image cannot be read: {e}.")
         except USER_ERRORS as e:
             return failure(str(e))
@@ -112,14 +122,14 @@ class WebDemo:
             raise UserInputError("The confidence threshold must be between 0 and 1.")
         entries = parse_vocabulary(vocabulary)
         check_image_size(image_path)
-        image = cli.read_image_rgb(image_path)
+        image = read_image_rgb(image_path)
         names = [display_name(e) for e in entries]
         start = time.perf_counter()
-        with self.lock:
-            self.predictor.model.test_time = self.test_time[mode]
-            result = self.predictor(image, vocabulary=entries, input_format="RGB")
+        result = self.predictor(
+            image, vocabulary=entries, input_format="RGB", test_time=self.test_time[mode]
+        )
         seconds = time.perf_counter() - start
-        drawer = cli.Demo(self.predictor, names, class_colors(names), threshold, legend=True)
+        drawer = Segmenter(self.predictor, names, class_colors(names), threshold, legend=True)
         overlay = drawer.draw(image, result)
         shares = drawer.fractions(result.label_map(threshold), result.unlabelled_id)
         height, width = image.shape[:2]
@@ -202,7 +212,7 @@ def check_image_size(path: str) -> None:
     try:
         with Image.open(path) as header:
             width, height = header.size
-    except Exception:  # unreadable: cli.read_image_rgb says why
+    except Exception:  # unreadable: read_image_rgb says why
         return
     short, long = min(width, height), max(width, height)
     if short < MIN_SIDE or long > MAX_SIDE or long > MAX_ASPECT * short:
@@ -243,16 +253,11 @@ def write_examples(folder: str, count: int = NUM_EXAMPLES) -> list[str]:
 # -- set-up ---------------------------------------------------------------------------------------
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="CLIP-ZSS web demo (Gradio). Without --config-file it serves the "
-        "miniature-world model that `make main` trains.",
+        description="CLIP-ZSS web demo (Gradio). Without --config-file or --model-folder it "
+        "serves the miniature-world model that `make main` trains; --vocab (-file, -dataset) "
+        "sets the vocabulary shown at start (default: the model's).",
     )
-    parser.add_argument("--config-file", metavar="FILE", help="config of a trained model")
-    parser.add_argument(
-        "--model-folder",
-        metavar="DIR",
-        help="the self-contained folder train_net.py leaves (OUTPUT_DIR/model): config, "
-        "weights and text cache in one place, no --config-file needed",
-    )
+    add_config_arguments(parser, model_folder=True, required=False)
     parser.add_argument(
         "--miniworld-output",
         default=str(MINIWORLD_OUTPUT),
@@ -260,15 +265,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="where `make main` (tools/run_miniworld.py --output) left its runs "
         "(default: output/miniworld); used without --config-file",
     )
-    parser.add_argument("--vocab", help="the vocabulary shown at start (default: the model's)")
+    add_vocabulary_arguments(parser)  # the vocabulary shown at start (default: the model's)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth",
-    )
     return parser
 
 
@@ -283,8 +282,7 @@ def miniworld_model(output: str) -> tuple[str, list]:
                 f"no miniature-world model at {needed}: run `make main` first (or pass "
                 f"--config-file FILE --opts MODEL.WEIGHTS WEIGHTS for another model)."
             )
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(str(config))
+    cfg = merge_config_file(get_clipzss_cfg(), str(config))
     opts = ["MODEL.WEIGHTS", str(weights), *MINIWORLD_SLIDE]
     for key, value in (
         ("MODEL.CLIPZSS.TEXT.CACHE_DIR", cfg.MODEL.CLIPZSS.TEXT.CACHE_DIR),
@@ -297,25 +295,21 @@ def miniworld_model(output: str) -> tuple[str, list]:
 
 def load(args) -> WebDemo:
     """Everything that can fail before the server starts (UserInputError: exit 2)."""
+    vocabulary = vocabulary_from_args(args)
+    default_vocabulary = None
     if args.config_file is None and not args.model_folder:
         args.config_file, opts = miniworld_model(args.miniworld_output)
         args.opts = opts + list(args.opts)
-        default_vocabulary = ", ".join(world.CLASSES)
-    else:
-        default_vocabulary = None
-    cfg = cli.setup_cfg(args)
-    try:
-        predictor = OpenVocabularyPredictor(cfg, config_name=cli.config_name(args))
-    except ValueError as e:  # e.g. MODEL.CLIPZSS.INFERENCE checks, raised while building
-        raise UserInputError(f"Invalid config ({cli.config_name(args)} / --opts): {e}") from None
-    if args.vocab is not None:
-        predictor.set_vocabulary(args.vocab)  # checks it now: spelling, cache or CLIP weights
-        default_vocabulary = ", ".join(parse_vocabulary(args.vocab))
+        default_vocabulary = list(world.CLASSES)
+    predictor = build_predictor(load_config(args, cpu_fallback=True), args)
+    if vocabulary is not None:
+        predictor.set_vocabulary(vocabulary.entries)  # checks it now: cache or CLIP weights
+        default_vocabulary = vocabulary.entries
     elif default_vocabulary is None:
-        default_vocabulary = ", ".join(predictor.vocabulary or [])
+        default_vocabulary = predictor.vocabulary or []
     folder = tempfile.mkdtemp(prefix="clipzss_web_examples_")
     atexit.register(shutil.rmtree, folder, True)
-    return WebDemo(predictor, default_vocabulary, write_examples(folder))
+    return WebDemo(predictor, ", ".join(default_vocabulary), write_examples(folder))
 
 
 def theme() -> gr.themes.Base:
@@ -327,12 +321,11 @@ def theme() -> gr.themes.Base:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    try:
-        app = load(args)
-    except USER_ERRORS as e:
-        print(f"web_demo.py: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_main(serve, get_parser().parse_args(argv), prog=PROG)
+
+
+def serve(args) -> int:
+    app = load(args)
     page = app.build()
     # SIGTERM (kill, service managers, the browser test) exits like Ctrl-C: atexit clean-up runs
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -347,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             footer_links=[],
         )
     except OSError as e:
-        print(f"web_demo.py: error: cannot serve on {args.host}:{args.port} ({e})", file=sys.stderr)
-        return EXIT_USAGE
+        raise UserInputError(f"cannot serve on {args.host}:{args.port} ({e})") from None
     except KeyboardInterrupt:
         pass
     return 0

@@ -32,6 +32,8 @@ def load_demo():
 
 
 demo = load_demo()
+# image reading, imported the way demo.py imports it (its folder is on sys.path once it is loaded)
+from image_io import read_image_rgb  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -181,18 +183,18 @@ def test_gray_rgba_palette_and_16_bit_images_are_converted(tiny, capsys, tmp_pat
     summary = json.loads((out / "gray16.json").read_text())
     assert summary["vocabulary"] == CONFIG_VOCABULARY  # no --vocab: the config's vocabulary
 
-    converted = demo.read_image_rgb(str(tmp_path / "gray16.png"))
+    converted = read_image_rgb(str(tmp_path / "gray16.png"))
     assert converted.shape == (40, 56, 3) and converted.dtype == np.uint8
     expected = np.rint(gray16 / 257.0).astype(np.uint8)
     np.testing.assert_array_equal(converted[..., 0], expected)  # rescaled, not clipped at 255
-    assert demo.read_image_rgb(str(tmp_path / "rgba.png")).shape == (40, 56, 3)
+    assert read_image_rgb(str(tmp_path / "rgba.png")).shape == (40, 56, 3)
 
 
 def test_exif_orientation_is_honoured(tiny, capsys, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 80 wide x 40 high, displayed rotated by 90 degrees
     path = write_image(tmp_path / "rotated.jpg", rgb(40, 80), exif=exif)
-    assert demo.read_image_rgb(path).shape == (80, 40, 3)
+    assert read_image_rgb(path).shape == (80, 40, 3)
     code, _, err = run_demo(
         tiny, capsys, "--input", path, "--output", str(tmp_path), "--save-label-map"
     )
@@ -325,55 +327,6 @@ def test_weights_problems_are_explained(tiny, capsys, tmp_path):
     assert not out.exists()
 
 
-# -- video ----------------------------------------------------------------------------------------
-def test_video_file(tiny, capsys, tmp_path):
-    source = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write MJPG/AVI video (no codec)")
-    for i in range(4):
-        writer.write(rgb(48, 64, seed=i))
-    writer.release()
-    out = tmp_path / "out"
-    code, stdout, err = run_demo(
-        tiny, capsys, "--video-input", str(source), "--output", str(out), "--vocab", "a,b,c"
-    )
-    assert code == 0, err
-    assert "Wrote 4 frames" in stdout
-    result = cv2.VideoCapture(str(out / "clip.mp4"))
-    frames = []
-    while True:
-        ok, frame = result.read()
-        if not ok:
-            break
-        frames.append(frame.shape)
-    result.release()
-    assert len(frames) == 4 and len(set(frames)) == 1 and frames[0][0] == 48
-    assert frames[0][1] > 64  # legend panel beside the frame
-    assert no_temp_files(out)
-
-    code, _, err = run_demo(
-        tiny, capsys, "--video-input", str(tmp_path / "gone.mp4"), "--output", str(out)
-    )
-    assert code == 1 and "gone.mp4: no such file" in err
-    broken = tmp_path / "broken.mp4"
-    broken.write_bytes(os.urandom(1000))
-    code, _, err = run_demo(tiny, capsys, "--video-input", str(broken), "--output", str(out))
-    assert code == 1 and "broken.mp4" in err
-    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"]
-
-
-def test_webcam_that_cannot_be_opened(tiny, capsys, tmp_path):
-    probe = cv2.VideoCapture(0)
-    present = probe.isOpened()
-    probe.release()
-    if present:
-        pytest.skip("a webcam is attached; this test checks the message when there is none")
-    code, _, err = run_demo(tiny, capsys, "--webcam", "--output", str(tmp_path / "cam.mp4"))
-    assert code == 1 and "cannot open webcam 0" in err
-    assert not (tmp_path / "cam.mp4").exists()
-
-
 # -- a real process: the exit code a shell sees ----------------------------------------------------
 def test_subprocess_exit_code(tiny, tmp_path, shared_data):
     """One real run (each costs a torch import); the other codes are checked through main()."""
@@ -395,22 +348,3 @@ def test_subprocess_exit_code(tiny, tmp_path, shared_data):
     assert run.returncode == 1, run.stderr
     assert "gone.jpg: no such file" in run.stderr and "Traceback" not in run.stderr
     assert (out / "2007_000129.png").is_file() and (out / "2007_000129.json").is_file()
-
-
-def test_small_images_are_drawn_enlarged_with_exact_labels():
-    from visualization import MIN_DISPLAY_SIDE, enlarge_for_display, render
-
-    image = rgb(40, 56)
-    labels = np.zeros((40, 56), np.uint8)
-    labels[10:20, 5:9] = 1
-    big_image, big_labels = enlarge_for_display(image, labels)
-    factor = -(-MIN_DISPLAY_SIDE // 40)  # 7: the short side reaches the minimum
-    assert (
-        big_labels.shape == (40 * factor, 56 * factor) and big_image.shape[:2] == big_labels.shape
-    )
-    assert np.array_equal(big_labels[::factor, ::factor], labels)  # nearest: no mixed labels
-    assert set(np.unique(big_labels)) == {0, 1}
-    overlay = render(image, labels, ["a", "b"], [(255, 0, 0), (0, 0, 255)], 255)
-    assert overlay.shape[0] == 40 * factor and overlay.shape[1] > 56 * factor
-    large = np.zeros((300, 400), np.uint8)
-    assert enlarge_for_display(rgb(300, 400), large)[1] is large  # already readable: untouched

@@ -185,6 +185,21 @@ def test_every_mode_returns_the_requested_size_for_odd_images(model):
     assert all(torch.isfinite(o["sem_seg"]).all() for o in out)
 
 
+def test_each_input_may_carry_its_own_mode(model):
+    """inputs[i]["test_time"] overrides the model's mode for that input only, in one call."""
+    image = random_image(45, 70, seed=1)
+    slide = TestTimeInference("slide", 32, 20)
+    default = model.test_time
+    out = model([{"image": image}, {"image": image, "test_time": slide}, {"image": image}])
+    assert model.test_time is default
+    close = {"atol": 1e-4, "rtol": 1e-4}  # inputs 0 and 2 ran as a batch of two
+    torch.testing.assert_close(out[0]["sem_seg"], run(model, image), **close)
+    torch.testing.assert_close(out[2]["sem_seg"], run(model, image), **close)
+    slide_alone = run(model, image, mode="slide", crop=32, stride=20)
+    torch.testing.assert_close(out[1]["sem_seg"], slide_alone, **close)
+    assert not torch.allclose(out[0]["sem_seg"], out[1]["sem_seg"], atol=1e-3)
+
+
 def test_plain_path_matches_the_augmented_machinery_on_a_padded_batch(model):
     """The whole-image fast path and the per-image path agree on images padded together."""
     images = [random_image(37, 53), random_image(64, 40, seed=1)]

@@ -8,9 +8,10 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from clipzss_d2.checkpoint import IncompatibleWeightsError
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.modeling.clip_loading import CLIPWeightsUnavailableError
-from clipzss_d2.predictor import IncompatibleWeightsError, OpenVocabularyPredictor
+from clipzss_d2.predictor import OpenVocabularyPredictor
 from clipzss_d2.utils.weights import WeightsUnavailableError
 from clipzss_d2.vocabulary import VocabularyError
 

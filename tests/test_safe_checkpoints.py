@@ -15,10 +15,11 @@ from detectron2.modeling import build_model
 
 from clipzss_d2.checkpoint import (
     CheckpointFormatError,
+    IncompatibleWeightsError,
     SafeCheckpointer,
     UnsafeCheckpointError,
 )
-from clipzss_d2.predictor import IncompatibleWeightsError, OpenVocabularyPredictor
+from clipzss_d2.predictor import OpenVocabularyPredictor
 
 from .helpers import TINY_MODEL_OPTS, tiny_cfg
 

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -148,9 +149,25 @@ def test_the_mode_switch_changes_the_prediction_and_switches_back(app, tiny):
     whole = reference(tiny, "whole")(image, vocabulary=VOCAB, input_format="RGB")
     slide = reference(tiny, "slide")(image, vocabulary=VOCAB, input_format="RGB")
     assert (whole.labels != slide.labels).any()  # else this test could not tell them apart
+    model_mode = app.predictor.model.test_time
     for mode, expected in [("sliding window", slide), ("whole image", whole)] * 2:
         table = app.segment(app.examples[1], VOCAB, mode)[1]
         assert table_rows(table) == expected_rows(expected.labels, NAMES), mode
+        assert app.predictor.model.test_time is model_mode  # the mode travels with the request
+
+
+def test_requests_in_other_modes_at_the_same_time(app, tiny):
+    """No lock and no shared mode: concurrent requests each get their own mode's result."""
+    image = rgb_of(app.examples[1])
+    expected = {
+        mode: expected_rows(reference(tiny, key)(image, vocabulary=VOCAB, input_format="RGB")
+                            .labels, NAMES)
+        for mode, key in [("whole image", "whole"), ("sliding window", "slide")]
+    }  # fmt: skip
+    modes = ["whole image", "sliding window"] * 3
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tables = list(pool.map(lambda m: app.segment(app.examples[1], VOCAB, m)[1], modes))
+    assert [table_rows(t) for t in tables] == [expected[m] for m in modes]
 
 
 def test_confidence_threshold_leaves_pixels_unlabelled(app, tiny):

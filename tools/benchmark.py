@@ -31,19 +31,12 @@ same run, at the same batch size and precision.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
-import math
 import os
 import platform
 import shlex
-import statistics
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "tools"):
@@ -53,17 +46,21 @@ for p in (ROOT, ROOT / "tools"):
 import clipzss_d2  # noqa: E402,F401  (first: silences fvcore's torch.jit warning)
 
 # isort: split
-import numpy as np  # noqa: E402
-import open_clip  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from torch import nn  # noqa: E402
+from benchmark_measure import supports, vm_gib  # noqa: E402
+from benchmark_report import markdown  # noqa: E402
+from benchmark_sections import (  # noqa: E402
+    compile_cost,
+    parameters_m,
+    predictor_latency,
+    student_cfg,
+    student_name,
+    throughput,
+    train_steps,
+)
 
-from clipzss_d2 import get_clipzss_cfg  # noqa: E402
-from clipzss_d2.modeling.inference import autocast  # noqa: E402
+from clipzss_d2.entry import run_main  # noqa: E402
 from clipzss_d2.predictor import OpenVocabularyPredictor  # noqa: E402
-from clipzss_d2.solver import build_optimizer  # noqa: E402
 
 STUDENTS = [
     "configs/Base-CLIPZSS.yaml",
@@ -71,482 +68,6 @@ STUDENTS = [
     "configs/students/segformer-b1.yaml",
     "configs/students/swin-t.yaml",
 ]
-# Everything random and offline; norms that need no process group (same cost on one device).
-OFFLINE = ["MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
-           "MODEL.CLIPZSS.MLP_HEAD.NORM", "BN", "MODEL.CLIPZSS.CLIP.PRETRAINED", "none",
-           "MODEL.CLIPZSS.TEXT.TEMPLATES", "single", "MODEL.CLIPZSS.TEXT.CACHE_DIR", "",
-           "MODEL.TIMM.PRETRAINED", "", "MODEL.SWIN.PRETRAINED", ""]  # fmt: skip
-BASELINE_NAME = "CLIP-in-the-loop ViT-B/16"
-
-
-# -- timing and memory --------------------------------------------------------------------------
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-@dataclass
-class Timing:
-    times: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times) if self.times else math.nan
-
-    def spread(self, scale: float = 1.0, fmt: str = "{:.0f}") -> str:
-        if not self.times:
-            return "n/a"
-        lo, hi = min(self.times) * scale, max(self.times) * scale
-        return f"{fmt.format(lo)}–{fmt.format(hi)}"
-
-
-def round_robin(fns: dict, device: str, warmup: int, iters: int) -> dict[str, Timing]:
-    """Warm each up, then time one call of each in turn, `iters` rounds."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync(device)
-    out = {k: Timing() for k in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            out[name].times.append(time.perf_counter() - start)
-    return out
-
-
-def reset_peak(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        with contextlib.suppress(OSError, AttributeError):  # glibc: return freed memory to the OS
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-
-def peak_gib(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30
-    return _vm("VmHWM")
-
-
-def _vm(key: str) -> float:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 2**20
-    return math.nan
-
-
-def measure_peak(fn, device: str) -> float:
-    """Peak memory of one call beyond what was resident before it (models, inputs)."""
-    reset_peak(device)
-    before = torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else _vm("VmRSS")
-    fn()
-    sync(device)
-    return peak_gib(device) - before
-
-
-def supports(device: str, precision: str) -> bool:
-    if precision == "fp32":
-        return True
-    if device.startswith("cuda"):
-        return precision == "fp16" or torch.cuda.is_bf16_supported()
-    if precision == "bf16":  # CPUs with AVX512-BF16 / AMX run bf16 natively
-        with contextlib.suppress(Exception):
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
-# -- the CLIP-in-the-loop lower bound ------------------------------------------------------------
-class CLIPInTheLoop(nn.Module):
-    """open_clip ViT image encoder -> projected patch tokens -> cosine with text -> upsample ->
-    argmax, in its fastest honest form: inference mode, PyTorch's fused MHA fast path or the
-    plain SDPA path, whichever is faster here (`pick_fastpath`), the precision's autocast for the encoder and the matching, and one fp32 upsample of the
-    logits in NHWC, the layout the token-text product gives for free, so that the argmax over
-    classes reads contiguous memory (NCHW logits make the argmax 4x slower on CPU)."""
-
-    def __init__(self, clip_model: str, size: int, text: torch.Tensor, logit_scale: float):
-        super().__init__()
-        clip = open_clip.create_model(clip_model)  # random weights, no download
-        pp = open_clip.get_model_preprocess_cfg(clip)
-        self.visual = clip.visual.eval()
-        del clip
-        patch = self.visual.patch_size[0]
-        grid = size // patch
-        pos = self.visual.positional_embedding.detach()
-        gh0, gw0 = self.visual.grid_size
-        grid_pos = pos[1:].reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2)
-        grid_pos = F.interpolate(grid_pos, size=(grid, grid), mode="bicubic", align_corners=False)
-        grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(grid * grid, -1)
-        self.register_buffer("pos", torch.cat([pos[:1], grid_pos]))
-        self.register_buffer("text", F.normalize(text.float(), dim=-1))
-        self.logit_scale = logit_scale
-        mean = pp.get("mean", open_clip.OPENAI_DATASET_MEAN)
-        std = pp.get("std", open_clip.OPENAI_DATASET_STD)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
-
-    def dense_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """B x gh x gw x K logits (NHWC) at the patch grid."""
-        vis = self.visual
-        x = vis.conv1((images.float() - self.mean) / self.std)
-        b, width, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        cls = vis.class_embedding.view(1, 1, width).expand(b, 1, width).to(x.dtype)
-        x = vis.ln_pre(torch.cat([cls, x], dim=1) + self.pos.to(x.dtype))
-        tr = vis.transformer
-        x = tr(x) if tr.batch_first else tr(x.transpose(0, 1)).transpose(0, 1)
-        patches = F.normalize(vis.ln_post(x[:, 1:]) @ vis.proj, dim=-1)
-        logits = self.logit_scale * patches @ self.text.to(patches.dtype).t()
-        return logits.reshape(b, gh, gw, -1)
-
-    def forward(
-        self, images: torch.Tensor, precision: str = "fp32", mha_fastpath: bool = True
-    ) -> torch.Tensor:
-        previous = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(mha_fastpath)
-        try:
-            with autocast(images.device, precision):
-                logits = self.dense_logits(images)
-        finally:
-            torch.backends.mha.set_fastpath_enabled(previous)
-        logits = logits.float().permute(0, 3, 1, 2)  # a channels-last view, no copy
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.argmax(dim=1)
-
-
-def pick_fastpath(baseline, images, precision: str, device: str, tries: int = 2) -> bool:
-    """nn.MultiheadAttention's fused inference fast path is not always the faster one (on this
-    project's CPU the SDPA path was ~10% faster in fp32); keep whichever is faster."""
-    best = {}
-    for fastpath in (True, False):
-        with torch.inference_mode():
-            best[fastpath] = min(
-                round_robin(
-                    {"b": lambda f=fastpath: baseline(images, precision, f)}, device, 0, tries
-                )["b"].times
-            )
-    return min(best, key=best.get)
-
-
-# -- students ----------------------------------------------------------------------------------
-def student_cfg(args, config_file: str, precision: str = "fp32", extra=()):
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(str(ROOT / config_file))
-    cfg.merge_from_list(
-        OFFLINE
-        + ["MODEL.DEVICE", args.device, "DATASETS.TRAIN", (), "DATASETS.TEST", ()]
-        + ["MODEL.CLIPZSS.INFERENCE.PRECISION", precision]
-        + list(args.opts)
-        + list(extra)
-    )
-    return cfg
-
-
-def student_name(config_file: str) -> str:
-    stem = Path(config_file).stem
-    return {"Base-CLIPZSS": "DeepLabV3+ R-101 (current default)"}.get(stem, stem)
-
-
-def student_step(model, images: torch.Tensor):
-    """The model's public forward on a device batch, then per-pixel class ids."""
-    outputs = model([{"image": img} for img in images])
-    return [o["sem_seg"].argmax(dim=0) for o in outputs]
-
-
-def parameters_m(model) -> float:
-    parts = (model.backbone, model.embedding_head)
-    return sum(p.numel() for m in parts for p in m.parameters()) / 1e6
-
-
-# -- sections ----------------------------------------------------------------------------------
-def throughput(args, predictors: dict) -> list[dict]:
-    device = args.device
-    first = next(iter(predictors.values())).model
-    text = first.text_embeddings(first.vocabulary)
-    logit_scale = float(first.logit_scale.detach())
-    baseline = CLIPInTheLoop(args.clip_model, args.size, text, logit_scale).to(device).eval()
-    students = {config: predictor.model for config, predictor in predictors.items()}
-    n_clip = sum(p.numel() for p in baseline.visual.parameters()) / 1e6
-    print(f"  {BASELINE_NAME}: {n_clip:.1f} M parameters (image encoder)", flush=True)
-
-    rows = []
-    for bs in args.batch_sizes:
-        images = torch.randint(0, 256, (bs, 3, args.size, args.size), dtype=torch.uint8)
-        images = images.to(device)
-        float_images = images.float()
-        for precision in args.precisions:
-            fast = pick_fastpath(baseline, images, precision, device)
-            fns = {BASELINE_NAME: lambda p=precision, x=images, f=fast: baseline(x, p, f)}
-            for config, model in students.items():
-                model.test_time.precision = precision  # MODEL.CLIPZSS.INFERENCE.PRECISION
-                fns[config] = lambda m=model, x=float_images: student_step(m, x)
-
-            def no_grad(fn):
-                def run():
-                    with torch.inference_mode():
-                        return fn()
-
-                return run
-
-            fns = {k: no_grad(f) for k, f in fns.items()}
-            timings = round_robin(fns, device, args.warmup, args.iters)
-            base = bs / timings[BASELINE_NAME].median
-            for name, timing in timings.items():
-                ips = bs / timing.median
-                row = {
-                    "pipeline": student_name(name)
-                    if name != BASELINE_NAME
-                    else f"{name} (MHA fast path {'on' if fast else 'off'})",
-                    "batch": bs,
-                    "precision": precision,
-                    "ms": timing.median * 1000,
-                    "spread": timing.spread(1000),
-                    "ips": ips,
-                    "ratio": ips / base if name != BASELINE_NAME else None,
-                    "peak": measure_peak(fns[name], device) if args.memory else math.nan,
-                }
-                rows.append(row)
-                print(
-                    f"  batch {bs:>2} {precision} {row['pipeline']:<38} {row['ms']:9.1f} ms "
-                    f"[{row['spread']}] {ips:7.2f} img/s"
-                    + (f"  {row['ratio']:.2f}x" if row["ratio"] else ""),
-                    flush=True,
-                )
-    return rows
-
-
-def predictor_latency(args, predictors: dict) -> list[dict]:
-    rows = []
-    image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
-    for config, predictor in predictors.items():
-        for precision in args.precisions:
-            predictor.model.test_time.precision = precision  # MODEL.CLIPZSS.INFERENCE.PRECISION
-            timing = round_robin(
-                {"p": lambda p=predictor: p(image)}, args.device, args.warmup, args.iters
-            )["p"]
-            peak = (
-                measure_peak(lambda p=predictor: p(image), args.device) if args.memory else math.nan
-            )
-            rows.append(
-                {
-                    "student": student_name(config),
-                    "precision": precision,
-                    "ms": timing.median * 1000,
-                    "spread": timing.spread(1000),
-                    "peak": peak,
-                }
-            )
-            print(
-                f"  predictor {student_name(config):<38} {precision}: {timing.median * 1000:7.1f} "
-                f"ms [{timing.spread(1000)}]",
-                flush=True,
-            )
-    return rows
-
-
-def train_steps(args) -> list[dict]:
-    """Baseline vs full step per student (and per teacher input size), with the breakdown."""
-    import benchmark_train as bt
-
-    rows = []
-    for config in args.train_students:
-        variants = [("baseline", None)] + [("full", s) for s in args.teacher_sizes]
-        base_ms = None
-        for variant, teacher_size in variants:
-            targs = SimpleNamespace(
-                config_file=str(ROOT / config),
-                device=args.device,
-                opts=OFFLINE
-                + list(args.opts)
-                + (["MODEL.CLIPZSS.TEACHER.INPUT_SIZE", teacher_size] if teacher_size else []),
-            )
-            cfg = bt.make_cfg(targs, variant)
-            torch.manual_seed(0)
-            model = build_model(cfg)
-            model.build_teacher()
-            model.train()
-            optimizer = build_optimizer(cfg, model)
-            timers = bt.Timers(args.device)
-            if variant == "full":
-                timers.wrap("teacher forward", model, "_teacher")
-                timers.wrap("K-Means + fusion", model.plm, "labeler")
-                timers.wrap("synthesizer", model.plm, "synthesizer")
-                timers.wrap("GLM", model, "glm")
-            batch = bt.synthetic_batch(args.train_batch, args.train_crop)
-            use_amp = args.device.startswith("cuda") and cfg.SOLVER.AMP.ENABLED
-            amp_dtype = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-            scaler = torch.amp.GradScaler(
-                "cuda", enabled=use_amp and cfg.SOLVER.AMP.PRECISION == "float16"
-            )
-
-            ctx = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
-
-            def step(model=model, optimizer=optimizer, batch=batch, scaler=scaler, ctx=ctx):
-                with ctx:
-                    loss = sum(model(batch).values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-
-            reset_peak(args.device)
-            resident = (
-                torch.cuda.memory_allocated() / 2**30
-                if args.device.startswith("cuda")
-                else _vm("VmRSS")
-            )
-            for _ in range(args.train_warmup):
-                step()
-            timers.totals.clear()
-            timing = round_robin({"s": step}, args.device, 0, args.train_iters)["s"]
-            peak = peak_gib(args.device) - resident
-            ms = timing.median * 1000
-            parts = {k: v / args.train_iters * 1000 for k, v in timers.totals.items()}
-            if variant == "baseline":
-                base_ms = ms
-            teacher = teacher_size or args.train_crop
-            label = (
-                "baseline (student only)" if variant == "baseline" else f"full, teacher {teacher}²"
-            )
-            rows.append(
-                {
-                    "student": student_name(config),
-                    "variant": label,
-                    "ms": ms,
-                    "spread": timing.spread(1000),
-                    "ratio": ms / base_ms,
-                    "parts": parts,
-                    "rest": ms - sum(parts.values()),
-                    "peak": peak,
-                }
-            )
-            print(
-                f"  train {student_name(config):<38} {label:<24} {ms:9.1f} ms "
-                f"[{timing.spread(1000)}] {ms / base_ms:.2f}x baseline",
-                flush=True,
-            )
-            del model, optimizer, timers
-            gc.collect()
-    return rows
-
-
-def compile_cost(args, vocabulary) -> list[dict]:
-    """torch.compile of backbone + head of the first light student: warm-up cost and speed."""
-    config = args.compile_student
-    rows = []
-    images = torch.randint(0, 256, (1, 3, args.size, args.size), dtype=torch.uint8)
-    images = images.float().to(args.device)
-    for precision in args.precisions:
-        cfg = student_cfg(args, config, precision)
-        model = OpenVocabularyPredictor(cfg, vocabulary).model
-        model.set_vocabulary(vocabulary)
-        eager = round_robin(
-            {"e": lambda m=model: student_step(m, images)}, args.device, args.warmup, args.iters
-        )["e"]
-        model.backbone.compile()
-        model.embedding_head.compile()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            student_step(model, images)
-        sync(args.device)
-        first = time.perf_counter() - start
-        with torch.inference_mode():
-            compiled = round_robin(
-                {"c": lambda m=model: student_step(m, images)}, args.device, args.warmup, args.iters
-            )["c"]
-        rows.append(
-            {
-                "student": student_name(config),
-                "precision": precision,
-                "first": first,
-                "eager": eager.median * 1000,
-                "compiled": compiled.median * 1000,
-                "spread": compiled.spread(1000),
-            }
-        )
-        print(
-            f"  compile {precision}: first call {first:.1f} s, eager {eager.median * 1000:.0f} "
-            f"ms, compiled {compiled.median * 1000:.0f} ms",
-            flush=True,
-        )
-    return rows
-
-
-# -- report -----------------------------------------------------------------------------------
-def markdown(args, header: list[str], tput, pred, train, comp) -> str:
-    mem = (
-        "peak GPU memory allocated beyond the resident models (GiB)"
-        if args.device.startswith("cuda")
-        else "peak RSS increase over the resident models (GiB)"
-    )
-    out = ["## Benchmark (`tools/benchmark.py`)", "", *header, ""]
-    if tput:
-        out += [
-            f"### Throughput at {args.size}², {args.num_classes} classes",
-            "",
-            f"| pipeline | batch | precision | ms / batch (median) | min–max | images/s | "
-            f"vs CLIP-in-the-loop | {mem} |",
-            "|---|---:|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in tput:
-            ratio = f"**{r['ratio']:.2f}x**" if r["ratio"] else ""
-            out.append(
-                f"| {r['pipeline']} | {r['batch']} | {r['precision']} | {r['ms']:.1f} | "
-                f"{r['spread']} | {r['ips']:.2f} | {ratio} | {r['peak']:.2f} |"
-            )
-        out.append("")
-    if pred:
-        out += [
-            f"### `OpenVocabularyPredictor`, one {args.size}² uint8 image (numpy in, labels + "
-            f"scores out)",
-            "",
-            f"| student | precision | latency ms (median) | min–max | {mem} |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for r in pred:
-            out.append(
-                f"| {r['student']} | {r['precision']} | {r['ms']:.1f} | {r['spread']} | "
-                f"{r['peak']:.2f} |"
-            )
-        out.append("")
-    if train:
-        names = sorted({k for r in train for k in r["parts"]})
-        out += [
-            f"### Training step, batch {args.train_batch} x {args.train_crop}², "
-            f"{args.train_iters} timed steps after {args.train_warmup} warm-up",
-            "",
-            "| student | step | ms (median) | min–max | vs baseline | "
-            + " | ".join(names)
-            + f" | student fwd/bwd + losses + optimizer | {mem} |",
-            "|---|---|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|",
-        ]
-        for r in train:
-            parts = " | ".join(f"{r['parts'][n]:.0f}" if n in r["parts"] else "" for n in names)
-            out.append(
-                f"| {r['student']} | {r['variant']} | {r['ms']:.0f} | {r['spread']} | "
-                f"{r['ratio']:.2f}x | {parts} | {r['rest']:.0f} | {r['peak']:.2f} |"
-            )
-        out.append("")
-    if comp:
-        out += [
-            "### `torch.compile` (backbone + head), batch 1",
-            "",
-            "| student | precision | first call (compile) s | eager ms | compiled ms | min–max |",
-            "|---|---|---:|---:|---:|---:|",
-        ]
-        for r in comp:
-            out.append(
-                f"| {r['student']} | {r['precision']} | {r['first']:.1f} | {r['eager']:.0f} | "
-                f"{r['compiled']:.0f} | {r['spread']} |"
-            )
-        out.append("")
-    return "\n".join(out)
 
 
 def parse_args(argv=None):
@@ -602,6 +123,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_main(run, args, argv, prog="benchmark.py")
+
+
+def run(args, argv=None) -> int:
+    compiled = [args.compile_student] if args.compile else []
+    for config in dict.fromkeys([*args.students, *args.train_students, *compiled]):
+        student_cfg(args, config)  # a bad file or override stops here, not minutes later
     device = args.device
     torch.manual_seed(0)
     if device.startswith("cuda"):
@@ -617,7 +145,7 @@ def main(argv=None) -> int:
     if not device.startswith("cuda"):
         header.append(
             f"Memory: peak RSS (VmHWM, reset via /proc/self/clear_refs) minus the RSS just "
-            f"before the measurement (all loaded models), after glibc's malloc_trim. Idle process RSS: {_vm('VmRSS'):.2f} GiB."
+            f"before the measurement (all loaded models), after glibc's malloc_trim. Idle process RSS: {vm_gib('VmRSS'):.2f} GiB."
         )
     command = "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     print("\n".join(header), flush=True)

@@ -42,13 +42,13 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.data import (  # noqa: E402
     OPEN_VOCAB_EVAL,
     ZeroShotSemSegDatasetMapper,
     register_custom_datasets,
 )
-from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
+from clipzss_d2.entry import add_config_arguments, load_config, run_main  # noqa: E402
+from clipzss_d2.errors import UserInputError  # noqa: E402
 from clipzss_d2.evaluation import GZSSSemSegEvaluator  # noqa: E402
 from clipzss_d2.evaluation.gzss_evaluation import V06  # noqa: E402
 from clipzss_d2.utils.io import atomic_write_text  # noqa: E402
@@ -61,7 +61,7 @@ RESULTS_FILE = "open_vocab_results.json"
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_arguments(parser, trailing_opts=True)
     parser.add_argument(
         "--datasets",
         default=",".join(OPEN_VOCAB_EVAL),
@@ -71,7 +71,6 @@ def parse_args(argv=None):
         "--output",
         help="folder for per-dataset results and the table (default: OUTPUT_DIR/open_vocab_eval)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
 
 
@@ -145,21 +144,18 @@ def format_table(results: OrderedDict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    return run_main(run, parse_args(argv))
+
+
+def run(args) -> int:
+    cfg = load_config(args)
     cfg.freeze()
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "open_vocab_eval")
     setup_logger(name="clipzss_d2")
     setup_logger(name="detectron2", abbrev_name="d2")
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    try:
-        register_custom_datasets(cfg)
-        results = evaluate_all(cfg, names, output)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    register_custom_datasets(cfg)
+    results = evaluate_all(cfg, names, output)
     table = format_table(results)
     clean = {n: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
              for n, r in results.items()}  # fmt: skip

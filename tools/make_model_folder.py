@@ -28,24 +28,22 @@ import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning th
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from clipzss_d2 import get_clipzss_cfg  # noqa: E402
+from clipzss_d2.checkpoint import load_student_weights  # noqa: E402
 from clipzss_d2.data import register_custom_datasets  # noqa: E402
-from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
+from clipzss_d2.entry import add_config_arguments, load_config, run_main  # noqa: E402
+from clipzss_d2.errors import UserInputError  # noqa: E402
 from clipzss_d2.model_folder import write_model_folder  # noqa: E402
-from clipzss_d2.predictor import load_student_weights  # noqa: E402
-from clipzss_d2.utils.config_loading import merge_config  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Write a CLIP-ZSS model folder from a checkpoint")
-    p.add_argument("--config-file", required=True, metavar="FILE", help="the training config")
+    add_config_arguments(p, trailing_opts=True)
     p.add_argument("--output", help="the folder to write (default: OUTPUT_DIR/model)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: MODEL.WEIGHTS PATH")
     return p
 
 
-def run(args) -> str:
-    cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "overrides (KEY VALUE)")
+def run(args) -> int:
+    cfg = load_config(args)
     if not cfg.MODEL.WEIGHTS:
         raise UserInputError("MODEL.WEIGHTS is empty: name the checkpoint to package.")
     register_custom_datasets(cfg)  # DATASETS.CUSTOM class lists, for the vocabularies and card
@@ -57,24 +55,19 @@ def run(args) -> str:
     extra = load_student_weights(model, cfg.MODEL.WEIGHTS, args.config_file)
     iteration = extra.get("iteration")
     folder = args.output or os.path.join(cfg.OUTPUT_DIR, "model")
-    return write_model_folder(
+    folder = write_model_folder(
         cfg,
         model,
         folder,
         iteration=None if iteration is None else int(iteration) + 1,
         source=cfg.MODEL.WEIGHTS,
     )
+    print(f"Wrote {folder}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    try:
-        folder = run(args)
-    except USER_ERRORS as e:
-        print(f"make_model_folder.py: error: {e}", file=sys.stderr)
-        return 2
-    print(f"Wrote {folder}")
-    return 0
+    return run_main(run, get_parser().parse_args(argv), prog="make_model_folder.py")
 
 
 if __name__ == "__main__":

@@ -19,17 +19,24 @@ import argparse
 import glob
 import os
 import sys
+from pathlib import Path
 
-import clipzss_d2  # noqa: F401  (first: silences fvcore's torch.jit warning)
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import clipzss_d2  # noqa: E402,F401  (first: silences fvcore's torch.jit warning)
 
 # isort: split
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from clipzss_d2.data.classes import VOC20_CLASSES, VOC20_UNSEEN
-from clipzss_d2.modeling.plm.pseudo_labels import fuse_labels
+from clipzss_d2.data.classes import VOC20_CLASSES, VOC20_UNSEEN  # noqa: E402
+from clipzss_d2.entry import run_main  # noqa: E402
+from clipzss_d2.errors import UserInputError  # noqa: E402
+from clipzss_d2.modeling.plm.pseudo_labels import fuse_labels  # noqa: E402
 
 PATCH = 16
 SCALES = (0.75, 1.5, 2.5)  # VOC's configs resize 375 px sides to 256..1024 px: 0.7-2.7x
@@ -88,6 +95,10 @@ def shares(files, scale: float, fraction: float, radius: int) -> dict[str, float
 
 
 def main(argv=None) -> int:
+    return run_main(run, argv)
+
+
+def run(argv) -> int:
     default = os.path.join(
         os.path.dirname(__file__), "..", "..", "shared", "data", "voc", "VOC2012"
     )
@@ -97,8 +108,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     files = sorted(glob.glob(os.path.join(args.voc, "SegmentationClass", "*.png")))
     if not files:
-        print(f"error: no label maps in {args.voc}/SegmentationClass", file=sys.stderr)
-        return 2
+        raise UserInputError(f"no label maps in {args.voc}/SegmentationClass")
     header = "| rule | " + " | ".join(
         f"{k} @{s}x" for s in SCALES for k in ("void near seen", "unseen", "background")
     )

@@ -6,7 +6,7 @@ those modules (dataset registration), and runpy warns when asked to re-run a loa
 
 import sys
 
-from ..errors import USER_ERRORS
+from ..entry import run_main
 from .generate import main as generate_main
 from .train_teacher import main as train_teacher_main
 
@@ -22,11 +22,7 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    try:
-        return COMMANDS[argv[0]](argv[1:])
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_main(COMMANDS[argv[0]], argv[1:])
 
 
 if __name__ == "__main__":

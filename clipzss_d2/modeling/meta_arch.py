@@ -272,12 +272,14 @@ class CLIPZSS(StudentForward, nn.Module):
 
         The vocabulary travels with the request: an input's "vocabulary" (a list of entries,
         "a|b" = synonyms) if given, else the model's default (set_vocabulary / config), so
-        concurrent callers with different vocabularies never share mutable state. Images with
-        the same vocabulary share a forward pass. Whole-image, sliding-window, flip and
-        multi-scale inference follow `self.test_time` (MODEL.CLIPZSS.INFERENCE); logits are
-        resized to each input's "height"/"width".
+        concurrent callers with different vocabularies never share mutable state. So does the
+        inference mode: an input's "test_time" (a TestTimeInference: whole-image, sliding-window,
+        flip, multi-scale) if given, else `self.test_time` (MODEL.CLIPZSS.INFERENCE). Images with
+        the same vocabulary and mode share a forward pass; logits are resized to each input's
+        "height"/"width".
         """
-        groups: dict[tuple[str, ...], list[int]] = {}
+        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+        modes: dict[int, TestTimeInference] = {}
         for i, x in enumerate(batched_inputs):
             vocabulary = x.get("vocabulary", self._vocabulary)
             if vocabulary is None:
@@ -285,9 +287,11 @@ class CLIPZSS(StudentForward, nn.Module):
                     "No vocabulary to predict: pass inputs[i]['vocabulary'], set DATASETS.TEST "
                     "or MODEL.CLIPZSS.TEST_VOCABULARY, or call model.set_vocabulary([...])."
                 )
-            groups.setdefault(tuple(vocabulary), []).append(i)
+            test_time = x.get("test_time") or self.test_time
+            modes[id(test_time)] = test_time  # a dataclass, unhashable: grouped by identity
+            groups.setdefault((tuple(vocabulary), id(test_time)), []).append(i)
         results: list[dict | None] = [None] * len(batched_inputs)
-        for vocabulary, idx in groups.items():
+        for (vocabulary, mode), idx in groups.items():
             text = self.text_embeddings(vocabulary)
 
             def logits_fn(x: torch.Tensor, text=text) -> torch.Tensor:
@@ -296,7 +300,7 @@ class CLIPZSS(StudentForward, nn.Module):
             subset = images
             if len(idx) != len(batched_inputs):
                 subset = ImageList(images.tensor[idx], [images.image_sizes[i] for i in idx])
-            logits = self.test_time(logits_fn, subset, self.size_divisibility)
+            logits = modes[mode](logits_fn, subset, self.size_divisibility)
             for i, logit, image_size in zip(idx, logits, subset.image_sizes):
                 height = batched_inputs[i].get("height", image_size[0])
                 width = batched_inputs[i].get("width", image_size[1])

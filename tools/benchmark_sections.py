@@ -1,0 +1,273 @@
+"""The measurements of tools/benchmark.py: student throughput against CLIP in the loop, predictor
+latency, the training step (tools/benchmark_train.py's timers) and torch.compile; one list of
+table rows each."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from benchmark_baseline import BASELINE_NAME, CLIPInTheLoop, pick_fastpath
+from benchmark_measure import measure_peak, peak_gib, reset_peak, round_robin, sync, vm_gib
+from detectron2.modeling import build_model
+
+from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2.predictor import OpenVocabularyPredictor
+from clipzss_d2.solver import build_optimizer
+from clipzss_d2.utils.config_loading import merge_config_file, merge_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+# Everything random and offline; norms that need no process group (same cost on one device).
+OFFLINE = ["MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
+           "MODEL.CLIPZSS.MLP_HEAD.NORM", "BN", "MODEL.CLIPZSS.CLIP.PRETRAINED", "none",
+           "MODEL.CLIPZSS.TEXT.TEMPLATES", "single", "MODEL.CLIPZSS.TEXT.CACHE_DIR", "",
+           "MODEL.TIMM.PRETRAINED", "", "MODEL.SWIN.PRETRAINED", ""]  # fmt: skip
+
+
+# -- students ----------------------------------------------------------------------------------
+def student_cfg(args, config_file: str, precision: str = "fp32", extra=()):
+    cfg = merge_config_file(get_clipzss_cfg(), str(ROOT / config_file), "--students")
+    cfg.merge_from_list(
+        OFFLINE
+        + ["MODEL.DEVICE", args.device, "DATASETS.TRAIN", (), "DATASETS.TEST", ()]
+        + ["MODEL.CLIPZSS.INFERENCE.PRECISION", precision]
+    )
+    merge_overrides(cfg, args.opts, "--opts")
+    cfg.merge_from_list(list(extra))
+    return cfg
+
+
+def student_name(config_file: str) -> str:
+    stem = Path(config_file).stem
+    return {"Base-CLIPZSS": "DeepLabV3+ R-101 (current default)"}.get(stem, stem)
+
+
+def student_step(model, images: torch.Tensor):
+    """The model's public forward on a device batch, then per-pixel class ids."""
+    outputs = model([{"image": img} for img in images])
+    return [o["sem_seg"].argmax(dim=0) for o in outputs]
+
+
+def parameters_m(model) -> float:
+    parts = (model.backbone, model.embedding_head)
+    return sum(p.numel() for m in parts for p in m.parameters()) / 1e6
+
+
+# -- sections ----------------------------------------------------------------------------------
+def throughput(args, predictors: dict) -> list[dict]:
+    device = args.device
+    first = next(iter(predictors.values())).model
+    text = first.text_embeddings(first.vocabulary)
+    logit_scale = float(first.logit_scale.detach())
+    baseline = CLIPInTheLoop(args.clip_model, args.size, text, logit_scale).to(device).eval()
+    students = {config: predictor.model for config, predictor in predictors.items()}
+    n_clip = sum(p.numel() for p in baseline.visual.parameters()) / 1e6
+    print(f"  {BASELINE_NAME}: {n_clip:.1f} M parameters (image encoder)", flush=True)
+
+    rows = []
+    for bs in args.batch_sizes:
+        images = torch.randint(0, 256, (bs, 3, args.size, args.size), dtype=torch.uint8)
+        images = images.to(device)
+        float_images = images.float()
+        for precision in args.precisions:
+            fast = pick_fastpath(baseline, images, precision, device)
+            fns = {BASELINE_NAME: lambda p=precision, x=images, f=fast: baseline(x, p, f)}
+            for config, model in students.items():
+                model.test_time.precision = precision  # MODEL.CLIPZSS.INFERENCE.PRECISION
+                fns[config] = lambda m=model, x=float_images: student_step(m, x)
+
+            def no_grad(fn):
+                def run():
+                    with torch.inference_mode():
+                        return fn()
+
+                return run
+
+            fns = {k: no_grad(f) for k, f in fns.items()}
+            timings = round_robin(fns, device, args.warmup, args.iters)
+            base = bs / timings[BASELINE_NAME].median
+            for name, timing in timings.items():
+                ips = bs / timing.median
+                row = {
+                    "pipeline": student_name(name)
+                    if name != BASELINE_NAME
+                    else f"{name} (MHA fast path {'on' if fast else 'off'})",
+                    "batch": bs,
+                    "precision": precision,
+                    "ms": timing.median * 1000,
+                    "spread": timing.spread(1000),
+                    "ips": ips,
+                    "ratio": ips / base if name != BASELINE_NAME else None,
+                    "peak": measure_peak(fns[name], device) if args.memory else math.nan,
+                }
+                rows.append(row)
+                print(
+                    f"  batch {bs:>2} {precision} {row['pipeline']:<38} {row['ms']:9.1f} ms "
+                    f"[{row['spread']}] {ips:7.2f} img/s"
+                    + (f"  {row['ratio']:.2f}x" if row["ratio"] else ""),
+                    flush=True,
+                )
+    return rows
+
+
+def predictor_latency(args, predictors: dict) -> list[dict]:
+    rows = []
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    for config, predictor in predictors.items():
+        for precision in args.precisions:
+            predictor.model.test_time.precision = precision  # MODEL.CLIPZSS.INFERENCE.PRECISION
+            timing = round_robin(
+                {"p": lambda p=predictor: p(image)}, args.device, args.warmup, args.iters
+            )["p"]
+            peak = (
+                measure_peak(lambda p=predictor: p(image), args.device) if args.memory else math.nan
+            )
+            rows.append(
+                {
+                    "student": student_name(config),
+                    "precision": precision,
+                    "ms": timing.median * 1000,
+                    "spread": timing.spread(1000),
+                    "peak": peak,
+                }
+            )
+            print(
+                f"  predictor {student_name(config):<38} {precision}: {timing.median * 1000:7.1f} "
+                f"ms [{timing.spread(1000)}]",
+                flush=True,
+            )
+    return rows
+
+
+def train_steps(args) -> list[dict]:
+    """Baseline vs full step per student (and per teacher input size), with the breakdown."""
+    import benchmark_train as bt
+
+    rows = []
+    for config in args.train_students:
+        variants = [("baseline", None)] + [("full", s) for s in args.teacher_sizes]
+        base_ms = None
+        for variant, teacher_size in variants:
+            targs = SimpleNamespace(
+                config_file=str(ROOT / config),
+                device=args.device,
+                opts=OFFLINE
+                + list(args.opts)
+                + (["MODEL.CLIPZSS.TEACHER.INPUT_SIZE", teacher_size] if teacher_size else []),
+            )
+            cfg = bt.make_cfg(targs, variant)
+            torch.manual_seed(0)
+            model = build_model(cfg)
+            model.build_teacher()
+            model.train()
+            optimizer = build_optimizer(cfg, model)
+            timers = bt.Timers(args.device)
+            if variant == "full":
+                timers.wrap("teacher forward", model, "_teacher")
+                timers.wrap("K-Means + fusion", model.plm, "labeler")
+                timers.wrap("synthesizer", model.plm, "synthesizer")
+                timers.wrap("GLM", model, "glm")
+            batch = bt.synthetic_batch(args.train_batch, args.train_crop)
+            use_amp = args.device.startswith("cuda") and cfg.SOLVER.AMP.ENABLED
+            amp_dtype = getattr(torch, cfg.SOLVER.AMP.PRECISION)
+            scaler = torch.amp.GradScaler(
+                "cuda", enabled=use_amp and cfg.SOLVER.AMP.PRECISION == "float16"
+            )
+
+            ctx = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+
+            def step(model=model, optimizer=optimizer, batch=batch, scaler=scaler, ctx=ctx):
+                with ctx:
+                    loss = sum(model(batch).values())
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+
+            reset_peak(args.device)
+            resident = (
+                torch.cuda.memory_allocated() / 2**30
+                if args.device.startswith("cuda")
+                else vm_gib("VmRSS")
+            )
+            for _ in range(args.train_warmup):
+                step()
+            timers.totals.clear()
+            timing = round_robin({"s": step}, args.device, 0, args.train_iters)["s"]
+            peak = peak_gib(args.device) - resident
+            ms = timing.median * 1000
+            parts = {k: v / args.train_iters * 1000 for k, v in timers.totals.items()}
+            if variant == "baseline":
+                base_ms = ms
+            teacher = teacher_size or args.train_crop
+            label = (
+                "baseline (student only)" if variant == "baseline" else f"full, teacher {teacher}²"
+            )
+            rows.append(
+                {
+                    "student": student_name(config),
+                    "variant": label,
+                    "ms": ms,
+                    "spread": timing.spread(1000),
+                    "ratio": ms / base_ms,
+                    "parts": parts,
+                    "rest": ms - sum(parts.values()),
+                    "peak": peak,
+                }
+            )
+            print(
+                f"  train {student_name(config):<38} {label:<24} {ms:9.1f} ms "
+                f"[{timing.spread(1000)}] {ms / base_ms:.2f}x baseline",
+                flush=True,
+            )
+            del model, optimizer, timers
+            gc.collect()
+    return rows
+
+
+def compile_cost(args, vocabulary) -> list[dict]:
+    """torch.compile of backbone + head of the first light student: warm-up cost and speed."""
+    config = args.compile_student
+    rows = []
+    images = torch.randint(0, 256, (1, 3, args.size, args.size), dtype=torch.uint8)
+    images = images.float().to(args.device)
+    for precision in args.precisions:
+        cfg = student_cfg(args, config, precision)
+        model = OpenVocabularyPredictor(cfg, vocabulary).model
+        model.set_vocabulary(vocabulary)
+        eager = round_robin(
+            {"e": lambda m=model: student_step(m, images)}, args.device, args.warmup, args.iters
+        )["e"]
+        model.backbone.compile()
+        model.embedding_head.compile()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            student_step(model, images)
+        sync(args.device)
+        first = time.perf_counter() - start
+        with torch.inference_mode():
+            compiled = round_robin(
+                {"c": lambda m=model: student_step(m, images)}, args.device, args.warmup, args.iters
+            )["c"]
+        rows.append(
+            {
+                "student": student_name(config),
+                "precision": precision,
+                "first": first,
+                "eager": eager.median * 1000,
+                "compiled": compiled.median * 1000,
+                "spread": compiled.spread(1000),
+            }
+        )
+        print(
+            f"  compile {precision}: first call {first:.1f} s, eager {eager.median * 1000:.0f} "
+            f"ms, compiled {compiled.median * 1000:.0f} ms",
+            flush=True,
+        )
+    return rows
