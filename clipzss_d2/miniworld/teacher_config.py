@@ -35,9 +35,9 @@ class TeacherConfig:
     warmup_steps: int = 50
     seed: int = 0
     jpeg_quality: int = 90
-    # torch threads while training, fixed so that any machine trains the same weights (float
-    # reductions depend on the thread count); a loader process renders the next batch meanwhile
-    threads: int = 1
+    # torch threads while training, fixed so that machines of one kind train the same weights
+    # (float reductions depend on the thread count); 1 thread takes about twice as long
+    threads: int = 2
     # Scenes as in the dataset, square at the model's input size (0 = read it from the model
     # config), without void rings (a caption names objects, not annotation bands).
     world: W.WorldParams = field(default_factory=lambda: W.WorldParams().square(0))
