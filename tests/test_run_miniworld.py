@@ -145,32 +145,34 @@ def fake_row(variant, seed, hiou, pseudo=None, **extra):
 
 def test_tune_is_a_coordinate_search_on_the_tune_split(monkeypatch):
     """Each step tries its values with the best values so far fixed, on miniworld_tune, seed
-    --tune-seed, and keeps the best hIoU; a tie keeps the configs' value."""
+    --tune-seed, and keeps the best hIoU; a tie keeps the configs' value; a setting already run
+    (the configs' own value in a later step) is not trained again."""
     tool = load_tool()
     steps = (
         ("MODEL.CLIPZSS.GLM.LOSS_WEIGHT", (0.3, 0.1, 1.0)),  # configs/miniworld: 0.1
         ("MODEL.CLIPZSS.PLM.FUSION_THRESHOLD", (0.8, 0.9, 0.95)),  # Base-CLIPZSS: 0.9
     )
     monkeypatch.setattr(tool, "TUNING_STEPS", steps)
-    # hIoU by setting: LOSS_WEIGHT 1.0 is best; then 0.8 and 0.9 tie, 0.95 is worse
-    score = {0.3: 20.0, 0.1: 25.0, 1.0: 30.0, 0.8: 31.0, 0.9: 31.0, 0.95: 12.0}
+    weight, fusion = (key for key, _ in steps)
+    # hIoU by (weight, fusion): weight 1.0 is best; then 0.8 ties with the configs' 0.9
+    score = {(0.3, 0.9): 20.0, (0.1, 0.9): 25.0, (1.0, 0.9): 31.0, (1.0, 0.8): 31.0,
+             (1.0, 0.95): 12.0}  # fmt: skip
     calls = []
 
     def fake_train(variant, seed, args, teacher_path, extra=(), name=None):
         calls.append((variant, seed, list(extra), name))
-        return fake_row(variant, seed, score[extra[-3]])
+        setting = dict(zip(extra[:-2:2], extra[1:-2:2]))
+        return fake_row(variant, seed, score[setting[weight], setting[fusion]])
 
     monkeypatch.setattr(tool, "train_and_evaluate", fake_train)
     args = tool.argparse.Namespace(tune_seed=3, opts=[], output="unused")
     table, rows, chosen = tool.tune(args, "teacher.pt")
-    weight, fusion = (key for key, _ in steps)
     tune_split = ["DATASETS.TEST", "('miniworld_tune',)"]
     assert calls == [
-        ("full", 3, [weight, 0.3, *tune_split], "tune/LOSS_WEIGHT=0.3"),
-        ("full", 3, [weight, 0.1, *tune_split], "tune/LOSS_WEIGHT=0.1"),
-        ("full", 3, [weight, 1.0, *tune_split], "tune/LOSS_WEIGHT=1.0"),
-        ("full", 3, [weight, 1.0, fusion, 0.8, *tune_split], "tune/LOSS_WEIGHT=1.0_FUSION_THRESHOLD=0.8"),
+        ("full", 3, [weight, 0.3, fusion, 0.9, *tune_split], "tune/LOSS_WEIGHT=0.3_FUSION_THRESHOLD=0.9"),
+        ("full", 3, [weight, 0.1, fusion, 0.9, *tune_split], "tune/LOSS_WEIGHT=0.1_FUSION_THRESHOLD=0.9"),
         ("full", 3, [weight, 1.0, fusion, 0.9, *tune_split], "tune/LOSS_WEIGHT=1.0_FUSION_THRESHOLD=0.9"),
+        ("full", 3, [weight, 1.0, fusion, 0.8, *tune_split], "tune/LOSS_WEIGHT=1.0_FUSION_THRESHOLD=0.8"),
         ("full", 3, [weight, 1.0, fusion, 0.95, *tune_split], "tune/LOSS_WEIGHT=1.0_FUSION_THRESHOLD=0.95"),
     ]  # fmt: skip
     assert chosen == {weight: 1.0, fusion: 0.9}  # the tie keeps the configs' 0.9

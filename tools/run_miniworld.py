@@ -18,25 +18,24 @@
 import argparse
 import json
 import logging
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the package, and miniworld_tables beside us
 
 import clipzss_d2  # noqa: E402,F401  (first: registers everything, quiets third-party noise)
 
 # isort: split
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
+from miniworld_tables import results_table, tuning_table  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
-from clipzss_d2.errors import USER_ERRORS  # noqa: E402
+from clipzss_d2.entry import run_main  # noqa: E402
 from clipzss_d2.miniworld import register_miniworld, world  # noqa: E402
 from clipzss_d2.miniworld.generate import DEFAULT_COUNTS, generate_world  # noqa: E402
 from clipzss_d2.miniworld.train_teacher import (  # noqa: E402
@@ -135,54 +134,6 @@ def finished_run(out_dir, cfg):
         return None
 
 
-def fmt(values):
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
-
-
-def results_table(rows, seeds):
-    """Markdown: one line per variant (mean ± population std over seeds), per unseen class IoU
-    and pseudo-label share / purity, and every run."""
-    header = "| method | mIoU(seen) | mIoU(unseen) | hIoU | mIoU(all) | train time (min) |\n"
-    header += "|---|---:|---:|---:|---:|---:|\n"
-    lines, classes = [], []
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        runs = [r for r in rows if r["variant"] == variant]
-        cells = [fmt([r[k] for r in runs]) for k in ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU")]
-        lines.append(
-            f"| {variant} | "
-            + " | ".join(cells)
-            + f" | {fmt([r['train_minutes'] for r in runs])} |"
-        )
-        for c in world.UNSEEN:
-            pseudo = [r["pseudo_labels"] for r in runs if r.get("pseudo_labels")]
-            share = [100 * p["share"][c] for p in pseudo if p["share"][c] is not None]
-            purity = [100 * p["purity"][c] for p in pseudo if p["purity"][c] is not None]
-            classes.append(
-                f"| {variant} | {c} | {fmt([r['unseen_iou'][c] for r in runs])} | "
-                f"{fmt(share) if pseudo else '-'} | {fmt(purity) if pseudo else '-'} |"
-            )
-    per_class = (
-        "\n\nPer unseen class: test IoU, and the pseudo labels of training against the hidden "
-        "labels (share of the class's unlabelled pixels given a pseudo label; purity of the "
-        "regions whose majority it is), %:\n\n"
-        "| method | class | IoU | pseudo share | pseudo purity |\n|---|---|---:|---:|---:|\n"
-        + "\n".join(classes)
-    )
-    per_run = "\n\nPer run (seed: seen / unseen / hIoU):\n\n" + "\n".join(
-        f"- {r['variant']}, seed {r['seed']}: {r['mIoU(seen)']:.1f} / {r['mIoU(unseen)']:.1f} / {r['hIoU']:.1f}"
-        for r in rows
-    )
-    tested = sorted({d for r in rows for d in r.get("test_set", [])})
-    note = f"\n\nevaluated on {', '.join(tested)}"
-    note += f"; mean ± std over seeds {list(seeds)}" if len(seeds) > 1 else ""
-    return header + "\n".join(lines) + note + per_class + per_run + "\n"
-
-
 def config_value(key, args):
     """The value configs/miniworld/full.yaml (with the command's overrides) gives `key`."""
     cfg = get_clipzss_cfg()
@@ -217,20 +168,7 @@ def tune(args, teacher_path):
             scored.append((done[ident]["hIoU"], value))
         # a tie keeps the configs' value (as stated above TUNING_STEPS), else the first listed
         chosen[key] = max(scored, key=lambda sv: (sv[0], sv[1] == defaults[key]))[1]
-    lines = ["| setting | mIoU(seen) | mIoU(unseen) | hIoU |", "|---|---:|---:|---:|"]
-    for r in rows:
-        setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items())
-        lines.append(
-            f"| {setting} | {r['mIoU(seen)']:.1f} | {r['mIoU(unseen)']:.1f} | {r['hIoU']:.1f} |"
-        )
-    table = (
-        "Tuning (full method, miniworld_tune, seed "
-        f"{args.tune_seed}; coordinate search in this order, best hIoU kept):\n\n"
-        + "\n".join(lines)
-        + "\n\nchosen: "
-        + ", ".join(f"{k} {v}" for k, v in chosen.items())
-        + "\n"
-    )
+    table = tuning_table(rows, chosen, args.tune_seed)
     return table, rows, chosen
 
 
@@ -252,7 +190,13 @@ def run_demo(row, args, world_root):
     print(f"overlays, label maps and JSON summaries in {out}/")
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv=None):
+    """Every stage; returns the result rows."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--output", default="output/miniworld")
     ap.add_argument(
@@ -351,8 +295,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as e:
-        logger.error("%s: %s", type(e).__name__, e)
-        sys.exit(2)
+    sys.exit(run_main(main, prog="run_miniworld.py"))

@@ -1,0 +1,73 @@
+"""The miniature world's result tables (tools/run_miniworld.py writes them, the README shows them)."""
+
+import math
+import statistics
+
+from clipzss_d2.miniworld import world
+
+
+def fmt(values):
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
+
+
+def results_table(rows, seeds):
+    """Markdown: one line per variant (mean ± population std over seeds), per unseen class IoU
+    and pseudo-label share / purity, and every run."""
+    header = "| method | mIoU(seen) | mIoU(unseen) | hIoU | mIoU(all) | train time (min) |\n"
+    header += "|---|---:|---:|---:|---:|---:|\n"
+    lines, classes = [], []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        runs = [r for r in rows if r["variant"] == variant]
+        cells = [fmt([r[k] for r in runs]) for k in ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU")]
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(cells)
+            + f" | {fmt([r['train_minutes'] for r in runs])} |"
+        )
+        for c in world.UNSEEN:
+            pseudo = [r["pseudo_labels"] for r in runs if r.get("pseudo_labels")]
+            share = [100 * p["share"][c] for p in pseudo if p["share"][c] is not None]
+            purity = [100 * p["purity"][c] for p in pseudo if p["purity"][c] is not None]
+            classes.append(
+                f"| {variant} | {c} | {fmt([r['unseen_iou'][c] for r in runs])} | "
+                f"{fmt(share) if pseudo else '-'} | {fmt(purity) if pseudo else '-'} |"
+            )
+    per_class = (
+        "\n\nPer unseen class: test IoU, and the pseudo labels of training against the hidden "
+        "labels (share of the class's unlabelled pixels given a pseudo label; purity of the "
+        "regions whose majority it is), %:\n\n"
+        "| method | class | IoU | pseudo share | pseudo purity |\n|---|---|---:|---:|---:|\n"
+        + "\n".join(classes)
+    )
+    per_run = "\n\nPer run (seed: seen / unseen / hIoU):\n\n" + "\n".join(
+        f"- {r['variant']}, seed {r['seed']}: {r['mIoU(seen)']:.1f} / {r['mIoU(unseen)']:.1f} / {r['hIoU']:.1f}"
+        for r in rows
+    )
+    tested = sorted({d for r in rows for d in r.get("test_set", [])})
+    note = f"\n\nevaluated on {', '.join(tested)}"
+    note += f"; mean ± std over seeds {list(seeds)}" if len(seeds) > 1 else ""
+    return header + "\n".join(lines) + note + per_class + per_run + "\n"
+
+
+def tuning_table(rows, chosen, seed):
+    """Markdown: every run of the search (tune split) and the values it chose."""
+    lines = ["| setting | mIoU(seen) | mIoU(unseen) | hIoU |", "|---|---:|---:|---:|"]
+    for r in rows:
+        setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items())
+        lines.append(
+            f"| {setting} | {r['mIoU(seen)']:.1f} | {r['mIoU(unseen)']:.1f} | {r['hIoU']:.1f} |"
+        )
+    table = (
+        "Tuning (full method, miniworld_tune, seed "
+        f"{seed}; coordinate search in this order, best hIoU kept):\n\n"
+        + "\n".join(lines)
+        + "\n\nchosen: "
+        + ", ".join(f"{k} {v}" for k, v in chosen.items())
+        + "\n"
+    )
+    return table
