@@ -38,7 +38,7 @@ import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning th
 # isort: split
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
-from image_io import InputError, read_image_rgb  # noqa: E402
+from image_io import InputError, check_image_size, read_image_rgb  # noqa: E402
 from PIL import Image  # noqa: E402
 from segmenter import Segmenter  # noqa: E402
 from visualization import class_colors  # noqa: E402
@@ -72,8 +72,6 @@ MINIWORLD_SLIDE = [
 ]
 NUM_EXAMPLES = 3
 MODES = {"whole image": "whole", "sliding window": "slide"}
-# Refused before decoding: such images are mistakes or attacks, and would not fit the display.
-MIN_SIDE, MAX_SIDE, MAX_ASPECT = 8, 8192, 20
 TABLE_COLUMNS = ["class", "colour", "share (%)"]
 
 
@@ -205,21 +203,6 @@ class WebDemo:
                 preprocess=False,
             )
         return page
-
-
-def check_image_size(path: str) -> None:
-    """Refuse absurd sizes from the file header, before the pixels are decoded."""
-    try:
-        with Image.open(path) as header:
-            width, height = header.size
-    except Exception:  # unreadable: read_image_rgb says why
-        return
-    short, long = min(width, height), max(width, height)
-    if short < MIN_SIDE or long > MAX_SIDE or long > MAX_ASPECT * short:
-        raise UserInputError(
-            f"The image is {width} x {height} pixels: the demo takes sides of {MIN_SIDE} to "
-            f"{MAX_SIDE} pixels with at most {MAX_ASPECT}:1 between them."
-        )
 
 
 def failure(message: str):
