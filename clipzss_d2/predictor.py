@@ -27,12 +27,7 @@ from .config import get_clipzss_cfg
 from .errors import UserInputError
 from .modeling.inference import TestTimeInference
 from .modeling.meta_arch import CLIPZSS
-from .vocabulary import (
-    dataset_vocabulary,  # noqa: F401  (re-exported: tools/export_model.py imports it from here)
-    display_name,
-    parse_vocabulary,
-    read_vocabulary_file,  # noqa: F401  (re-exported, likewise)
-)
+from .vocabulary import display_name, parse_vocabulary
 
 INPUT_FORMATS = ("BGR", "RGB")
 

@@ -22,6 +22,8 @@ except ImportError:  # pragma: no cover - other detectron2 versions
 PROG = "demo.py"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 EXIT_OK, EXIT_INPUT_ERRORS = 0, 1  # 2 (nothing could run): clipzss_d2.entry.EXIT_USAGE
+# Refused before decoding: such images are mistakes or attacks, and would not fit a display.
+MIN_SIDE, MAX_SIDE, MAX_ASPECT = 8, 8192, 20
 
 
 class InputError(Exception):
@@ -91,6 +93,22 @@ def read_image_rgb(path: str) -> np.ndarray:
         raise InputError("not an image file that PIL can read (corrupt or unsupported)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"corrupt or truncated image ({e})") from None
+
+
+def check_image_size(path: str) -> None:
+    """Refuse absurd sizes from the file header, before the pixels are decoded (web_demo.py's
+    uploads; UserInputError, a message on its page)."""
+    try:
+        with Image.open(path) as header:
+            width, height = header.size
+    except Exception:  # unreadable: read_image_rgb says why
+        return
+    short, long = min(width, height), max(width, height)
+    if short < MIN_SIDE or long > MAX_SIDE or long > MAX_ASPECT * short:
+        raise UserInputError(
+            f"The image is {width} x {height} pixels: the demo takes sides of {MIN_SIDE} to "
+            f"{MAX_SIDE} pixels with at most {MAX_ASPECT}:1 between them."
+        )
 
 
 def _pil_to_rgb8(image: Image.Image) -> np.ndarray:

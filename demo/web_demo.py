@@ -6,7 +6,7 @@
         --opts MODEL.WEIGHTS output/coco_stuff/model_final.pth
     python demo/web_demo.py --host 127.0.0.1 --port 7860
 
-The page takes an image (upload, or one of the miniature world's validation scenes), a vocabulary
+The page takes an image (upload, or one of the miniature world's test scenes), a vocabulary
 (commas separate classes, "|" joins synonyms) and the inference mode (whole image or sliding
 window), and shows the overlay with its legend and a table of the share of the image per class.
 Everything runs through OpenVocabularyPredictor and demo.py's reading and drawing
@@ -38,7 +38,7 @@ import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning th
 # isort: split
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
-from image_io import InputError, read_image_rgb  # noqa: E402
+from image_io import InputError, check_image_size, read_image_rgb  # noqa: E402
 from PIL import Image  # noqa: E402
 from segmenter import Segmenter  # noqa: E402
 from visualization import class_colors  # noqa: E402
@@ -62,8 +62,9 @@ from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
 PROG = "web_demo.py"
 MINIWORLD_OUTPUT = ROOT / "output" / "miniworld"  # tools/run_miniworld.py's default --output
 MINIWORLD_RUN = ("full", "seed0")  # the main job's run (variant, seed)
-# The miniature world's scenes are 96 px (INPUT.MIN_SIZE_TEST): the default 512 px window would
-# cover them whole, so its sliding window uses 64 px windows every 32 px (--opts overrides this).
+# The miniature world's scenes (short side 72-120 px) are resized to a 96 px short side (long
+# side up to ~155 px, INPUT.MIN_SIZE_TEST): one default 512 px window would cover them whole, so
+# its sliding window uses 64 px windows every 32 px, 2 x 2 to 2 x 4 of them (--opts overrides).
 MINIWORLD_SLIDE = [
     "MODEL.CLIPZSS.INFERENCE.SLIDE_CROP",
     64,
@@ -72,8 +73,6 @@ MINIWORLD_SLIDE = [
 ]
 NUM_EXAMPLES = 3
 MODES = {"whole image": "whole", "sliding window": "slide"}
-# Refused before decoding: such images are mistakes or attacks, and would not fit the display.
-MIN_SIDE, MAX_SIDE, MAX_ASPECT = 8, 8192, 20
 TABLE_COLUMNS = ["class", "colour", "share (%)"]
 
 
@@ -191,7 +190,7 @@ class WebDemo:
                 gr.Examples(  # images only: picking one keeps the vocabulary typed
                     [[path] for path in self.examples],
                     inputs=[image],
-                    label="Examples (miniature-world validation scenes)",
+                    label="Examples (miniature-world test scenes)",
                     elem_id="examples",
                 )
             # preprocess=False: gr.Image would open the upload with PIL and fail on a file that is
@@ -205,21 +204,6 @@ class WebDemo:
                 preprocess=False,
             )
         return page
-
-
-def check_image_size(path: str) -> None:
-    """Refuse absurd sizes from the file header, before the pixels are decoded."""
-    try:
-        with Image.open(path) as header:
-            width, height = header.size
-    except Exception:  # unreadable: read_image_rgb says why
-        return
-    short, long = min(width, height), max(width, height)
-    if short < MIN_SIDE or long > MAX_SIDE or long > MAX_ASPECT * short:
-        raise UserInputError(
-            f"The image is {width} x {height} pixels: the demo takes sides of {MIN_SIDE} to "
-            f"{MAX_SIDE} pixels with at most {MAX_ASPECT}:1 between them."
-        )
 
 
 def failure(message: str):
@@ -241,11 +225,11 @@ def shares_table(shares: dict[str, float], names: list[str], colors) -> pd.DataF
 
 
 def write_examples(folder: str, count: int = NUM_EXAMPLES) -> list[str]:
-    """The first validation scenes of the miniature world (`make main`'s seed), as PNG files."""
+    """The first test scenes of the miniature world (`make main`'s seed), as PNG files."""
     paths = []
     for index in range(count):
-        path = os.path.join(folder, f"miniworld_val_{index:06d}.png")
-        Image.fromarray(render_item(0, "val", index, world.WorldParams()).image).save(path)
+        path = os.path.join(folder, f"miniworld_test_{index:06d}.png")
+        Image.fromarray(render_item(0, "test", index, world.WorldParams()).image).save(path)
         paths.append(path)
     return paths
 

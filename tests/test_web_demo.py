@@ -18,6 +18,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from clipzss_d2.miniworld import world
+from clipzss_d2.miniworld.generate import render_item
 from clipzss_d2.predictor import OpenVocabularyPredictor
 
 from .helpers import TINY_CLIP, tiny_cfg
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WEB_DEMO = ROOT / "demo" / "web_demo.py"
 VOCAB = "disc, grass|lawn, water, brick"
 NAMES = ["disc", "grass", "water", "brick"]
-# 96 px scenes are resized to 64 px; 32 px windows every 16 px make sliding differ from whole.
+# Scenes (short side 72-120 px) are resized to a 64 px short side (long side up to ~103 px):
+# 32 px windows every 16 px make sliding differ from whole.
 MODEL_OPTS = [
     "DATASETS.TRAIN", (), "DATASETS.TEST", (),
     "INPUT.MIN_SIZE_TEST", 64,
@@ -45,7 +47,7 @@ def load_module():
 
 web_demo = load_module()
 # the drawing code the demo reuses (demo/visualization.py), imported the way the demo imports it
-from visualization import class_colors, render  # noqa: E402
+from visualization import MIN_DISPLAY_SIDE, class_colors, render  # noqa: E402
 
 
 def save_tiny_model(folder: Path, extra_opts=()) -> tuple[str, str]:
@@ -120,8 +122,10 @@ def assert_error(output, *fragments):
 def test_page_defaults_and_examples(app):
     assert app.vocabulary == "sky, tree|trees"  # the config's vocabulary
     assert len(app.examples) == 3
-    for path in app.examples:  # the miniature world's validation scenes, as `make main` makes
-        assert rgb_of(path).shape == (96, 96, 3)
+    for index, path in enumerate(app.examples):  # the world's test scenes, `make main`'s seed
+        assert Path(path).name == f"miniworld_test_{index:06d}.png"
+        scene = render_item(0, "test", index, world.WorldParams()).image
+        np.testing.assert_array_equal(rgb_of(path), scene)
     assert "32 x 32 px windows every 16 px" in app.describe_modes()
     assert app.build() is not None
 
@@ -138,9 +142,11 @@ def test_segment_matches_the_predictor_called_directly(app, tiny, mode, key):
     ]
     drawn = render(image, expected.labels.astype(np.uint8), NAMES, colors, 255)
     np.testing.assert_array_equal(overlay, drawn)
-    assert overlay.shape[0] >= 3 * 96 and overlay.shape[1] > 3 * 96  # enlarged x3 + legend
+    height, width = image.shape[:2]
+    factor = -(-MIN_DISPLAY_SIDE // min(height, width))  # enlarged for display, then the legend
+    assert factor > 1 and overlay.shape[0] >= factor * height and overlay.shape[1] > factor * width
     assert re.fullmatch(
-        rf"Segmented a 96 x 96 image over 4 classes \({mode}\) in [0-9.]+ s\.", status
+        rf"Segmented a {width} x {height} image over 4 classes \({mode}\) in [0-9.]+ s\.", status
     )
 
 
@@ -277,7 +283,7 @@ def test_bad_config_or_weights_exit_2_with_one_line(tiny, tmp_path, capsys):
 
 def test_default_model_is_the_main_jobs_run(tiny, tmp_path):
     """No --config-file: the run `make main` leaves (<output>/full/seed0), its vocabulary the
-    miniature world's classes, sliding windows sized for its 96 px scenes."""
+    miniature world's classes, sliding windows sized for its scenes at the test size."""
     config, weights = tiny
     run = tmp_path / "miniworld" / "full" / "seed0"
     run.mkdir(parents=True)
@@ -306,4 +312,5 @@ def test_a_model_folder_alone_serves_the_page(tiny, tmp_path):
     overlay, table, status = app.segment(app.examples[0], VOCAB, "whole image")
     expected = source(image, vocabulary=VOCAB, input_format="RGB")
     assert table_rows(table) == expected_rows(expected.labels, NAMES)
-    assert status.startswith("Segmented a 96 x 96 image over 4 classes")
+    height, width = image.shape[:2]
+    assert status.startswith(f"Segmented a {width} x {height} image over 4 classes")

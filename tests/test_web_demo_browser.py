@@ -155,7 +155,8 @@ def test_upload_vocabulary_segment_in_chromium(server, browser, tmp_path, record
     from selenium.webdriver.support.ui import WebDriverWait
 
     start = time.monotonic()
-    scene = render_item(0, "val", 5, world.WorldParams()).image  # a miniature-world scene
+    scene = render_item(0, "test", 5, world.WorldParams()).image  # a miniature-world scene
+    height, width = scene.shape[:2]
     upload = tmp_path / "scene.png"
     Image.fromarray(np.ascontiguousarray(scene)).save(upload)
 
@@ -183,10 +184,13 @@ def test_upload_vocabulary_segment_in_chromium(server, browser, tmp_path, record
     find("#segment").click()
 
     status = status_text(lambda text: text.startswith(("Segmented", "Error")))
-    assert status.startswith("Segmented a 96 x 96 image over 4 classes (sliding window)"), status
+    expected = f"Segmented a {width} x {height} image over 4 classes (sliding window)"
+    assert status.startswith(expected), status
     overlay = find("#overlay img")
     assert overlay.get_attribute("src")
-    assert browser.execute_script("return arguments[0].naturalWidth", overlay) > 3 * 96
+    # enlarged to a short side of 256 px or more (demo/visualization.py), the legend beside it
+    natural_width = browser.execute_script("return arguments[0].naturalWidth", overlay)
+    assert natural_width > 256 * width / min(height, width)
 
     def cells(d):
         found = d.find_elements(By.CSS_SELECTOR, "#shares [role=gridcell]")
@@ -218,13 +222,15 @@ def test_upload_vocabulary_segment_in_chromium(server, browser, tmp_path, record
     # an example scene (served by the app), whole-image inference
     find("#examples button:nth-of-type(2)").click()
     WebDriverWait(browser, 30).until(
-        lambda d: "miniworld_val_000001" in find("#input-image img").get_attribute("src")
+        lambda d: "miniworld_test_000001" in find("#input-image img").get_attribute("src")
     )
+    example = render_item(0, "test", 1, world.WorldParams()).image  # what web_demo.py wrote
     vocabulary.send_keys("sand, grass, cross")
     find("[data-testid='whole image-radio-label']").click()
     find("#segment").click()
     status = status_text(lambda text: text.startswith("Segmented"))
-    assert status.startswith("Segmented a 96 x 96 image over 3 classes (whole image)"), status
+    expected = f"Segmented a {example.shape[1]} x {example.shape[0]} image over 3 classes"
+    assert status.startswith(expected + " (whole image)"), status
 
     # a file that is no image: uploaded as it is, answered by a message
     junk = tmp_path / "broken.png"

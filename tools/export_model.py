@@ -30,7 +30,6 @@ This file is the command line only; the export and its checks are clipzss_d2.exp
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -40,26 +39,23 @@ if str(ROOT) not in sys.path:
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from clipzss_d2 import get_clipzss_cfg  # noqa: E402
-from clipzss_d2.errors import USER_ERRORS  # noqa: E402
+from clipzss_d2.entry import (  # noqa: E402
+    add_config_arguments,
+    add_vocabulary_arguments,
+    config_name,
+    load_config,
+    run_main,
+    vocabulary_from_args,
+)
 from clipzss_d2.export import ExportOptions, export_student  # noqa: E402
-from clipzss_d2.model_folder import CONFIG_FILE, load_folder_config  # noqa: E402
-from clipzss_d2.predictor import dataset_vocabulary, read_vocabulary_file  # noqa: E402
-from clipzss_d2.utils.config_loading import merge_config  # noqa: E402
-from clipzss_d2.vocabulary import parse_vocabulary  # noqa: E402
+
+PROG = "export_model.py"
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Export a CLIP-ZSS student with a fixed vocabulary")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--config-file", metavar="FILE")
-    model.add_argument(
-        "--model-folder", metavar="DIR", help="a model folder (OUTPUT_DIR/model of train_net.py)"
-    )
-    vocab = p.add_mutually_exclusive_group(required=True)
-    vocab.add_argument("--vocab", help='comma-separated classes, "|" joins synonyms')
-    vocab.add_argument("--vocab-file", help="text file with one class per line")
-    vocab.add_argument("--vocab-dataset", help="the classes of a registered dataset")
+    add_config_arguments(p, model_folder=True)  # --config-file or --model-folder, --opts
+    add_vocabulary_arguments(p, required=True)
     p.add_argument("--output", required=True, help="folder for model.ts / model.onnx / JSON")
     p.add_argument(
         "--format", nargs="+", choices=["torchscript", "onnx"], default=["torchscript", "onnx"]
@@ -71,35 +67,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-kind", choices=["logits", "labels"], default="labels")
     p.add_argument("--onnx-exporter", choices=["dynamo", "legacy"], default="dynamo")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
-    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides")
     return p
 
 
-def vocabulary_from_args(args) -> list[str]:
-    if args.vocab is not None:
-        return parse_vocabulary(args.vocab)
-    if args.vocab_file is not None:
-        return read_vocabulary_file(args.vocab_file)
-    return dataset_vocabulary(args.vocab_dataset).entries
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    try:
-        return run(args)
-    except USER_ERRORS as e:
-        print(f"export_model.py: error: {e}", file=sys.stderr)
-        return 2
+    """Exit status: 0 exported and checked, 1 outputs differ, 2 a user error (one line)."""
+    return run_main(run, get_parser().parse_args(argv), prog=PROG)
 
 
 def run(args) -> int:
-    vocabulary = vocabulary_from_args(args)
-    if args.model_folder:
-        cfg = load_folder_config(args.model_folder, args.opts, "--opts")
-        config_file = os.path.join(args.model_folder, CONFIG_FILE)
-    else:
-        cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, "--opts")
-        config_file = args.config_file
+    vocabulary = vocabulary_from_args(args).entries
+    cfg = load_config(args)
     options = ExportOptions(
         formats=args.format,
         height=args.height,
@@ -110,9 +88,9 @@ def run(args) -> int:
         onnx_exporter=args.onnx_exporter,
         opset=args.opset,
     )
-    written, problems = export_student(cfg, vocabulary, args.output, options, config_file)
+    written, problems = export_student(cfg, vocabulary, args.output, options, config_name(args))
     if problems:
-        print("export_model.py: exported models do not match PyTorch:", file=sys.stderr)
+        print(f"{PROG}: exported models do not match PyTorch:", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 1
