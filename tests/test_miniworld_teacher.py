@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.miniworld import render as R
+from clipzss_d2.miniworld import teacher_eval as E
 from clipzss_d2.miniworld import train_teacher as T
 from clipzss_d2.miniworld import world as W
 from clipzss_d2.miniworld.captions import make_caption
@@ -56,9 +57,9 @@ def test_checkpoint_loads_through_create_clip_model(quick_checkpoint):
     r = R.make_sample(np.random.default_rng(0), QUICK.resolved().world)
     assert r.image.shape == (96, 96, 3)  # the teacher's images: square, its input size
     x = T.Batches(model, QUICK.resolved()).to_tensor([r.image])
-    cls, patches = T.image_tokens(model, x)
+    cls, patches = E.image_tokens(model, x)
     assert cls.shape == (1, 64) and patches.shape == (1, 12, 12, 64)
-    text = T.encode_names(model, T.MODEL_NAME, W.CLASSES)
+    text = E.encode_names(model, T.MODEL_NAME, W.CLASSES)
     assert text.shape == (len(W.CLASSES), 64)
 
 
