@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install browser main test test-fast lint format ablation clean
+.PHONY: install browser main test test-fast lint format ablation tune clean
 
 install:
 	bash scripts/install.sh
@@ -22,6 +22,9 @@ test-fast: install
 
 ablation: install
 	$(PY) tools/run_miniworld.py --ablation
+
+tune: install
+	$(PY) tools/run_miniworld.py --tune
 
 lint: install
 	.venv/bin/ruff check .
