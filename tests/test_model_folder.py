@@ -267,13 +267,19 @@ def test_export_tool_takes_the_folder(run, reference, moved, no_clip_weights, tm
     argv = ["--model-folder", str(moved), "--vocab-dataset", "voc20_zs_val", "--output", str(out)]
     argv += ["--format", "torchscript", "--height", "64", "--width", "96"]
     assert export.main(argv) == 0
-    image = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8, generator=g)
     labels, scores = torch.jit.load(str(out / "model.ts"))(image)
     with torch.no_grad():
         logits = reference.model([{"image": image[0].float()}])[0]["sem_seg"]
-    expected_scores, expected_labels = logits.softmax(0).max(0)
-    torch.testing.assert_close(labels[0], expected_labels)
+    probs = logits.softmax(0)
+    expected_scores, expected_labels = probs.max(0)
     torch.testing.assert_close(scores[0], expected_scores, atol=1e-5, rtol=1e-5)
+    # a random tiny model has near-ties; the labels must agree wherever the top two differ
+    top2 = probs.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-5
+    assert clear.float().mean() > 0.9
+    torch.testing.assert_close(labels[0][clear], expected_labels[clear])
 
 
 def test_bad_folder_is_one_line_exit_2(tmp_path, capsys):
