@@ -52,6 +52,7 @@ from clipzss_d2.reproducibility import (
     enable_deterministic_kernels,
 )
 from clipzss_d2.solver import build_optimizer
+from clipzss_d2.utils.distributed import leave_process_groups
 from clipzss_d2.utils.weights import resolve_model_weights
 from clipzss_d2.vocabulary import prompt_names
 
@@ -277,10 +278,13 @@ def main(args):
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume
         )
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    leave_process_groups()  # a gloo rank could otherwise abort at exit after finishing its work
+    return results
 
 
 @exit_on_user_error(PROG, system_exit=True)

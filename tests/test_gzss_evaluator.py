@@ -17,6 +17,7 @@ from sklearn.metrics import confusion_matrix
 from clipzss_d2.data import read_label_map
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
 from clipzss_d2.evaluation.gzss_evaluation import PER_CLASS_FILE
+from clipzss_d2.utils.distributed import leave_process_groups
 
 CLASSES = ["a", "b", "c", "d"]
 UNSEEN = ["c", "d"]  # ids 2 and 3
@@ -300,6 +301,7 @@ def _distributed_worker(gt_files, preds, classes, unseen, out_file):
             json.dump({k: (None if math.isnan(v) else v) for k, v in res["sem_seg"].items()}, f)
     else:
         assert res is None
+    leave_process_groups()
 
 
 def test_two_processes_give_the_one_process_numbers(tmp_path):
