@@ -124,6 +124,28 @@ def test_main_job_rejects_a_world_made_with_other_settings(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_main_job_trains_another_student_from_a_config_delta(tmp_path):
+    delta = "configs/miniworld/students/segformer-b0.yaml"
+    overrides = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"]
+    proc = run_main_job(tmp_path, "--no-demo", "--student", delta, *overrides)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "out" / "full" / "seed0"
+    config = (run_dir / "config.yaml").read_text()
+    assert "pvt_v2_b0" in config and "MLPEmbeddingHead" in config
+    assert "GLM" in config and "LOSS_WEIGHT: 0.1" in config  # the variant's own keys are kept
+    row = json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]
+    assert row["student"] == delta and 0.0 <= row["hIoU"] <= 100.0
+
+
+def test_main_job_refuses_a_missing_student_file_before_any_work(tmp_path):
+    proc = run_main_job(tmp_path, "--student", "configs/miniworld/students/nope.yaml")
+    assert proc.returncode == 2
+    assert "--student configs/miniworld/students/nope.yaml: no such file." in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "world").exists()
+
+
 # -- in-process, no training: the --tune search and the tables -------------------------------------
 def load_tool():
     spec = importlib.util.spec_from_file_location(

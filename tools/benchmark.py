@@ -157,7 +157,7 @@ def run(args, argv=None) -> int:
             predictor = OpenVocabularyPredictor(student_cfg(args, config), vocabulary)
             if predictors:
                 first = next(iter(predictors.values())).model
-                predictor.model._text_embeddings = first._text_embeddings
+                predictor.model.text_classifier = first.text_classifier
             predictor.model.set_vocabulary(vocabulary)
             predictors[config] = predictor
             print(

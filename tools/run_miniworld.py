@@ -44,6 +44,7 @@ from clipzss_d2.miniworld.train_teacher import (  # noqa: E402
     cached_teacher_info,
     get_miniworld_teacher,
 )
+from clipzss_d2.utils.config_loading import merge_config_file  # noqa: E402
 from clipzss_d2.utils.io import atomic_write_text  # noqa: E402
 from train_net import Trainer  # noqa: E402
 
@@ -67,6 +68,8 @@ def stage(title):
 def train_and_evaluate(variant, seed, args, teacher_path, extra=(), name=None):
     cfg = get_clipzss_cfg()
     cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / f"{variant}.yaml"))
+    if args.student:  # a student delta (no _BASE_) over the variant
+        merge_config_file(cfg, args.student, "--student")
     out_dir = os.path.join(args.output, name or variant, f"seed{seed}")
     opts = [
         "MODEL.CLIPZSS.CLIP.PRETRAINED", teacher_path,
@@ -102,6 +105,7 @@ def train_and_evaluate(variant, seed, args, teacher_path, extra=(), name=None):
     row.update(
         variant=variant, seed=seed, train_minutes=minutes, output_dir=out_dir,
         test_set=list(cfg.DATASETS.TEST), overrides=[str(v) for v in extra],
+        student=args.student or "Base-MiniWorld (DeepLabV3+ narrow R-50)",
     )  # fmt: skip
     atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(row, indent=2))
     return row
@@ -138,6 +142,8 @@ def config_value(key, args):
     """The value configs/miniworld/full.yaml (with the command's overrides) gives `key`."""
     cfg = get_clipzss_cfg()
     cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / "full.yaml"))
+    if args.student:
+        merge_config_file(cfg, args.student, "--student")
     cfg.merge_from_list(list(args.opts))
     node = cfg
     for part in key.split("."):
@@ -213,6 +219,12 @@ def run(argv=None):
         action="store_true",
         help="run the stated hyper-parameter search on the tune split instead (TUNING_STEPS)",
     )
+    ap.add_argument(
+        "--student",
+        default="",
+        help="a student config delta merged over each variant, e.g. "
+        "configs/miniworld/students/segformer-b0.yaml (default: Base-MiniWorld's student)",
+    )
     ap.add_argument("--tune-seed", type=int, default=0)
     ap.add_argument("--iters", type=int, default=0, help="override SOLVER.MAX_ITER")
     ap.add_argument(
@@ -238,6 +250,7 @@ def run(argv=None):
     args = ap.parse_args(argv)
     variants = args.variants or (VARIANTS if args.ablation else ("full",))
     seeds = args.seeds or ([0, 1, 2] if args.ablation else [0])
+    config_value("MODEL.CLIPZSS.EMBED_DIM", args)  # a bad --student file stops here, not later
     setup_logger(name="detectron2", abbrev_name="d2")
     setup_logger(name="clipzss_d2")
     timings = {}

@@ -1,0 +1,61 @@
+"""tools/benchmark.py end to end on tiny settings: every section runs for several students, and
+the ratios it prints agree with the times in its own table."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .helpers import TINY_CLIP
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDENTS = ["configs/Base-CLIPZSS.yaml", "configs/students/segformer-b0.yaml"]
+
+
+def table_rows(markdown: str, title: str) -> list[list[str]]:
+    """The body rows (cells) of the table under the heading that contains `title`."""
+    section = markdown.split(title, 1)[1].split("\n#", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")][2:]  # header, rule
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+
+
+def ratio(cell: str) -> float:
+    return float(re.search(r"([0-9.]+)x", cell).group(1))
+
+
+@pytest.mark.slow
+def test_benchmark_runs_every_section_for_every_student(tmp_path):
+    out = tmp_path / "bench.md"
+    command = [
+        sys.executable, "tools/benchmark.py", "--device", "cpu", "--students", *STUDENTS,
+        "--size", "64", "--batch-sizes", "1", "2", "--precisions", "fp32", "--iters", "2",
+        "--warmup", "0", "--num-classes", "5", "--clip-model", TINY_CLIP,
+        "--train-batch", "1", "--train-crop", "64", "--train-iters", "1", "--train-warmup", "0",
+        "--teacher-sizes", "0", "32", "--output", str(out),
+        "--opts", "MODEL.CLIPZSS.CLIP.MODEL_NAME", TINY_CLIP, "MODEL.CLIPZSS.EMBED_DIM", "32",
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = out.read_text()
+    names = ["DeepLabV3+ R-101 (current default)", "segformer-b0"]
+
+    rows = table_rows(report, "Throughput")
+    baseline = {r[1]: float(r[5]) for r in rows if r[0].startswith("CLIP-in-the-loop")}
+    assert set(baseline) == {"1", "2"}
+    for name in names:
+        mine = [r for r in rows if r[0] == name]
+        assert {r[1] for r in mine} == {"1", "2"}, name
+        for r in mine:  # the printed ratio is images/s over the baseline's, same batch
+            assert ratio(r[6]) == pytest.approx(float(r[5]) / baseline[r[1]], rel=0.05, abs=0.01)
+
+    assert {r[0] for r in table_rows(report, "OpenVocabularyPredictor")} == set(names)
+
+    steps = table_rows(report, "Training step")
+    for name in names:
+        mine = {r[1]: r for r in steps if r[0] == name}
+        assert set(mine) == {"baseline (student only)", "full, teacher 64²", "full, teacher 32²"}
+        base_ms = float(mine["baseline (student only)"][2])
+        for r in mine.values():
+            assert ratio(r[4]) == pytest.approx(float(r[2]) / base_ms, rel=0.05, abs=0.01)
