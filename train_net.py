@@ -274,6 +274,9 @@ def main(args):
         student = cfg.clone()  # evaluation needs neither the teacher nor GLM / PLM
         student.defrost()
         student.MODEL.CLIPZSS.STUDENT_ONLY = True
+        if cfg.MODEL.WEIGHTS:  # the trained student is loaded: no ImageNet init to fetch
+            student.MODEL.TIMM.PRETRAINED = ""
+            student.MODEL.SWIN.PRETRAINED = ""
         model = Trainer.build_model(student)
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume

@@ -22,18 +22,50 @@ def test_configs_are_found():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_config_loads_and_builds(path):
     cfg = get_clipzss_cfg()
+    if path.parent == CONFIG_DIR / "miniworld" / "students":  # run_miniworld.py --student FILE
+        cfg.merge_from_file(str(CONFIG_DIR / "miniworld" / "full.yaml"))  # deltas: no _BASE_
     cfg.merge_from_file(str(path))
     published = (tuple(cfg.DATASETS.TRAIN), tuple(cfg.DATASETS.TEST), cfg.SOLVER.MAX_ITER)
     keep = cfg.MODEL.BACKBONE.NAME  # tiny widths for ResNets only; other backbones as configured
     if keep == "build_resnet_deeplab_backbone":
         cfg.merge_from_list(TINY_MODEL_OPTS)
     else:
-        cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+        # ImageNet weights named for training (a hub tag) are not fetched in tests
+        offline = ["MODEL.TIMM.PRETRAINED", "", "MODEL.SWIN.PRETRAINED", ""]
+        cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *offline])
     model = build_model(cfg)
     assert isinstance(model, CLIPZSS)
     assert (tuple(cfg.DATASETS.TRAIN), tuple(cfg.DATASETS.TEST), cfg.SOLVER.MAX_ITER) == published
     if cfg.DATASETS.TRAIN:
         assert model.train_vocabulary, "training vocabulary comes from the train dataset"
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _load(*parts):
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(str(CONFIG_DIR.joinpath(*parts)))
+    return _flat(cfg)
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco_stuff", "pascal_context"])
+def test_light_student_dataset_configs_change_only_the_student(dataset):
+    """students/<dataset>-segformer-b0.yaml = <dataset>.yaml with students/segformer-b0.yaml's
+    network, its ImageNet weights named for training, and an output folder of its own."""
+    base, student = _load("Base-CLIPZSS.yaml"), _load("students", "segformer-b0.yaml")
+    expected = _load(f"{dataset}.yaml")
+    expected.update({k: v for k, v in student.items() if v != base[k]})  # the network keys
+    expected["MODEL.TIMM.PRETRAINED"] = "pvt_v2_b0.in1k"
+    expected["OUTPUT_DIR"] = f"output/{dataset}-segformer-b0"
+    assert _load("students", f"{dataset}-segformer-b0.yaml") == expected
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,7 @@ def run_train_net(voc_root, output_dir, *extra, num_gpus=None, max_iter=4):
         args += ["--num-gpus", str(num_gpus)]
     args += list(extra[0]) if extra else []
     env = dict(os.environ, DETECTRON2_DATASETS=str(voc_root), OMP_NUM_THREADS="1")
+    env["HF_HUB_OFFLINE"] = "1"  # nothing may be fetched (timm's ImageNet weights come from there)
     proc = subprocess.run(
         args + opts + list(extra[1:]),
         cwd=ROOT,
@@ -123,3 +124,17 @@ def test_two_process_cpu_training(voc_root, tmp_path):
     last = [m for m in metrics(out) if "loss_ce" in m][-1]
     assert LOSSES <= set(last) and all(math.isfinite(last[k]) for k in LOSSES), last
     assert (out / "model_final.pth").exists()
+
+
+def test_light_student_dataset_config_trains_and_evaluates(voc_root, tmp_path):
+    """configs/students/voc-segformer-b0.yaml names timm's ImageNet weights for training; a
+    trained student is evaluated from MODEL.WEIGHTS without fetching them."""
+    config = ["--config-file", str(ROOT / "configs/students/voc-segformer-b0.yaml")]
+    out = tmp_path / "b0"
+    log = run_train_net(voc_root, out, config, "MODEL.TIMM.PRETRAINED", "", max_iter=2)
+    assert "build_clipzss_timm_backbone" in (out / "config.yaml").read_text() and "hIoU" in log
+    log = run_train_net(
+        voc_root, tmp_path / "eval", [*config, "--eval-only"],
+        "MODEL.WEIGHTS", str(out / "model_final.pth"),
+    )  # fmt: skip
+    assert "mIoU(unseen)" in log and "hIoU" in log

@@ -97,7 +97,7 @@ def parse_args(argv=None):
         help="MODEL.CLIPZSS.TEACHER.INPUT_SIZE values of the full step (0 = the crop)",
     )
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
-    p.add_argument("--compile-student", default="configs/students/segformer-b1.yaml")
+    p.add_argument("--compile-student", default="configs/students/segformer-b0.yaml")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
