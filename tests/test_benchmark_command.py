@@ -59,3 +59,22 @@ def test_benchmark_runs_every_section_for_every_student(tmp_path):
         base_ms = float(mine["baseline (student only)"][2])
         for r in mine.values():
             assert ratio(r[4]) == pytest.approx(float(r[2]) / base_ms, rel=0.05, abs=0.01)
+
+
+@pytest.mark.slow
+def test_training_step_breakdown_command():
+    """tools/benchmark_train.py alone: the full step, where its time goes, and the ratio."""
+    command = [
+        sys.executable, "tools/benchmark_train.py", "--device", "cpu", "--batch", "1",
+        "--crop", "64", "--iters", "1", "--warmup", "0",
+        "MODEL.CLIPZSS.CLIP.MODEL_NAME", TINY_CLIP, "MODEL.CLIPZSS.EMBED_DIM", "32",
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = dict(re.findall(r"^\| (.+?) \| ([0-9.]+) \|$", proc.stdout, flags=re.M))
+    base, full = rows["baseline step (student only)"], rows["full step (teacher + GLM + PLM)"]
+    parts = [k for k in rows if k.startswith("  of which")]
+    assert {"  of which teacher forward", "  of which K-Means + fusion"} <= set(parts)
+    assert sum(float(rows[k]) for k in parts) == pytest.approx(float(full), abs=0.2)
+    printed = float(re.search(r"full / baseline step time: ([0-9.]+)x", proc.stdout).group(1))
+    assert printed == pytest.approx(float(full) / float(base), abs=0.01)

@@ -187,7 +187,7 @@ def test_tune_is_a_coordinate_search_on_the_tune_split(monkeypatch):
         return fake_row(variant, seed, score[setting[weight], setting[fusion]])
 
     monkeypatch.setattr(tool, "train_and_evaluate", fake_train)
-    args = tool.argparse.Namespace(tune_seed=3, opts=[], output="unused")
+    args = tool.argparse.Namespace(tune_seed=3, opts=[], output="unused", student="")
     table, rows, chosen = tool.tune(args, "teacher.pt")
     tune_split = ["DATASETS.TEST", "('miniworld_tune',)"]
     assert calls == [

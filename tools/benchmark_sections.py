@@ -4,7 +4,6 @@ table rows each."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import time
@@ -15,11 +14,9 @@ import numpy as np
 import torch
 from benchmark_baseline import BASELINE_NAME, CLIPInTheLoop, pick_fastpath
 from benchmark_measure import measure_peak, peak_gib, reset_peak, round_robin, sync, vm_gib
-from detectron2.modeling import build_model
 
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.predictor import OpenVocabularyPredictor
-from clipzss_d2.solver import build_optimizer
 from clipzss_d2.utils.config_loading import merge_config_file, merge_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,35 +158,7 @@ def train_steps(args) -> list[dict]:
                 + list(args.opts)
                 + (["MODEL.CLIPZSS.TEACHER.INPUT_SIZE", teacher_size] if teacher_size else []),
             )
-            cfg = bt.make_cfg(targs, variant)
-            torch.manual_seed(0)
-            model = build_model(cfg)
-            model.build_teacher()
-            model.train()
-            optimizer = build_optimizer(cfg, model)
-            timers = bt.Timers(args.device)
-            if variant == "full":
-                timers.wrap("teacher forward", model, "_teacher")
-                timers.wrap("K-Means + fusion", model.plm, "labeler")
-                timers.wrap("synthesizer", model.plm, "synthesizer")
-                timers.wrap("GLM", model, "glm")
-            batch = bt.synthetic_batch(args.train_batch, args.train_crop)
-            use_amp = args.device.startswith("cuda") and cfg.SOLVER.AMP.ENABLED
-            amp_dtype = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-            scaler = torch.amp.GradScaler(
-                "cuda", enabled=use_amp and cfg.SOLVER.AMP.PRECISION == "float16"
-            )
-
-            ctx = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
-
-            def step(model=model, optimizer=optimizer, batch=batch, scaler=scaler, ctx=ctx):
-                with ctx:
-                    loss = sum(model(batch).values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-
+            step, timers = bt.build_step(targs, variant, args.train_batch, args.train_crop)
             reset_peak(args.device)
             resident = (
                 torch.cuda.memory_allocated() / 2**30
@@ -226,7 +195,7 @@ def train_steps(args) -> list[dict]:
                 f"[{timing.spread(1000)}] {ms / base_ms:.2f}x baseline",
                 flush=True,
             )
-            del model, optimizer, timers
+            del step, timers
             gc.collect()
     return rows
 

@@ -140,7 +140,9 @@ class Timers:
             setattr(owner, attr, Timed())
 
 
-def run_variant(args, variant):
+def build_step(args, variant, batch_size, crop):
+    """One training step of `variant` on a synthetic batch (model, optimizer and AMP as the
+    config says) and the timers wrapped around its parts; args: config_file, device, opts."""
     cfg = make_cfg(args, variant)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -153,8 +155,8 @@ def run_variant(args, variant):
         timers.wrap("K-Means + fusion", model.plm, "labeler")
         timers.wrap("synthesizer", model.plm, "synthesizer")
         timers.wrap("GLM", model, "glm")
-    batch = synthetic_batch(args.batch, args.crop)
-    use_amp = args.device == "cuda" and cfg.SOLVER.AMP.ENABLED
+    batch = synthetic_batch(batch_size, crop)
+    use_amp = args.device.startswith("cuda") and cfg.SOLVER.AMP.ENABLED
     autocast = (
         torch.autocast("cuda", dtype=getattr(torch, cfg.SOLVER.AMP.PRECISION))
         if use_amp
@@ -170,6 +172,11 @@ def run_variant(args, variant):
         scaler.step(optimizer)
         scaler.update()
 
+    return step, timers
+
+
+def run_variant(args, variant):
+    step, timers = build_step(args, variant, args.batch, args.crop)
     for _ in range(args.warmup):
         step()
     timers.totals.clear()
