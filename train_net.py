@@ -35,7 +35,7 @@ from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils.logger import setup_logger
 
-from clipzss_d2.checkpoint import SafeCheckpointer
+from clipzss_d2.checkpoint import SafeCheckpointer, skip_imagenet_init_for_trained_student
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets
 from clipzss_d2.diagnostics import PseudoLabelReport
 from clipzss_d2.entry import exit_on_user_error, load_config
@@ -274,9 +274,7 @@ def main(args):
         student = cfg.clone()  # evaluation needs neither the teacher nor GLM / PLM
         student.defrost()
         student.MODEL.CLIPZSS.STUDENT_ONLY = True
-        if cfg.MODEL.WEIGHTS:  # the trained student is loaded: no ImageNet init to fetch
-            student.MODEL.TIMM.PRETRAINED = ""
-            student.MODEL.SWIN.PRETRAINED = ""
+        skip_imagenet_init_for_trained_student(student)
         model = Trainer.build_model(student)
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume

@@ -79,6 +79,14 @@ class _ModelZooUnpickler(pickle.Unpickler):
         )
 
 
+def skip_imagenet_init_for_trained_student(cfg) -> None:
+    """With MODEL.WEIGHTS holding a trained student, building it need not fetch (or, offline,
+    fail on) the backbone's ImageNet weights. Edits a defrosted cfg in place."""
+    if cfg.MODEL.WEIGHTS:
+        cfg.MODEL.TIMM.PRETRAINED = ""
+        cfg.MODEL.SWIN.PRETRAINED = ""
+
+
 def load_pkl_safely(path: str):
     """Unpickle a model-zoo `.pkl` building only containers, numbers, strings and numpy arrays."""
     with PathManager.open(path, "rb") as f:

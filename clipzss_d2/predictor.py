@@ -22,7 +22,7 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from .checkpoint import load_student_weights
+from .checkpoint import load_student_weights, skip_imagenet_init_for_trained_student
 from .config import get_clipzss_cfg
 from .errors import UserInputError
 from .modeling.inference import TestTimeInference
@@ -100,9 +100,7 @@ class OpenVocabularyPredictor:
         self.cfg = cfg.clone()
         self.cfg.defrost()  # callers may pass a frozen config (demo.py freezes its own)
         self.cfg.MODEL.CLIPZSS.STUDENT_ONLY = True  # deployment: no training-only modules
-        if self.cfg.MODEL.WEIGHTS:  # a trained student: no ImageNet initialisation to fetch
-            self.cfg.MODEL.TIMM.PRETRAINED = ""
-            self.cfg.MODEL.SWIN.PRETRAINED = ""
+        skip_imagenet_init_for_trained_student(self.cfg)
         self.cfg.freeze()
         self.model = build_model(self.cfg)
         if not isinstance(self.model, CLIPZSS):

@@ -66,10 +66,7 @@ def stage(title):
 
 
 def train_and_evaluate(variant, seed, args, teacher_path, extra=(), name=None):
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / f"{variant}.yaml"))
-    if args.student:  # a student delta (no _BASE_) over the variant
-        merge_config_file(cfg, args.student, "--student")
+    cfg = variant_cfg(variant, args)
     out_dir = os.path.join(args.output, name or variant, f"seed{seed}")
     opts = [
         "MODEL.CLIPZSS.CLIP.PRETRAINED", teacher_path,
@@ -138,12 +135,18 @@ def finished_run(out_dir, cfg):
         return None
 
 
-def config_value(key, args):
-    """The value configs/miniworld/full.yaml (with the command's overrides) gives `key`."""
+def variant_cfg(variant, args):
+    """configs/miniworld/<variant>.yaml with the --student delta (no _BASE_) merged over it."""
     cfg = get_clipzss_cfg()
-    cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / "full.yaml"))
+    cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / f"{variant}.yaml"))
     if args.student:
         merge_config_file(cfg, args.student, "--student")
+    return cfg
+
+
+def config_value(key, args):
+    """The value configs/miniworld/full.yaml (with the command's overrides) gives `key`."""
+    cfg = variant_cfg("full", args)
     cfg.merge_from_list(list(args.opts))
     node = cfg
     for part in key.split("."):
@@ -250,7 +253,7 @@ def run(argv=None):
     args = ap.parse_args(argv)
     variants = args.variants or (VARIANTS if args.ablation else ("full",))
     seeds = args.seeds or ([0, 1, 2] if args.ablation else [0])
-    config_value("MODEL.CLIPZSS.EMBED_DIM", args)  # a bad --student file stops here, not later
+    variant_cfg("full", args)  # a bad --student file stops here, before any work
     setup_logger(name="detectron2", abbrev_name="d2")
     setup_logger(name="clipzss_d2")
     timings = {}
