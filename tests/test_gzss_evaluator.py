@@ -111,6 +111,31 @@ def test_unseen_only_image_and_a_predicted_absent_class(tmp_path):
     )
 
 
+def test_errors_that_cross_the_split(tmp_path):
+    # gt   a a a a b b c c d d     seen a, b (6 pixels); unseen c, d (4 pixels)
+    # pred a c c a b d c a d d     seen -> unseen: the two a's predicted c, one b predicted d
+    #                              unseen -> seen: one c predicted a
+    # predicted c: 3 pixels, 2 of them seen truth (a); predicted d: 3 pixels, 1 seen (b)
+    gt = [[0, 0, 0, 0, 1, 1, 2, 2, 3, 3]]
+    pred = [[0, 2, 2, 0, 1, 3, 2, 0, 3, 3]]
+    res = evaluate(tmp_path, [gt], [pred])
+    assert_metrics(
+        res,
+        {
+            "seen_as_unseen": 100 * 3 / 6,
+            "unseen_as_seen": 100 * 1 / 4,
+            "FromSeen-c": 100 * 2 / 3,
+            "FromSeen-d": 100 * 1 / 3,
+            "IoU-c": 100 * 1 / 4,  # tp 1, gt 2, pred 3
+        },
+    )
+    assert "FromSeen-a" not in res
+    # a class never predicted has no such share; a set without seen truth has no seen_as_unseen
+    res = evaluate(tmp_path, [[[2, 2, 3]]], [[[2, 2, 0]]])
+    assert_metrics(res, {"seen_as_unseen": NAN, "unseen_as_seen": 100 / 3, "FromSeen-c": 0.0})
+    assert math.isnan(res["FromSeen-d"])
+
+
 def test_absent_classes_under_both_conventions(tmp_path):
     # gt   a a a c      a: tp 2, gt 3, pred 2 -> 2/3     c: tp 0, gt 1, pred 0 -> 0
     # pred a a b d      b, d: predicted once, absent from gt

@@ -160,6 +160,8 @@ def fake_row(variant, seed, hiou, pseudo=None, **extra):
     return {
         "mIoU(seen)": hiou + 10, "mIoU(unseen)": hiou - 5, "hIoU": hiou, "mIoU": hiou,
         "pAcc": 50.0, "unseen_iou": {c: float(i) for i, c in enumerate(world.UNSEEN)},
+        "seen_as_unseen": 2.0 + seed, "unseen_as_seen": 10.0,
+        "from_seen": {c: 10.0 * (i + 1) for i, c in enumerate(world.UNSEEN)},
         "pseudo_labels": pseudo, "variant": variant, "seed": seed, "train_minutes": 1.0,
         "output_dir": "x", "test_set": ["miniworld_test"], "overrides": [], **extra,
     }  # fmt: skip
@@ -218,11 +220,12 @@ def test_results_table_per_unseen_class_and_pseudo_labels():
         fake_row("baseline", 0, 20.0),
     ]
     table = tool.results_table(rows, [0, 1])
-    assert "| full | 41.0 ± 1.0 | 26.0 ± 1.0 | 31.0 ± 1.0 | 31.0 ± 1.0 | 1.0 ± 0.0 |" in table
-    assert "| baseline | 30.0 | 15.0 | 20.0 | 20.0 | 1.0 |" in table
-    # per unseen class: test IoU (mean ± std over seeds), pseudo share / purity in %
-    assert "| full | star | 0.0 ± 0.0 | 25.0 ± 0.0 | 80.0 ± 0.0 |" in table
-    assert "| full | snow | 3.0 ± 0.0 | 25.0 ± 0.0 | n/a |" in table  # no region: no purity
-    assert "| baseline | star | 0.0 | - | - |" in table  # no pseudo labels at all
+    row = "| full | 41.0 ± 1.0 | 26.0 ± 1.0 | 31.0 ± 1.0 | 31.0 ± 1.0 | 2.5 ± 0.5 | 10.0 ± 0.0 |"
+    assert row + " 1.0 ± 0.0 |" in table
+    assert "| baseline | 30.0 | 15.0 | 20.0 | 20.0 | 2.0 | 10.0 | 1.0 |" in table
+    # per unseen class: IoU and from seen (mean ± std over seeds), pseudo share / purity in %
+    assert "| full | star | 0.0 ± 0.0 | 10.0 ± 0.0 | 25.0 ± 0.0 | 80.0 ± 0.0 |" in table
+    assert "| full | snow | 3.0 ± 0.0 | 40.0 ± 0.0 | 25.0 ± 0.0 | n/a |" in table  # no purity
+    assert "| baseline | star | 0.0 | 10.0 | - | - |" in table  # no pseudo labels at all
     assert "evaluated on miniworld_test; mean ± std over seeds [0, 1]" in table
     assert "- baseline, seed 0: 30.0 / 15.0 / 20.0" in table

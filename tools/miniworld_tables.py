@@ -16,14 +16,18 @@ def fmt(values):
 
 
 def results_table(rows, seeds):
-    """Markdown: one line per variant (mean ± population std over seeds), per unseen class IoU
-    and pseudo-label share / purity, and every run."""
-    header = "| method | mIoU(seen) | mIoU(unseen) | hIoU | mIoU(all) | train time (min) |\n"
-    header += "|---|---:|---:|---:|---:|---:|\n"
+    """Markdown: one line per variant (mean ± population std over seeds), per unseen class IoU,
+    seen truth among its predictions and pseudo-label share / purity, and every run."""
+    header = (
+        "| method | mIoU(seen) | mIoU(unseen) | hIoU | mIoU(all) | seen → unseen | "
+        "unseen → seen | train time (min) |\n"
+    )
+    header += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    metrics = ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU", "seen_as_unseen", "unseen_as_seen")
     lines, classes = [], []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         runs = [r for r in rows if r["variant"] == variant]
-        cells = [fmt([r[k] for r in runs]) for k in ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU")]
+        cells = [fmt([r.get(k, math.nan) for r in runs]) for k in metrics]
         lines.append(
             f"| {variant} | "
             + " | ".join(cells)
@@ -33,16 +37,21 @@ def results_table(rows, seeds):
             pseudo = [r["pseudo_labels"] for r in runs if r.get("pseudo_labels")]
             share = [100 * p["share"][c] for p in pseudo if p["share"][c] is not None]
             purity = [100 * p["purity"][c] for p in pseudo if p["purity"][c] is not None]
+            from_seen = [r.get("from_seen", {}).get(c, math.nan) for r in runs]
             classes.append(
                 f"| {variant} | {c} | {fmt([r['unseen_iou'][c] for r in runs])} | "
+                f"{fmt(from_seen)} | "
                 f"{fmt(share) if pseudo else '-'} | {fmt(purity) if pseudo else '-'} |"
             )
     per_class = (
-        "\n\nPer unseen class: test IoU, and the pseudo labels of training against the hidden "
+        "\n\nseen → unseen: share of seen pixels predicted as an unseen class; unseen → seen: "
+        "the reverse (the evaluator's seen_as_unseen, unseen_as_seen), %."
+        "\n\nPer unseen class: IoU; from seen: of the pixels predicted as the class, the share "
+        "whose truth is a seen class; and the pseudo labels of training against the hidden "
         "labels (share of the class's unlabelled pixels given a pseudo label; purity of the "
         "regions whose majority it is), %:\n\n"
-        "| method | class | IoU | pseudo share | pseudo purity |\n|---|---|---:|---:|---:|\n"
-        + "\n".join(classes)
+        "| method | class | IoU | from seen | pseudo share | pseudo purity |\n"
+        "|---|---|---:|---:|---:|---:|\n" + "\n".join(classes)
     )
     per_run = "\n\nPer run (seed: seen / unseen / hIoU):\n\n" + "\n".join(
         f"- {r['variant']}, seed {r['seed']}: {r['mIoU(seen)']:.1f} / {r['mIoU(unseen)']:.1f} / {r['hIoU']:.1f}"

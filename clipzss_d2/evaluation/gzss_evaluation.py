@@ -12,6 +12,11 @@ set); with `report_both_conventions` it adds the v0.6 means under keys suffixed 
 Per-class IoU of an absent class is NaN in both. A group with no class present (e.g. a subset
 without unseen pixels) has mIoU NaN, and so has hIoU.
 
+Where the errors cross the split, in %: `seen_as_unseen` (seen ground-truth pixels predicted as
+an unseen class), `unseen_as_seen` (the reverse, the classic seen bias) and, per unseen class,
+`FromSeen-<name>` (of the pixels predicted as that class, the share whose truth is a seen class:
+what a seen look-alike costs that class's IoU).
+
 Datasets without unseen classes (the open-vocabulary `*_ov_*` sets) report no mIoU(seen),
 mIoU(unseen) or hIoU keys at all: mIoU is the metric there.
 """
@@ -89,6 +94,12 @@ def compute_gzss_metrics(
     res["fwIoU"] = (
         100 * float(np.sum(iou[present] * gt[present]) / total) if total else float("nan")
     )
+    if unseen.any():
+        seen_gt, unseen_gt = gt[~unseen].sum(), gt[unseen].sum()
+        res["seen_as_unseen"] = 100 * _mean(conf[np.ix_(unseen, ~unseen)].sum(), seen_gt)
+        res["unseen_as_seen"] = 100 * _mean(conf[np.ix_(~unseen, unseen)].sum(), unseen_gt)
+        for i in np.flatnonzero(unseen):
+            res[f"FromSeen-{class_names[i]}"] = 100 * _mean(conf[i, ~unseen].sum(), pred[i])
     if report_both_conventions:
         for suffix, members in groups.items():
             res[f"mIoU{suffix}{V06}"] = 100 * _mean(
