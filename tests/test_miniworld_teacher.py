@@ -94,6 +94,34 @@ def test_training_is_reproducible_whatever_the_loader_workers(quick_checkpoint):
     assert all(torch.equal(saved[k], v) for k, v in again.state_dict().items())
 
 
+def test_patch_dropout_thins_training_steps_only(monkeypatch, tmp_path):
+    """TeacherConfig.patch_dropout (FLIP): each training step's vision transformer sees that
+    share of the 144 patches fewer (+ CLS); the saved file is the plain architecture's state
+    dict, whose loaded model sees every patch; and the setting names another checkpoint."""
+    seen_tokens = []
+    create = open_clip.create_model
+
+    def create_and_watch(*args, **kwargs):
+        model = create(*args, **kwargs)
+        model.visual.transformer.register_forward_pre_hook(
+            lambda _, inputs: seen_tokens.append(inputs[0].shape[1])
+        )
+        return model
+
+    monkeypatch.setattr(T.open_clip, "create_model", create_and_watch)
+    cfg = dataclasses.replace(QUICK, patch_dropout=0.5)
+    assert cfg.fingerprint() != QUICK.fingerprint()
+    path = str(tmp_path / "clip_pd.pt")
+    T.get_miniworld_teacher(path, cfg, evaluate=False, progress=False, workers=0)
+    assert seen_tokens == [1 + 72] * cfg.steps  # half of the 12 x 12 patches, and the CLS
+    monkeypatch.undo()
+    model = create_clip_model(T.MODEL_NAME, path, activation="quick_gelu")
+    assert isinstance(model.visual.patch_dropout, torch.nn.Identity)
+    x = torch.zeros(1, 3, 96, 96)
+    cls, patches = E.image_tokens(model, x)
+    assert patches.shape == (1, 12, 12, 64)
+
+
 def test_captions_fit_the_text_context():
     """A truncated caption would lose class names; the longest must fit ClipZSS-MiniWorld."""
     context = open_clip.get_model_config(T.MODEL_NAME)["text_cfg"]["context_length"]

@@ -36,7 +36,7 @@ def run_main_job(tmp_path, *extra):
 @pytest.mark.slow
 def test_short_main_job_runs_every_stage(tmp_path):
     overrides = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"]
-    proc = run_main_job(tmp_path, *overrides)
+    proc = run_main_job(tmp_path, "--teacher-patch-dropout", "0.25", *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     out = tmp_path / "out"
@@ -48,6 +48,7 @@ def test_short_main_job_runs_every_stage(tmp_path):
     # the teacher was trained and cached with its zero-shot figures
     sidecar = json.loads((tmp_path / "teacher" / "clip.json").read_text())
     assert 0.0 <= sidecar["eval"]["thing_zero_shot_acc"] <= 1.0
+    assert (sidecar["config"]["steps"], sidecar["config"]["patch_dropout"]) == (2, 0.25)
     # the student was trained (full method: every loss logged) and evaluated
     run_dir = out / "full" / "seed0"
     assert (run_dir / "model_final.pth").is_file()
@@ -58,6 +59,8 @@ def test_short_main_job_runs_every_stage(tmp_path):
     result = json.loads((out / "results.json").read_text())["rows"][0]
     for key in ("mIoU(seen)", "mIoU(unseen)", "hIoU"):
         assert 0.0 <= result[key] <= 100.0 and not math.isnan(result[key]), result
+    assert 0.0 <= result["seen_as_unseen"] <= 100.0, result  # the errors that cross the split
+    assert set(result["from_seen"]) == set(world.UNSEEN)
     s, u = result["mIoU(seen)"], result["mIoU(unseen)"]
     assert math.isclose(result["hIoU"], 2 * s * u / (s + u) if s + u else 0.0, abs_tol=1e-6)
     assert result["test_set"] == ["miniworld_test"]

@@ -29,6 +29,10 @@ class TeacherConfig:
     activation: str = "quick_gelu"  # as OpenAI's CLIP; the architecture config does not say it
     steps: int = 600
     batch_size: int = 64
+    # FLIP's patch dropout (open_clip's PatchDropout, training only): each step sees a random
+    # share of the image's patches, so a step costs about that much less; the saved weights and
+    # the architecture config are those of the plain model
+    patch_dropout: float = 0.0
     lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.1

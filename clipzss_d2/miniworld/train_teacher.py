@@ -92,7 +92,10 @@ def _train(cfg: TeacherConfig, progress: bool, workers: int | None):
     torch.manual_seed(cfg.seed)
     with _quiet_open_clip():
         model = open_clip.create_model(
-            cfg.model_name, pretrained=None, quick_gelu=cfg.activation == "quick_gelu"
+            cfg.model_name,
+            pretrained=None,
+            quick_gelu=cfg.activation == "quick_gelu",
+            force_patch_dropout=cfg.patch_dropout or None,
         )
     model.train()
     batches = Batches(model, cfg)
@@ -225,6 +228,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=TeacherConfig.steps)
     parser.add_argument("--batch-size", type=int, default=TeacherConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TeacherConfig.lr)
+    parser.add_argument(
+        "--patch-dropout",
+        type=float,
+        default=TeacherConfig.patch_dropout,
+        help="share of patches dropped in each training step (FLIP; the saved model has none)",
+    )
     parser.add_argument("--seed", type=int, default=TeacherConfig.seed)
     parser.add_argument("--model-name", default=MODEL_NAME)
     parser.add_argument(
@@ -268,6 +277,7 @@ def main(argv=None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        patch_dropout=args.patch_dropout,
         seed=args.seed,
         threads=args.threads,
     )
