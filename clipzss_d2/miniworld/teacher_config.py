@@ -27,12 +27,15 @@ class TeacherConfig:
 
     model_name: str = MODEL_NAME
     activation: str = "quick_gelu"  # as OpenAI's CLIP; the architecture config does not say it
-    steps: int = 600
+    # 400 steps with half the patches dropped: 3.0 min here against 6.2 for 600 full steps, and
+    # on miniworld_tune (seeds 0-2) the students it teaches scored hIoU 50.0 +- 3.0 against
+    # 46.0 +- 5.0 (README, Miniature world: adopted by a rule stated before the figures)
+    steps: int = 400
     batch_size: int = 64
     # FLIP's patch dropout (open_clip's PatchDropout, training only): each step sees a random
     # share of the image's patches, so a step costs about that much less; the saved weights and
     # the architecture config are those of the plain model
-    patch_dropout: float = 0.0
+    patch_dropout: float = 0.5
     lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.1
