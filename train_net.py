@@ -198,6 +198,8 @@ class Trainer(DefaultTrainer):
                 f"Dataset {dataset_name} has evaluator_type={evaluator_type!r}; CLIP-ZSS evaluates "
                 f"with 'gzss_sem_seg' (register the dataset through clipzss_d2.data)."
             )
+        if output_folder is None:  # the per-class IoU and confusion matrix land beside the run
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return GZSSSemSegEvaluator(
             dataset_name,
             distributed=True,

@@ -210,7 +210,10 @@ def test_agrees_with_an_independent_computation(tmp_path):
     classes = [f"class{i}" for i in range(n)]
     unseen = ["class1", "class4", "class6"]
     gts, preds = random_case(0, n)
-    res = evaluate(tmp_path, gts, preds, classes, unseen, report_both_conventions=True)
+    out = tmp_path / "eval"
+    res = evaluate(
+        tmp_path, gts, preds, classes, unseen, report_both_conventions=True, output_dir=str(out)
+    )
 
     gt = np.concatenate([g.ravel() for g in gts])
     pred = np.concatenate([p.ravel() for p in preds])
@@ -246,6 +249,17 @@ def test_agrees_with_an_independent_computation(tmp_path):
         },
     )
     assert u6 < u  # the absent class 6 lowers the v0.6 unseen mean
+    # errors that cross the split, and the saved confusion matrix (rows predicted)
+    is_unseen = np.isin(np.arange(n), unseen_ids)
+    cross = cm[np.ix_(~is_unseen, is_unseen)].sum()  # gt seen, predicted unseen
+    assert res["seen_as_unseen"] == pytest.approx(100 * cross / cm[~is_unseen].sum())
+    back = cm[np.ix_(is_unseen, ~is_unseen)].sum()
+    assert res["unseen_as_seen"] == pytest.approx(100 * back / cm[is_unseen].sum())
+    for i in unseen_ids:
+        from_seen = cm[~is_unseen, i].sum() / pred_count[i]
+        assert res[f"FromSeen-class{i}"] == pytest.approx(100 * from_seen)
+    saved = json.loads((out / PER_CLASS_FILE).read_text())
+    assert np.array_equal(np.array(saved["confusion"]), cm.T)
 
     # detectron2's own evaluator (this version averages over classes present in the gt).
     name, records = register_toy(tmp_path, gts, classes, unseen)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from clipzss_d2.evaluation.gzss_evaluation import PER_CLASS_FILE
 from clipzss_d2.miniworld import world
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,9 @@ def test_short_main_job_runs_every_stage(tmp_path):
         assert 0.0 <= result[key] <= 100.0 and not math.isnan(result[key]), result
     assert 0.0 <= result["seen_as_unseen"] <= 100.0, result  # the errors that cross the split
     assert set(result["from_seen"]) == set(world.UNSEEN)
+    # ... and the evaluator's per-class file, with the confusion matrix, beside the run
+    per_class = json.loads((run_dir / "inference" / "miniworld_test" / PER_CLASS_FILE).read_text())
+    assert len(per_class["confusion"]) == len(world.CLASSES)
     s, u = result["mIoU(seen)"], result["mIoU(unseen)"]
     assert math.isclose(result["hIoU"], 2 * s * u / (s + u) if s + u else 0.0, abs_tol=1e-6)
     assert result["test_set"] == ["miniworld_test"]

@@ -15,7 +15,8 @@ without unseen pixels) has mIoU NaN, and so has hIoU.
 Where the errors cross the split, in %: `seen_as_unseen` (seen ground-truth pixels predicted as
 an unseen class), `unseen_as_seen` (the reverse, the classic seen bias) and, per unseen class,
 `FromSeen-<name>` (of the pixels predicted as that class, the share whose truth is a seen class:
-what a seen look-alike costs that class's IoU).
+what a seen look-alike costs that class's IoU). The per-class JSON written with an output
+directory holds the whole confusion matrix, to see which look-alike it is.
 
 Datasets without unseen classes (the open-vocabulary `*_ov_*` sets) report no mIoU(seen),
 mIoU(unseen) or hIoU keys at all: mIoU is the metric there.
@@ -204,6 +205,9 @@ class GZSSSemSegEvaluator(SemSegEvaluator):
                 dataset=self._dataset_name,
                 convention="mean over classes present in the ground truth",
                 metrics={k: (None if np.isnan(v) else v) for k, v in res.items()},
+                # which class is taken for which: rows predicted, columns ground truth, in the
+                # order of "classes" (ignored pixels left out)
+                confusion=conf[:n, :n].astype(np.int64).tolist(),
             )
             os.makedirs(self._output_dir, exist_ok=True)
             atomic_write_text(
