@@ -148,8 +148,7 @@ def voc_root(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_file(tmp_path_factory):
-    """Fixed tiny CLIP weights: a random CLIP ('none') is drawn from the global RNG when the
-    text tower is first needed, which a resumed run reaches at another RNG state."""
+    """Tiny CLIP weights in a file, the route real weights take."""
     path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
     torch.manual_seed(0)
     torch.save(open_clip.create_model(TINY_CLIP).state_dict(), path)
@@ -208,6 +207,22 @@ def test_same_seed_runs_and_a_killed_and_resumed_run_end_identical(voc_root, cli
 
     assert_same_state(final_state(straight), final_state(killed))
     assert final_metrics(straight) == final_metrics(killed)
+
+
+@pytest.mark.slow
+def test_a_warm_text_cache_trains_the_same_model_as_a_cold_one(voc_root, clip_file, tmp_path):
+    """The first run of a vocabulary builds CLIP's text tower (cache miss), later runs read the
+    embeddings from disk: both must train the same model (an ablation shares one cache)."""
+    cache = tmp_path / "text_cache"
+    opts = deterministic_opts(clip_file, max_iter=3) + [
+        "MODEL.CLIPZSS.TEXT.CACHE_DIR", str(cache),
+        "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT", "0.1",  # the configs' value: training draws from the RNG
+    ]  # fmt: skip
+    run(voc_root, tmp_path / "cold", *opts)
+    assert list(cache.glob("*.safetensors")), "the cold run wrote no text-embedding cache"
+    log = run(voc_root, tmp_path / "warm", *opts)
+    assert "text embeddings from" in log  # the warm run read the cache
+    assert_same_state(final_state(tmp_path / "cold"), final_state(tmp_path / "warm"))
 
 
 def weights(out: Path, name: str) -> dict:

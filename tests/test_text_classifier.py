@@ -101,6 +101,21 @@ def test_cache_miss_loads_the_text_tower_only(tiny_weights, tmp_path, caplog, mo
     assert not warm.clip_loaded
 
 
+def test_building_clip_draws_nothing_from_the_training_rng(tiny_weights):
+    """A cache miss builds the text tower mid-training, a hit does not: building must leave the
+    global RNG where it was, or a run would depend on its cache. Random weights ('none') are one
+    fixed draw, the same whatever the RNG state when they are first needed."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    for pretrained, text_only in ((tiny_weights, True), (tiny_weights, False), ("none", True)):
+        create_clip_model(TINY_CLIP, pretrained, activation="gelu", text_only=text_only)
+        assert torch.equal(torch.random.get_rng_state(), before), (pretrained, text_only)
+    first = create_clip_model(TINY_CLIP, "none", activation="gelu").state_dict()
+    torch.manual_seed(7)
+    again = create_clip_model(TINY_CLIP, "none", activation="gelu").state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
 def test_synonyms_are_averaged(tiny_weights):
     clf = make(tiny_weights)
     sofa, couch, both = clf(["sofa", "couch", "sofa|couch"])

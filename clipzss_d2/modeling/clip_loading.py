@@ -24,6 +24,7 @@ CUSTOM_CONFIG_DIR = Path(__file__).resolve().parent.parent / "clip_configs"
 open_clip.add_model_config(CUSTOM_CONFIG_DIR)
 
 RANDOM_INIT_TAGS = ("", "none", "random")
+RANDOM_WEIGHTS_SEED = 0  # what a CLIP built without weights is drawn from (create_clip_model)
 # What open_clip builds as the image tower of a text-only model, then dropped: building the real
 # one (and loading its weights) only to encode class names would cost its memory and time.
 VISION_STUB = {"image_size": 1, "patch_size": 1, "width": 8, "head_width": 8, "layers": 1}
@@ -199,13 +200,20 @@ def create_clip_model(
     )
     # quick_gelu as a constructor argument overrides the architecture config both ways
     kwargs = {"device": device, "cache_dir": cache_dir, "quick_gelu": quick_gelu}
-    # big_vision (.npz) weights are loaded by open_clip through the image tower: built in full
-    if text_only and not str(checkpoint).endswith((".npz", ".npy")):
-        model = _create_text_tower(model_name, checkpoint, kwargs)
-    else:
-        model = open_clip.create_model(model_name, pretrained=checkpoint, **kwargs)
-        if text_only:
-            model.visual = None
+    # Building initialises weights from an RNG before loading the real ones. The global RNG is
+    # the training's: drawing from it here would make a run depend on whether its text
+    # embeddings were cached (the text tower is built only on a cache miss). Weights are built
+    # on the CPU (open_clip moves the model afterwards), so forking the CPU generator suffices;
+    # random weights ('none') become one fixed draw, whenever they are first needed.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
+        # big_vision (.npz) weights are loaded by open_clip through the image tower: built in full
+        if text_only and not str(checkpoint).endswith((".npz", ".npy")):
+            model = _create_text_tower(model_name, checkpoint, kwargs)
+        else:
+            model = open_clip.create_model(model_name, pretrained=checkpoint, **kwargs)
+            if text_only:
+                model.visual = None
     if checkpoint is None:
         logger.warning(
             "CLIP '%s' built with RANDOM weights (pretrained=%r): zero-shot transfer will not work.",
