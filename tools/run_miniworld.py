@@ -32,7 +32,7 @@ import clipzss_d2  # noqa: E402,F401  (first: registers everything, quiets third
 # isort: split
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from miniworld_tables import results_table, tuning_table  # noqa: E402
+from miniworld_tables import RUN_METRICS, results_table, tuning_table  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.entry import run_main  # noqa: E402
@@ -49,7 +49,6 @@ from clipzss_d2.utils.io import atomic_write_text  # noqa: E402
 from train_net import Trainer  # noqa: E402
 
 VARIANTS = ("baseline", "glm-only", "plm-only", "full")
-METRICS = ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU", "pAcc", "seen_as_unseen", "unseen_as_seen")
 # The stated search (--tune): coordinate descent on the tune split, seed 0, full method; each
 # step keeps the best hIoU so far. Ties and anything not listed keep configs/miniworld values.
 # Only the GLM loss weight is searched: the one value this project once chose on reported
@@ -57,6 +56,8 @@ METRICS = ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU", "pAcc", "seen_as_unseen
 # defaults, and more steps can be added here (each value costs one training run).
 TUNING_STEPS = (("MODEL.CLIPZSS.GLM.LOSS_WEIGHT", (0.1, 0.3, 1.0)),)
 DIAGNOSTICS_FILE = "pseudo_label_diagnostics.json"
+# --teacher-* flags (argparse dest) -> the TeacherConfig field each overrides
+TEACHER_FLAGS = {"teacher_steps": "steps", "teacher_patch_dropout": "patch_dropout"}
 logger = logging.getLogger("clipzss_d2.miniworld")
 
 
@@ -96,7 +97,7 @@ def train_and_evaluate(variant, seed, args, teacher_path, extra=(), name=None):
     results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
     results = results["sem_seg"]
     minutes = (time.perf_counter() - start) / 60
-    row = {k: results.get(k, float("nan")) for k in METRICS}
+    row = {k: results.get(k, float("nan")) for k in RUN_METRICS}
     row["unseen_iou"] = {c: results.get(f"IoU-{c}", float("nan")) for c in world.UNSEEN}
     row["from_seen"] = {c: results.get(f"FromSeen-{c}", float("nan")) for c in world.UNSEEN}
     row["pseudo_labels"] = read_diagnostics(out_dir)
@@ -202,11 +203,11 @@ def run_demo(row, args, world_root):
 
 def teacher_config(args):
     """TeacherConfig with the command's overrides, or None for the default teacher."""
-    overrides = {}
-    if args.teacher_steps:
-        overrides["steps"] = args.teacher_steps
-    if args.teacher_patch_dropout is not None:
-        overrides["patch_dropout"] = args.teacher_patch_dropout
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in TEACHER_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
     return TeacherConfig(**overrides) if overrides else None
 
 
@@ -251,7 +252,7 @@ def run(argv=None):
     ap.add_argument(
         "--teacher-path", default=DEFAULT_TEACHER_PATH, help="cached teacher checkpoint"
     )
-    ap.add_argument("--teacher-steps", type=int, default=0, help="override the teacher's steps")
+    ap.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's steps")
     ap.add_argument(
         "--teacher-patch-dropout",
         type=float,
