@@ -110,10 +110,9 @@ def _train(cfg: TeacherConfig, progress: bool, workers: int | None):
     if workers is None:  # render in another process if torch leaves a core free
         workers = 1 if (os.cpu_count() or 1) > cfg.threads else 0
     # a loader worker's seed is drawn from torch's global generator, which also draws the patch
-    # dropout masks: put it back so the weights do not depend on the number of workers
-    rng_state = torch.get_rng_state()
-    loader = iter(batch_loader(batches, cfg.steps, workers))
-    torch.set_rng_state(rng_state)
+    # dropout masks: fork it so the weights do not depend on the number of workers
+    with torch.random.fork_rng(devices=[]):
+        loader = iter(batch_loader(batches, cfg.steps, workers))
     bar = _progress(range(cfg.steps), progress, desc="miniworld CLIP")
     for step in bar:
         for g in opt.param_groups:
