@@ -195,3 +195,34 @@ def test_loss_resolution_modes_agree_on_a_constant_image(resolution):
 def test_unknown_loss_resolution_is_refused():
     with pytest.raises(ValueError, match="LOSS.RESOLUTION"):
         build_model(tiny_cfg(extra_opts=["MODEL.CLIPZSS.LOSS.RESOLUTION", "half"]))
+
+
+def test_channels_last_training_gives_the_nchw_losses_and_gradients():
+    """TRAINING.CHANNELS_LAST changes the memory layout only: the stem sees NHWC crops, and
+    every loss and gradient of the full method equals the default NCHW step's. In float64, so
+    that rounding (2e-4 relative in fp32 through the tiny net's train-mode BNs) cannot hide a
+    real difference."""
+    runs = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(extra_opts=["MODEL.CLIPZSS.TRAINING.CHANNELS_LAST", channels_last])
+        model = build_model(cfg).train().double()
+        seen = []
+
+        def record_layout(_, args, seen=seen):
+            seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+
+        model.backbone.stem.conv1.register_forward_pre_hook(record_layout)
+        torch.manual_seed(1)  # the same K-Means seeds and dropout in both runs
+        losses = model(toy_batch(batch_size=2, size=64))
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        runs[channels_last] = (seen, losses, grads)
+    assert runs[False][0] == [False] and runs[True][0] == [True]
+    assert set(runs[True][1]) == set(runs[False][1]) >= {"loss_glm", "loss_bce", "loss_ce"}
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, atol=1e-6, rtol=1e-6)
+    assert runs[True][2].keys() == runs[False][2].keys()
+    for name, grad in runs[False][2].items():
+        scale = grad.abs().max().clamp(min=1e-6)
+        assert (runs[True][2][name] - grad).abs().max() <= 1e-6 * scale, name

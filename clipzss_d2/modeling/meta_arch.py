@@ -61,6 +61,7 @@ class CLIPZSS(StudentForward, nn.Module):
         criterion: "CLIPZSSCriterion | None" = None,
         test_time: TestTimeInference | None = None,
         pseudo_label_probe=None,
+        train_channels_last: bool = False,
     ):
         """
         Args:
@@ -73,6 +74,8 @@ class CLIPZSS(StudentForward, nn.Module):
                 default one whole-image pass.
             pseudo_label_probe: diagnostics.PseudoLabelProbe counting PLM's pseudo labels
                 against hidden ground truth (MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS), or None.
+            train_channels_last: training crops enter the student NHWC
+                (MODEL.CLIPZSS.TRAINING.CHANNELS_LAST); inference has its own switch.
         """
         super().__init__()
         self.backbone = backbone
@@ -94,6 +97,7 @@ class CLIPZSS(StudentForward, nn.Module):
         self.plm = plm
         self.criterion = criterion
         self.pseudo_label_probe = pseudo_label_probe
+        self.train_channels_last = train_channels_last
         self._teacher_factory = teacher_factory
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
         # model.train() never flips it out of eval mode.
@@ -133,6 +137,7 @@ class CLIPZSS(StudentForward, nn.Module):
             "size_divisibility": z.SIZE_DIVISIBILITY,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "test_time": TestTimeInference.from_config(cfg),
+            "train_channels_last": z.TRAINING.CHANNELS_LAST,
             **training,
         }
 
@@ -241,7 +246,10 @@ class CLIPZSS(StudentForward, nn.Module):
         image_valid = self.extent_mask(extents, *targets.shape[-2:], self.device)
         targets = targets.masked_fill(~image_valid, self.ignore_value)
 
-        embeddings = self.embed(images.tensor)
+        crops = images.tensor
+        if self.train_channels_last:
+            crops = crops.contiguous(memory_format=torch.channels_last)
+        embeddings = self.embed(crops)
         text_seen = self.text_embeddings(self.train_vocabulary)
         teacher_out = self.run_teacher(images, extents)
         extra = {}
