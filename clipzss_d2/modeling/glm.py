@@ -25,6 +25,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..utils.precision import autocast_disabled
+
 
 def gather_across_processes(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate ``x`` (n_i x C, sizes may differ) from all processes; no gradient.
@@ -166,7 +168,7 @@ class GlobalLearningModule(nn.Module):
             valid = F.interpolate(
                 image_valid[:, None].float(), size=dense.shape[-2:], mode="nearest-exact"
             )[:, 0].bool()
-        with torch.autocast(device_type=dense.device.type, enabled=False):
+        with autocast_disabled():
             dense32, cls32 = dense.float(), cls.float()
             pooled = self.attention_pool(dense32, cls32, valid)
             query = F.normalize(pooled, dim=-1)

@@ -20,6 +20,8 @@ from detectron2.config import configurable
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
+from ..utils.precision import autocast_disabled
+
 logger = logging.getLogger(__name__)
 
 _PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -248,7 +250,7 @@ class CLIPTeacher(nn.Module):
         multiples of the patch size and TEACHER.INPUT_SIZE is 0). ``token_valid`` marks them.
         """
         # the teacher's precision is its own (TEACHER.PRECISION), whatever autocast is active
-        with torch.autocast(device_type=images.device.type, enabled=False):
+        with autocast_disabled():
             return self._forward(images, normalized, image_sizes)
 
     def token_grids(self, image_sizes: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..utils.io import atomic_write_path
+from ..utils.precision import without_autocast
 from ..vocabulary import VocabularyError, split_synonyms
 from .clip_loading import create_clip_model
 from .segments import segment_means
@@ -207,6 +208,7 @@ class TextClassifier:
         return self._clip, self._tokenizer
 
     @torch.no_grad()
+    @without_autocast  # a cache miss inside an AMP training step must give the fp32 embeddings
     def _encode(self, entries: Sequence[str]) -> torch.Tensor:
         """Template ensemble per synonym (normalise, mean, normalise), then mean over synonyms."""
         model, tokenizer = self._load_clip()

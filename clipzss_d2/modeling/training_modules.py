@@ -5,10 +5,11 @@ Imported only when a model is built for training (``CLIPZSS.from_config`` with
 demo) never loads them; tests/test_student_only.py checks it.
 """
 
-from ..vocabulary import shared_metadata
+from ..vocabulary import get_training_vocabulary, shared_metadata
 from .criterion import CLIPZSSCriterion
 from .glm import GlobalLearningModule
 from .plm import PixelLearningModule
+from .plm.module import check_pseudo_ids
 from .teacher import CLIPTeacher
 
 
@@ -17,6 +18,9 @@ def build_training_modules(cfg) -> dict:
     teacher's factory (None for the supervised baseline) and the criterion."""
     z = cfg.MODEL.CLIPZSS
     plm_on = z.PLM.PSEUDO_LABELS or z.PLM.SYNTHESIZER
+    if z.PLM.PSEUDO_LABELS and cfg.DATASETS.TRAIN:  # refused now, not at the first iteration
+        num_seen = len(get_training_vocabulary(cfg.DATASETS.TRAIN))
+        check_pseudo_ids(num_seen, z.PLM.MAX_REGIONS, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
     probe = None
     if z.DIAGNOSTICS.PSEUDO_LABELS and z.PLM.PSEUDO_LABELS:
         from ..diagnostics import PseudoLabelProbe

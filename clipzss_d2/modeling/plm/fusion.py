@@ -30,6 +30,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ...utils.precision import without_autocast
+
 FUSION_MODES = ("agglomerative", "cross_scale")
 
 
@@ -114,6 +116,7 @@ def _cross_scale(scales, threshold, metric):
     return FusionResult(_centroid(facc, fs, metric), fs, fv, torch.cat(memberships, dim=1))
 
 
+@without_autocast
 def fuse_masks(
     scales: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     threshold: float,

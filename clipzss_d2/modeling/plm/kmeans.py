@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ...utils.precision import without_autocast
 from ..segments import segment_sums
 
 METRICS = ("cosine", "euclidean")
@@ -33,6 +34,7 @@ def _scores(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.baddbmm(sq, x, c.transpose(1, 2), beta=-1.0, alpha=2.0)
 
 
+@without_autocast
 def kmeans(
     tokens: torch.Tensor,
     seeds: torch.Tensor,
@@ -98,6 +100,7 @@ def kmeans(
     return KMeansResult(assignments=labels, centroids=c, counts=counts, valid=valid)
 
 
+@without_autocast
 def window_seeds(
     tokens: torch.Tensor, window: int, token_valid: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
+from ...errors import UserInputError
+from ...utils.precision import without_autocast
 from ..criterion import mean_over_processes
 from .pseudo_labels import PseudoLabeler, fuse_labels
 from .synthesizer import PseudoWeightSynthesizer, region_centroids
@@ -24,6 +26,17 @@ from .synthesizer import PseudoWeightSynthesizer, region_centroids
 INVALID_LOGIT = -1e4
 
 
+def check_pseudo_ids(num_seen: int, max_regions: int, ignore_value: int) -> None:
+    """Pseudo ids are ``num_seen .. num_seen + max_regions - 1``: one equal to the ignore value
+    would silently turn its region into ignored pixels (192-254 seen classes with 64 regions)."""
+    if num_seen <= ignore_value < num_seen + max_regions:
+        raise UserInputError(
+            f"{num_seen} seen classes + MODEL.CLIPZSS.PLM.MAX_REGIONS {max_regions} pseudo ids "
+            f"would reach the ignore value {ignore_value}: set MODEL.CLIPZSS.PLM.MAX_REGIONS to "
+            f"at most {ignore_value - num_seen}."
+        )
+
+
 class PLMOutput(NamedTuple):
     logits: torch.Tensor  # B x (S+Q) x h x w
     targets: torch.Tensor  # B x H x W fused labels (seen ids, S + pseudo id, ignore)
@@ -31,6 +44,7 @@ class PLMOutput(NamedTuple):
     losses: dict  # {"loss_bce": unweighted L_bce} when the synthesizer is on (criterion weighs)
 
 
+@without_autocast
 def bce_prototype_loss(
     protos_seen: torch.Tensor, present: torch.Tensor, text_seen: torch.Tensor, scale
 ) -> torch.Tensor:
@@ -164,6 +178,7 @@ class PixelLearningModule(nn.Module):
         q = 0
         num_pseudo = torch.zeros(b, dtype=torch.long, device=device)
         if self.labeler is not None:
+            check_pseudo_ids(s, self.labeler.max_regions, ignore)
             tokens = teacher.patch_embed.detach().float()
             regions = self.labeler(tokens, token_valid)
             fused = fuse_labels(

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ...utils.precision import without_autocast
 from ..segments import segment_means
 from .fusion import FUSION_MODES, fuse_masks
 from .kmeans import METRICS, kmeans, window_seeds
@@ -67,6 +68,7 @@ class PseudoLabeler:
         self.max_regions = int(max_regions)
 
     @torch.no_grad()
+    @without_autocast
     def cluster_scales(self, tokens: torch.Tensor, token_valid: torch.Tensor | None = None):
         """K-Means per window size on B x C x h x w tokens -> list of KMeansResult."""
         b, c, h, w = tokens.shape
@@ -82,6 +84,7 @@ class PseudoLabeler:
         return results
 
     @torch.no_grad()
+    @without_autocast
     def __call__(
         self, tokens: torch.Tensor, token_valid: torch.Tensor | None = None
     ) -> PseudoRegions:
@@ -142,6 +145,7 @@ class PseudoLabeler:
 
 
 @torch.no_grad()
+@without_autocast
 def fuse_labels(
     labels: torch.Tensor,
     region_map: torch.Tensor,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...utils.precision import at_least_float32
 from ..segments import segment_means
 
 
@@ -73,12 +74,14 @@ class PseudoWeightSynthesizer(nn.Module):
         """queries: B x Q x C centroids; query_valid: B x Q bool (False = padding);
         cls_embed: B x C teacher CLS; patch_embed: B x C x h x w teacher tokens (used when
         ``use_patch_tokens``); token_valid: B x h x w bool, False for tokens of image padding,
-        which are then no keys. Returns B x Q x C L2-normalised prototypes (padding rows are
-        computed but meaningless)."""
+        which are then no keys. Returns B x Q x C L2-normalised prototypes, at least float32 (padding
+        rows are computed but meaningless); the layers run in the ambient autocast."""
         b, q, c = queries.shape
         if q == 0:
             return queries.new_zeros(b, 0, c)
-        x = F.normalize(queries, dim=-1)
+        # normalised in float32: absent regions are zero rows, and fp16's eps underflows to a
+        # 0/0 = NaN that masked attention would spread to every prototype (0 x NaN = NaN)
+        x = F.normalize(at_least_float32(queries), dim=-1)
         memory = [F.normalize(cls_embed.detach().to(x.dtype), dim=-1).unsqueeze(1)]
         memory_pad = None
         if self.use_patch_tokens:
@@ -96,4 +99,4 @@ class PseudoWeightSynthesizer(nn.Module):
         all_pad = pad.all(dim=1)
         pad[:, 0] &= ~all_pad
         out = self.decoder(x, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=memory_pad)
-        return F.normalize(self.out_proj(out), dim=-1)
+        return F.normalize(at_least_float32(self.out_proj(out)), dim=-1)
