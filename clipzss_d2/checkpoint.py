@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -123,6 +124,101 @@ def torch_load_safely(path: str):
             f"{path} could not be read as a PyTorch checkpoint: corrupt, truncated or another "
             f"format ({_first_line(e)})."
         ) from None
+
+
+# -- TorchScript archives (OpenAI's CLIP .pt files) ------------------------------------------------
+# The storage classes a TorchScript archive's data.pkl names for its tensors.
+_STORAGE_DTYPES = {
+    f"{name}Storage": dtype
+    for name, dtype in (
+        ("Float", torch.float32), ("Half", torch.float16), ("BFloat16", torch.bfloat16),
+        ("Double", torch.float64), ("Long", torch.int64), ("Int", torch.int32),
+        ("Short", torch.int16), ("Char", torch.int8), ("Byte", torch.uint8), ("Bool", torch.bool),
+    )
+}  # fmt: skip
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """A zip written by torch.jit.save (it holds constants.pkl beside data.pkl)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+class _ScriptObject:
+    """Stands for every ``__torch__.*`` module of the archive: only its attributes are kept,
+    none of its code is imported or run."""
+
+    def __setstate__(self, state):
+        self.__dict__["attributes"] = state if isinstance(state, dict) else {}
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: str):
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix, self.path = archive, prefix, path
+
+    def find_class(self, module, name):
+        if module.startswith("__torch__.") or module == "__torch__":
+            return _ScriptObject
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return torch._utils._rebuild_tensor_v2
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        raise UnsafeCheckpointError(
+            f"{self.path} is a TorchScript archive that asks to load {module}.{name}, which a "
+            f"weights file never needs. Refused; use open_clip's state-dict weights instead."
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise CheckpointFormatError(f"{self.path}: unexpected tensor reference {pid!r}.")
+        _, dtype, key, _, numel = pid
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointFormatError(f"{self.path}: unexpected storage type {dtype!r}.")
+        raw = self.archive.read(f"{self.prefix}/data/{key}")
+        storage = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else None
+        if storage is None:
+            storage = torch.UntypedStorage(0)
+        if len(raw) < numel * dtype.itemsize:
+            raise CheckpointFormatError(f"{self.path}: tensor data {key} is truncated.")
+        # torch.load hands _rebuild_tensor_v2 the same (internal) typed wrapper
+        return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
+
+
+def read_torchscript_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor attribute of a TorchScript archive's modules, by dotted name, read from its
+    data.pkl without torch.jit.load: its code is never imported nor run. Holds the parameters
+    and buffers (what ``ScriptModule.state_dict()`` gives) and plain tensor attributes too."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            (data_name,) = [n for n in archive.namelist() if n.count("/") == 1 and
+                            n.endswith("/data.pkl")]  # fmt: skip
+            prefix = data_name.split("/")[0]
+            root = _TorchScriptUnpickler(archive.read(data_name), archive, prefix, path).load()
+    except UserInputError:
+        raise
+    except Exception as e:  # a damaged zip, a missing entry, a pickle error
+        raise CheckpointFormatError(
+            f"{path} could not be read as a TorchScript archive ({_first_line(e)})."
+        ) from None
+    state: dict[str, torch.Tensor] = {}
+    stack = [("", root)]
+    while stack:  # iterative: a hostile archive may nest modules deeply
+        name, obj = stack.pop()
+        for key, value in getattr(obj, "attributes", {}).items():
+            full = f"{name}{key}"
+            if isinstance(value, torch.Tensor):
+                state[full] = value
+            elif isinstance(value, _ScriptObject):
+                stack.append((f"{full}.", value))
+    if not state:
+        raise CheckpointFormatError(f"{path} is a TorchScript archive without any tensor.")
+    return state
 
 
 def _first_line(e: BaseException) -> str:

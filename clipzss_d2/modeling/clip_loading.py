@@ -5,6 +5,7 @@ users of this project often train on clusters without internet, so we resolve th
 ourselves first and raise one clear error that names the config key to set instead.
 """
 
+import contextlib
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from ..checkpoint import is_torchscript_archive, read_torchscript_state_dict
 from ..errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -210,10 +212,14 @@ def create_clip_model(
         # big_vision (.npz) weights are loaded by open_clip through the image tower: built in full
         if text_only and not str(checkpoint).endswith((".npz", ".npy")):
             model = _create_text_tower(model_name, checkpoint, kwargs)
+        elif checkpoint is not None and is_torchscript_archive(checkpoint):
+            with _quiet_random_init_note(True):
+                model = open_clip.create_model(model_name, pretrained=None, **kwargs)
+            _load_torchscript_weights(model, checkpoint, model_name)
         else:
             model = open_clip.create_model(model_name, pretrained=checkpoint, **kwargs)
-            if text_only:
-                model.visual = None
+        if text_only:
+            model.visual = None
     if checkpoint is None:
         logger.warning(
             "CLIP '%s' built with RANDOM weights (pretrained=%r): zero-shot transfer will not work.",
@@ -226,25 +232,33 @@ def create_clip_model(
 
 
 def _not_random_init_note(record: logging.LogRecord) -> bool:
-    """open_clip warns on the root logger that a model built without weights is random; the
-    text tower gets its weights right after, so the warning would be false."""
     return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_note(weights_follow: bool):
+    """open_clip warns on the root logger that a model built without weights is random; when
+    its weights are loaded right after, the warning would be false."""
+    root = logging.getLogger()
+    if weights_follow:
+        root.addFilter(_not_random_init_note)
+    try:
+        yield
+    finally:
+        root.removeFilter(_not_random_init_note)
 
 
 def _create_text_tower(model_name: str, checkpoint: str | None, kwargs: dict) -> open_clip.CLIP:
     """open_clip's model with a stub image tower, dropped before the checkpoint is loaded;
     its ``visual.*`` weights are skipped, every other weight must fit."""
-    root = logging.getLogger()
-    if checkpoint is not None:
-        root.addFilter(_not_random_init_note)
-    try:
+    with _quiet_random_init_note(checkpoint is not None):
         model = open_clip.create_model(
             model_name, pretrained=None, pretrained_text=False, vision_cfg=VISION_STUB, **kwargs
         )
-    finally:
-        root.removeFilter(_not_random_init_note)
     model.visual = None
-    if checkpoint is not None:
+    if checkpoint is not None and is_torchscript_archive(checkpoint):
+        _load_torchscript_weights(model, checkpoint, model_name)
+    elif checkpoint is not None:
         loaded = open_clip.load_checkpoint(model, checkpoint, strict=False)
         unexpected = [k for k in loaded.unexpected_keys if not k.startswith("visual.")]
         if loaded.missing_keys or unexpected:
@@ -253,3 +267,23 @@ def _create_text_tower(model_name: str, checkpoint: str | None, kwargs: dict) ->
                 f"{loaded.missing_keys[:5]}, unexpected {unexpected[:5]}."
             )
     return model
+
+
+def _load_torchscript_weights(model: torch.nn.Module, checkpoint: str, model_name: str) -> None:
+    """OpenAI's own CLIP files (``~/.cache/clip/ViT-B-16.pt``, what OpenAI's ``clip`` package
+    downloads) are TorchScript archives. Their tensors are read without running the archive's
+    code (checkpoint.read_torchscript_state_dict); OpenAI's parameter names are open_clip's.
+    Tensors the model has no place for (OpenAI's ``input_resolution`` and other attributes, the
+    image tower's for a text-only model) are left out; a missing or misshapen weight is refused."""
+    state = read_torchscript_state_dict(checkpoint)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    misshapen = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or misshapen:
+        example = missing[:3] or [f"{k}: {tuple(state[k].shape)}" for k in misshapen[:3]]
+        raise CLIPWeightsUnavailableError(
+            f"CLIP weights {checkpoint} do not fit open_clip's {model_name} "
+            f"({len(missing)} missing, {len(misshapen)} misshapen, e.g. {example}): set "
+            f"MODEL.CLIPZSS.CLIP.MODEL_NAME to the architecture of the file."
+        )
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own if k in state}, strict=False)
