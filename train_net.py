@@ -52,6 +52,7 @@ from clipzss_d2.reproducibility import (
     enable_deterministic_kernels,
 )
 from clipzss_d2.solver import build_optimizer
+from clipzss_d2.utils.cuda_check import why_no_gpu
 from clipzss_d2.utils.distributed import leave_process_groups
 from clipzss_d2.utils.weights import resolve_model_weights
 from clipzss_d2.vocabulary import prompt_names
@@ -133,8 +134,17 @@ class Trainer(DefaultTrainer):
         """The student (and, for training, GLM / PLM), with the frozen CLIP teacher loaded now:
         missing CLIP weights fail before the data loader starts."""
         model = super().build_model(cfg)
-        if cfg.DETERMINISTIC and comm.get_world_size() > 1:
-            sync_batch_norms(model)  # one set of BatchNorm statistics over the global batch
+        if comm.get_world_size() > 1:
+            if cfg.DETERMINISTIC:  # one set of BatchNorm statistics over the global batch
+                sync_batch_norms(model, (torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm))
+            elif not cfg.MODEL.DEVICE.startswith("cuda") and sync_batch_norms(
+                model, (torch.nn.SyncBatchNorm,)
+            ):
+                logger.info(
+                    "SyncBN has no CPU kernel: its layers synchronise through detectron2's "
+                    "NaiveSyncBatchNorm (all-reduce over gloo) in this %d-process CPU run.",
+                    comm.get_world_size(),
+                )
         model.build_teacher()
         return model
 
@@ -236,6 +246,11 @@ def check_devices(cfg, args) -> None:
     if not cfg.MODEL.DEVICE.startswith("cuda"):
         return  # CPU runs: --num-gpus N starts N gloo processes
     found = torch.cuda.device_count()
+    if found == 0:
+        raise UserInputError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but torch finds no CUDA device: {why_no_gpu()}. "
+            f"Or pass MODEL.DEVICE cpu to run on the CPU."
+        )
     if args.num_gpus > found:
         raise UserInputError(
             f"--num-gpus {args.num_gpus} asks for {args.num_gpus} GPU(s) but {found} CUDA "
@@ -244,17 +259,21 @@ def check_devices(cfg, args) -> None:
         )
 
 
-def sync_batch_norms(module: torch.nn.Module) -> None:
-    """BatchNorm2d (and SyncBatchNorm, which has no CPU kernel) -> detectron2's
-    NaiveSyncBatchNorm, which all-reduces statistics with any backend (gloo included):
-    per-process statistics make a multi-process run differ from the single-process one."""
+def sync_batch_norms(module: torch.nn.Module, types: tuple[type, ...]) -> int:
+    """Layers of exactly these types -> detectron2's NaiveSyncBatchNorm, which all-reduces
+    statistics with any backend (gloo included): SyncBatchNorm has no CPU kernel, and
+    per-process BatchNorm statistics make a multi-process run differ from the single-process
+    one. Returns how many layers were replaced."""
+    replaced = 0
     for name, child in module.named_children():
-        if type(child) in (torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm):
+        if type(child) in types:
             bn = NaiveSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine)
             bn.load_state_dict(child.state_dict())
             setattr(module, name, bn.to(child.weight.device))
+            replaced += 1
         else:
-            sync_batch_norms(child)
+            replaced += sync_batch_norms(child, types)
+    return replaced
 
 
 def setup(args):

@@ -144,13 +144,17 @@ def test_train_net_user_errors_stop_before_any_process_starts(tiny, tmp_path):
     out = tmp_path / "out"
     tiny_opts = [str(o) for o in TINY_MODEL_OPTS] + ["OUTPUT_DIR", str(out)]
 
-    # the README's first command on a machine with fewer GPUs than asked
+    # the README's first command on a machine with fewer GPUs than asked (none, here: the reason)
     asked = torch.cuda.device_count() + 1
     code, line = train_net(
         "--config-file", voc, "--num-gpus", str(asked), "OUTPUT_DIR", str(out), cwd=tmp_path
     )
-    assert code == 2 and f"--num-gpus {asked} asks for {asked} GPU(s)" in line
-    assert f"but {asked - 1} CUDA device(s) were found" in line and "MODEL.DEVICE cpu" in line
+    if asked == 1:
+        assert code == 2 and "torch finds no CUDA device: " in line and "MODEL.DEVICE cpu" in line
+        assert ("no NVIDIA driver" in line) or ("CPU-only build" in line) or ("driver" in line)
+    else:
+        assert code == 2 and f"--num-gpus {asked} asks for {asked} GPU(s)" in line
+        assert f"but {asked - 1} CUDA device(s) were found" in line and "MODEL.DEVICE cpu" in line
 
     code, line = train_net("--config-file", voc, *tiny_opts, "SOLVER.MAX_ITER", cwd=tmp_path)
     assert code == 2 and "KEY VALUE pairs" in line and "SOLVER.MAX_ITER" in line
@@ -168,3 +172,42 @@ def test_train_net_user_errors_stop_before_any_process_starts(tiny, tmp_path):
         "--config-file", voc, "--eval-only", *tiny_opts, "MODEL.WEIGHTS", str(junk), cwd=tmp_path
     )
     assert code == 2 and "junk.pth could not be read as a PyTorch checkpoint" in line
+
+
+# -- why torch finds no GPU -----------------------------------------------------------------------
+def test_a_torch_built_for_a_newer_cuda_than_the_driver_is_named(monkeypatch):
+    from clipzss_d2.utils import cuda_check
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    line = cuda_check.why_no_gpu(driver=(535, 104, 5))  # a CUDA 12.2 cluster driver
+    assert "built for CUDA 13.0, which needs an NVIDIA driver >= 580.65.6" in line
+    assert "this machine's driver is 535.104.5" in line and "CLIPZSS_TORCH=cu118" in line
+    monkeypatch.setattr(torch.version, "cuda", "12.1")
+    assert "needs an NVIDIA driver" not in cuda_check.why_no_gpu(driver=(535, 104, 5))
+    monkeypatch.setattr(cuda_check, "driver_version", lambda: None)
+    assert cuda_check.why_no_gpu() == "no NVIDIA driver was found on this machine"
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "is a CPU-only build" in cuda_check.why_no_gpu()
+
+
+def test_train_net_says_why_it_finds_no_gpu(monkeypatch):
+    """check_devices, as train_net.py runs it before any process starts (the query mocked)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from clipzss_d2 import get_clipzss_cfg
+    from clipzss_d2.errors import UserInputError
+    from clipzss_d2.utils import cuda_check
+
+    spec = importlib.util.spec_from_file_location("clipzss_train_net", ROOT / "train_net.py")
+    train_net_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net_module)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cuda_check, "driver_version", lambda: (470, 57, 2))
+    cfg = get_clipzss_cfg()
+    with pytest.raises(UserInputError) as error:
+        train_net_module.check_devices(cfg, SimpleNamespace(num_gpus=8))
+    message = str(error.value)
+    assert "\n" not in message and "torch finds no CUDA device" in message
+    assert "driver is 470.57.2" in message and "MODEL.DEVICE cpu" in message
