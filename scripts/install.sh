@@ -7,6 +7,12 @@
 #   PYTHON=python3.11         interpreter used to create it (default python3)
 #   CLIPZSS_D2_SOURCE=1       build detectron2 from GitHub source instead of the PyPI redistribution
 #                             (needs internet access and a C++ toolchain)
+#   CLIPZSS_TORCH=cu121       which torch build: cpu, or the CUDA it is built for (cu118, cu121,
+#                             cu124, ...), from PyTorch's own index. Unset: whatever PyPI serves
+#                             (on Linux a build for a recent CUDA, which needs a recent NVIDIA
+#                             driver). A different build already in $VENV is replaced.
+#   TORCH_INDEX_URL=url       a mirror of https://download.pytorch.org/whl (used with CLIPZSS_TORCH)
+#   CLIPZSS_INSTALL_DRY_RUN=1 print the torch install this run would do, change nothing
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,13 +29,38 @@ D2_SOURCE_URL="git+https://github.com/facebookresearch/detectron2.git"
 log() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
 
+TORCH_BUILD=${CLIPZSS_TORCH:-}
+TORCH_PIP_ARGS=("torch>=2.1" "torchvision>=0.16")
+if [[ -n "$TORCH_BUILD" ]]; then
+    [[ "$TORCH_BUILD" =~ ^(cpu|cu[0-9]{3,4})$ ]] \
+        || die "CLIPZSS_TORCH='$TORCH_BUILD' names no torch build; use cpu or the CUDA version as cuNNN (cu118, cu121, cu124, ...)."
+    TORCH_PIP_ARGS+=(--index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl}/$TORCH_BUILD")
+fi
+
+# the build tag (cpu, cu121, ...) of the torch in $VENV, empty when none imports
+installed_torch_build() {
+    "$VENV/bin/python" -c "import torch; c = torch.version.cuda; print('cu' + c.replace('.', '') if c else 'cpu')" 2>/dev/null || true
+}
+
+if [[ "${CLIPZSS_INSTALL_DRY_RUN:-0}" == "1" ]]; then
+    have=$(installed_torch_build)
+    log "dry run: torch in $VENV: ${have:-none}; wanted: ${TORCH_BUILD:-whatever PyPI serves}"
+    if [[ -n "$have" && ( -z "$TORCH_BUILD" || "$have" == "$TORCH_BUILD" ) ]]; then
+        log "dry run: would keep the installed torch"
+    else
+        [[ -n "$have" ]] && log "dry run: would uninstall torch torchvision"
+        log "dry run: would run pip install ${TORCH_PIP_ARGS[*]}"
+    fi
+    exit 0
+fi
+
 command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found. Install Python >= 3.10 or set PYTHON=/path/to/python3."
 
 stamp_key() {
     {
         cat scripts/install.sh setup.cfg pyproject.toml
         "$PYTHON" --version 2>&1
-        echo "${CLIPZSS_D2_SOURCE:-0}"
+        echo "${CLIPZSS_D2_SOURCE:-0} ${TORCH_BUILD} ${TORCH_INDEX_URL:-}"
     } | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.clipzss-install-stamp"
@@ -50,9 +81,15 @@ PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 # torch first, on its own: ranges let pip take the newest build this machine allows.
+have=$(installed_torch_build)
+if [[ -n "$have" && -n "$TORCH_BUILD" && "$have" != "$TORCH_BUILD" ]]; then
+    log "replacing the $have build of torch in $VENV by the $TORCH_BUILD build (CLIPZSS_TORCH)"
+    "${PIP[@]}" uninstall -q -y torch torchvision
+fi
 if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
-    log "installing torch and torchvision"
-    "${PIP[@]}" install -q "torch>=2.1" "torchvision>=0.16"
+    log "installing torch and torchvision${TORCH_BUILD:+ ($TORCH_BUILD build)}"
+    "${PIP[@]}" install -q "${TORCH_PIP_ARGS[@]}" \
+        || die "could not install torch${TORCH_BUILD:+ for $TORCH_BUILD} (pip failed, see above). Check the network, or unset CLIPZSS_TORCH to take PyPI's build."
 fi
 
 if ! "$PY" -c "import detectron2" 2>/dev/null; then

@@ -211,3 +211,51 @@ def test_train_net_says_why_it_finds_no_gpu(monkeypatch):
     message = str(error.value)
     assert "\n" not in message and "torch finds no CUDA device" in message
     assert "driver is 470.57.2" in message and "MODEL.DEVICE cpu" in message
+
+
+# -- choosing the torch build at install time -----------------------------------------------------
+def install_dry_run(tmp_path, **env):
+    full_env = {**os.environ, "CLIPZSS_INSTALL_DRY_RUN": "1", "VENV": str(tmp_path / "venv"), **env}
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install.sh")],
+        env=full_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return run.returncode, run.stdout, run.stderr
+
+
+def test_install_takes_the_torch_build_the_user_names(tmp_path):
+    code, out, err = install_dry_run(tmp_path, CLIPZSS_TORCH="cu118")
+    assert code == 0, err
+    assert "would run pip install torch>=2.1 torchvision>=0.16" in out
+    assert "--index-url https://download.pytorch.org/whl/cu118" in out
+    code, out, _ = install_dry_run(
+        tmp_path, CLIPZSS_TORCH="cpu", TORCH_INDEX_URL="https://m.example/whl"
+    )
+    assert code == 0 and "--index-url https://m.example/whl/cpu" in out
+    code, out, _ = install_dry_run(tmp_path)  # unset: PyPI's build, no index
+    assert code == 0 and "--index-url" not in out and "would run pip install" in out
+    assert not (tmp_path / "venv").exists()  # a dry run changes nothing
+
+
+def test_install_replaces_another_torch_build_only_when_asked(tmp_path):
+    """A venv whose torch is the cu130 build: kept by default and for cu130, replaced for cu118."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    fake_python = venv_bin / "python"  # answers like a python with a cu130 torch would
+    fake_python.write_text("#!/usr/bin/env bash\necho cu130\n")
+    fake_python.chmod(0o755)
+    assert "would keep the installed torch" in install_dry_run(tmp_path)[1]
+    assert "would keep the installed torch" in install_dry_run(tmp_path, CLIPZSS_TORCH="cu130")[1]
+    out = install_dry_run(tmp_path, CLIPZSS_TORCH="cu118")[1]
+    assert "torch in" in out and ": cu130; wanted: cu118" in out
+    assert "would uninstall torch torchvision" in out and "whl/cu118" in out
+
+
+@pytest.mark.parametrize("value", ["cuda12", "cu12.1", "gpu", "cu121; rm -rf ~"])
+def test_install_refuses_a_build_name_that_is_none(tmp_path, value):
+    code, out, err = install_dry_run(tmp_path, CLIPZSS_TORCH=value)
+    assert code == 1 and out == ""
+    assert one_line(err).endswith(
+        "use cpu or the CUDA version as cuNNN (cu118, cu121, cu124, ...)."
+    )
+    assert f"CLIPZSS_TORCH='{value}' names no torch build" in err
