@@ -226,3 +226,28 @@ def test_channels_last_training_gives_the_nchw_losses_and_gradients():
     for name, grad in runs[False][2].items():
         scale = grad.abs().max().clamp(min=1e-6)
         assert (runs[True][2][name] - grad).abs().max() <= 1e-6 * scale, name
+
+
+def test_the_classifier_stays_on_the_device_between_steps(model, monkeypatch):
+    """Training steps and inference read the classifier cached on the model's device: the text
+    classifier is asked (stack + copy) once per vocabulary, and the cache is bounded."""
+    classifier = model.text_classifier
+    calls = []
+    real_call = type(classifier).__call__
+    monkeypatch.setattr(
+        type(classifier),
+        "__call__",
+        lambda self, entries: calls.append(list(entries)) or real_call(self, entries),
+    )
+    model.train()
+    for _ in range(2):
+        model(toy_batch(batch_size=1, size=64))
+    assert calls == [model.train_vocabulary]
+    first = model.text_embeddings(model.train_vocabulary)
+    assert first is model.text_embeddings(model.train_vocabulary) and first.device == model.device
+    torch.testing.assert_close(first, real_call(classifier, model.train_vocabulary), rtol=0, atol=0)
+    for k in range(classifier.DEVICE_CACHE_SIZE):  # other vocabularies push it out
+        model.text_embeddings([f"thing {k}", "cat"])
+    calls.clear()
+    assert model.text_embeddings(model.train_vocabulary) is not first
+    assert calls == [model.train_vocabulary]

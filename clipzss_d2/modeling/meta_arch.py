@@ -186,8 +186,8 @@ class CLIPZSS(StudentForward, nn.Module):
         return list(self._vocabulary)
 
     def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:
-        """K x C on the model's device; the text classifier owns the (memory + disk) cache."""
-        return self.text_classifier(vocabulary).to(self.device)
+        """K x C on the model's device (read-only); the text classifier owns the caches."""
+        return self.text_classifier.on_device(vocabulary, self.device)
 
     # -- forward (embed / classify / student_logits: StudentForward) ---------------------------
     def preprocess_images(self, batched_inputs) -> ImageList:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import open_clip
@@ -78,6 +79,8 @@ class TextClassifier:
     state_dict, parameters or DDP wrapper.
     """
 
+    DEVICE_CACHE_SIZE = 8  # vocabularies kept on the device (train, eval, a few demo queries)
+
     def __init__(
         self,
         model_name: str,
@@ -99,6 +102,10 @@ class TextClassifier:
         self.device = torch.device(device)
         self.download_dir = download_dir or None
         self._memory: dict[str, torch.Tensor] = {}
+        # stacked classifiers already on a device, most recent last: a training step reads the
+        # same seen classifier every iteration, and stacking plus a host-to-GPU copy each time
+        # is work for nothing
+        self._on_device: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._clip = None
         self._tokenizer = None
 
@@ -124,6 +131,19 @@ class TextClassifier:
             return result
         self._memory.update(zip(entries, cached, strict=True))
         return cached
+
+    def on_device(self, entries: Sequence[str], device: torch.device | str) -> torch.Tensor:
+        """The K x C classifier of ``__call__`` on ``device``, kept there for the last
+        ``DEVICE_CACHE_SIZE`` vocabularies. Read-only: callers must not modify it in place."""
+        key = (tuple(entries), str(torch.device(device)))
+        if key in self._on_device:
+            self._on_device.move_to_end(key)
+            return self._on_device[key]
+        classifier = self(entries).to(device)
+        self._on_device[key] = classifier
+        while len(self._on_device) > self.DEVICE_CACHE_SIZE:
+            self._on_device.popitem(last=False)
+        return classifier
 
     # -- disk cache --------------------------------------------------------------------------
     def cache_key(self, entries: Sequence[str]) -> dict:
