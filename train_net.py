@@ -128,6 +128,9 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
         if isinstance(self._trainer, AMPTrainer):  # DefaultTrainer builds it with fp16
             self._trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
+            # the loss scale beside the losses ("[metric]grad_scaler" in metrics.json): one that
+            # keeps falling means fp16 gradients overflow
+            self._trainer.log_grad_scaler = True
 
     @classmethod
     def build_model(cls, cfg):

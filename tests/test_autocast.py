@@ -2,10 +2,12 @@
 bf16) autocast; CPU autocast casts bmm / matmul / einsum / conv to half precision as CUDA's does,
 so the shipped configs' training code is run here under ``torch.autocast("cpu", dtype)`` and
 compared with fp32: pseudo labels must be identical, losses equal within a stated tolerance,
-gradients finite. (tools/gpu_check.py repeats the comparison under CUDA autocast.)
+gradients finite. tools/gpu_check.py runs this file again on a GPU: CLIPZSS_TEST_DEVICE=cuda
+moves every model and tensor there and makes autocast CUDA's (and the teacher fp16, as shipped).
 """
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from clipzss_d2.modeling.text_classifier import build_text_classifier
 from .helpers import TINY_MODEL_OPTS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEVICE = os.environ.get("CLIPZSS_TEST_DEVICE", "cpu")
 HALF = [torch.float16, torch.bfloat16]
 SHIPPED = [
     "voc.yaml",
@@ -38,12 +41,12 @@ SHIPPED = [
 
 
 def shipped_cfg(name: str, *opts):
-    """A shipped config as users run it, on the CPU with random weights of its architectures
+    """A shipped config as users run it, on DEVICE with random weights of its architectures
     (CLIP ViT-B/16, DeepLab R-101 or SegFormer-B0): nothing can be downloaded here."""
     cfg = get_clipzss_cfg()
     cfg.merge_from_file(str(CONFIGS / name))
     cfg.merge_from_list(
-        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.TIMM.PRETRAINED", "",
+        ["MODEL.DEVICE", DEVICE, "MODEL.WEIGHTS", "", "MODEL.TIMM.PRETRAINED", "",
          "MODEL.CLIPZSS.CLIP.PRETRAINED", "none", "MODEL.CLIPZSS.TEXT.CACHE_DIR", "", *opts]
     )  # fmt: skip
     return cfg
@@ -52,7 +55,7 @@ def shipped_cfg(name: str, *opts):
 def autocast(dtype):
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=dtype)
+    return torch.autocast(torch.device(DEVICE).type, dtype=dtype)
 
 
 # -- PLM -------------------------------------------------------------------------------------------
@@ -64,7 +67,7 @@ def planted_scene(widths, dim=512, rows=32, seed=0):
     planted = band.expand(rows, -1)
     dirs = F.normalize(torch.randn(len(widths), dim, generator=g), dim=-1)
     tokens = dirs[planted] + 0.01 * torch.randn(rows, len(band), dim, generator=g)
-    return tokens.permute(2, 0, 1)[None], planted
+    return tokens.permute(2, 0, 1)[None].to(DEVICE), planted.to(DEVICE)
 
 
 def plm_inputs(cfg, tokens, seen_ids=(), seed=0):
@@ -78,8 +81,8 @@ def plm_inputs(cfg, tokens, seen_ids=(), seed=0):
         labels[:, 16 * 4 * i : 16 * 4 * (i + 1), : 16 * 4] = cls
     dense = F.normalize(torch.randn(1, dim, 4 * h, 4 * w, generator=g), dim=1)
     text = F.normalize(torch.randn(15, dim, generator=g), dim=-1)
-    teacher = TeacherOutput(torch.randn(1, dim, generator=g), tokens, None)
-    return dense, labels, text, teacher
+    teacher = TeacherOutput(torch.randn(1, dim, generator=g).to(DEVICE), tokens, None)
+    return dense.to(DEVICE), labels.to(DEVICE), text.to(DEVICE), teacher
 
 
 def partition_matches(region_map, planted):
@@ -95,13 +98,13 @@ def partition_matches(region_map, planted):
 )
 def test_pseudo_labels_of_planted_scenes_ignore_autocast(widths, dtype):
     cfg = shipped_cfg("voc.yaml")
-    plm = PixelLearningModule(cfg)
+    plm = PixelLearningModule(cfg).to(DEVICE)
     tokens, planted = planted_scene(widths)
     inputs = plm_inputs(cfg, tokens)
 
     def run():
         regions = plm.labeler(tokens)
-        return regions.region_map[0], plm(*inputs, torch.tensor(14.0)).targets
+        return regions.region_map[0], plm(*inputs, torch.tensor(14.0, device=DEVICE)).targets
 
     ref_map, ref_targets = run()
     assert partition_matches(ref_map, planted)  # the reference is right: one region per band
@@ -126,9 +129,9 @@ def test_pseudo_labels_of_a_real_voc_sample_ignore_autocast(prepared_root):
     extents = model.image_extents(images, [sample])
     valid = model.extent_mask(extents, *images.tensor.shape[-2:], model.device)
     teacher = model.run_teacher(images, extents)
-    labels = sample["sem_seg"][None].masked_fill(~valid, 255)
+    labels = sample["sem_seg"][None].to(DEVICE).masked_fill(~valid, 255)
     dim, (h, w) = cfg.MODEL.CLIPZSS.EMBED_DIM, labels.shape[-2:]
-    dense = F.normalize(torch.randn(1, dim, h // 4, w // 4), dim=1)
+    dense = F.normalize(torch.randn(1, dim, h // 4, w // 4), dim=1).to(DEVICE)
     text = model.text_embeddings(model.train_vocabulary)
 
     def targets():
@@ -148,13 +151,14 @@ def test_synthesizer_is_finite_in_half_precision(dtype):
     which must not become NaN (fp16's normalisation eps underflows) and spread."""
     cfg = shipped_cfg("voc.yaml")
     torch.manual_seed(0)
-    plm = PixelLearningModule(cfg)
+    plm = PixelLearningModule(cfg).to(DEVICE)
     tokens, _ = planted_scene((10, 12, 10))
     dense, labels, text, teacher = plm_inputs(cfg, tokens, seen_ids=(3, 7))
     dense = dense.requires_grad_()
-    reference = plm(dense, labels, text, teacher, torch.tensor(14.0)).losses["loss_bce"]
+    scale = torch.tensor(14.0, device=DEVICE)
+    reference = plm(dense, labels, text, teacher, scale).losses["loss_bce"]
     with autocast(dtype):
-        out = plm(dense.to(dtype), labels, text, teacher, torch.tensor(14.0))
+        out = plm(dense.to(dtype), labels, text, teacher, scale)
     loss = out.losses["loss_bce"]
     assert torch.isfinite(loss) and torch.isfinite(out.logits).all()
     torch.testing.assert_close(loss.float(), reference, rtol=1e-2, atol=0)
@@ -175,6 +179,28 @@ def test_pseudo_ids_never_reach_the_ignore_value():
     with pytest.raises(UserInputError, match="MAX_REGIONS to at most 55"):
         build_model(shipped_cfg("voc.yaml", *opts))  # 64 regions: ids 200..263
     build_model(shipped_cfg("voc.yaml", *opts, "MODEL.CLIPZSS.PLM.MAX_REGIONS", 55))  # ..254
+
+
+# -- the teacher in its shipped precision ---------------------------------------------------------
+def test_the_teacher_sees_the_image_not_the_padding_in_its_precision():
+    """configs/voc.yaml's teacher (random ViT-B/16; TEACHER.PRECISION fp16 on a GPU, fp32 on the
+    CPU) on a padded batch with image sizes equals each image run alone at its own size, under
+    the training step's autocast too."""
+    cfg = shipped_cfg("voc.yaml")
+    torch.manual_seed(0)
+    teacher = build_model(cfg).build_teacher()
+    extents = [(96, 128), (128, 80), (128, 128)]
+    batch = (torch.rand(3, 3, 128, 128) * 255).to(DEVICE)
+    for dtype in [None, *HALF]:
+        with autocast(dtype):
+            out = teacher(batch, image_sizes=torch.tensor(extents))
+            for i, (h, w) in enumerate(extents):
+                alone = teacher(batch[i : i + 1, :, :h, :w].contiguous())
+                cls = F.cosine_similarity(out.cls_embed[i], alone.cls_embed[0], dim=0)
+                patches = out.patch_embed[i, :, : h // 16, : w // 16].flatten(1)
+                tokens = F.cosine_similarity(patches, alone.patch_embed[0].flatten(1), dim=0)
+                assert cls > 0.999 and tokens.min() > 0.999, (dtype, i, float(cls), tokens.min())
+                assert out.token_valid[i].sum() == (h // 16) * (w // 16)
 
 
 # -- text embeddings ----------------------------------------------------------------------------------
