@@ -34,5 +34,6 @@ format: install
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
+# caches only: output/ holds every trained run and model folder, which `make` never deletes
 clean:
-	rm -rf output .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache

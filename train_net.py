@@ -41,7 +41,7 @@ from clipzss_d2.diagnostics import PseudoLabelReport
 from clipzss_d2.entry import exit_on_user_error, load_config
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
-from clipzss_d2.model_folder import write_model_folder
+from clipzss_d2.model_folder import check_replaceable, write_model_folder
 from clipzss_d2.reproducibility import (
     GatherRNGStates,
     GLMBankState,
@@ -320,6 +320,13 @@ def check_before_launch(args) -> None:
     register_custom_datasets(config)  # a bad dataset file stops here, before any process
     if config.DETERMINISTIC:
         check_deterministic_config(config)
+    if not args.eval_only:  # the end of training writes OUTPUT_DIR/model (ModelFolderWriter)
+        check_replaceable(
+            os.path.join(config.OUTPUT_DIR, "model"),
+            what="OUTPUT_DIR/model,",
+            remedy="training ends by replacing it with the model folder: move it away or "
+            "choose another OUTPUT_DIR",
+        )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,42 @@ WEIGHTS_FILE = "model.pth"
 TEXT_CACHE_DIR = "text_cache"
 CARD_FILE = "MODEL_CARD.md"
 HEADLINE_METRICS = ("mIoU(seen)", "mIoU(unseen)", "hIoU", "mIoU", "pAcc")
+FOLDER_ENTRIES = frozenset({CONFIG_FILE, WEIGHTS_FILE, TEXT_CACHE_DIR, CARD_FILE})
+
+
+def check_replaceable(
+    folder: str,
+    *,
+    overwrite: bool = False,
+    what: str = "--output",
+    remedy: str = "name a new folder, or pass --overwrite to replace it",
+) -> None:
+    """Writing a model folder replaces `folder`: allowed when it does not exist, is empty, or is
+    recognisably a model folder this project wrote (its config and card, nothing but its own
+    entries); anything else only with `overwrite`. Never the working folder, one of its
+    ancestors, the home folder or the file-system root, whatever `overwrite` says."""
+    path = os.path.realpath(folder)
+    cwd = os.path.realpath(os.getcwd())
+    home = os.path.realpath(os.path.expanduser("~"))
+    if path in (cwd, home, os.path.dirname(path)) or cwd.startswith(path.rstrip(os.sep) + os.sep):
+        raise UserInputError(
+            f"{what} {folder} is the working folder, one of its ancestors, the home folder or "
+            f"the root: a model folder replaces its destination, so it is never written there; "
+            f"name a new folder."
+        )
+    if overwrite or not os.path.lexists(folder):
+        return
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        raise UserInputError(f"{what} {folder} exists and is not a folder; {remedy}.")
+    entries = set(os.listdir(folder))
+    ours = {CONFIG_FILE, CARD_FILE} <= entries <= FOLDER_ENTRIES
+    if entries and not ours:
+        foreign = sorted(entries - FOLDER_ENTRIES) or sorted(entries)
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserInputError(
+            f"{what} {folder} holds files that are not a model folder this project wrote "
+            f"({shown}); {remedy}."
+        )
 
 
 class _CacheWriter(TextClassifier):
@@ -110,8 +146,11 @@ def write_model_folder(
     iteration: int | None = None,
     eval_results: Mapping | None = None,
     source: str = "",
+    overwrite: bool = False,
 ) -> str:
-    """Write `folder` (replacing an older one) from the training config and trained model."""
+    """Write `folder` from the training config and trained model, replacing an older model
+    folder (anything else only with `overwrite`: ``check_replaceable``)."""
+    check_replaceable(folder, overwrite=overwrite)
     folder = os.path.abspath(folder)
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)

@@ -32,13 +32,18 @@ from clipzss_d2.checkpoint import load_student_weights  # noqa: E402
 from clipzss_d2.data import register_custom_datasets  # noqa: E402
 from clipzss_d2.entry import add_config_arguments, load_config, run_main  # noqa: E402
 from clipzss_d2.errors import UserInputError  # noqa: E402
-from clipzss_d2.model_folder import write_model_folder  # noqa: E402
+from clipzss_d2.model_folder import check_replaceable, write_model_folder  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Write a CLIP-ZSS model folder from a checkpoint")
     add_config_arguments(p, trailing_opts=True)
     p.add_argument("--output", help="the folder to write (default: OUTPUT_DIR/model)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output even if it is not a model folder this project wrote",
+    )
     return p
 
 
@@ -46,6 +51,8 @@ def run(args) -> int:
     cfg = load_config(args)
     if not cfg.MODEL.WEIGHTS:
         raise UserInputError("MODEL.WEIGHTS is empty: name the checkpoint to package.")
+    folder = args.output or os.path.join(cfg.OUTPUT_DIR, "model")
+    check_replaceable(folder, overwrite=args.overwrite)  # before the model is built
     register_custom_datasets(cfg)  # DATASETS.CUSTOM class lists, for the vocabularies and card
     build_cfg = cfg.clone()  # the student alone, on the CPU; the folder keeps cfg as trained
     build_cfg.MODEL.DEVICE = "cpu"
@@ -54,13 +61,13 @@ def run(args) -> int:
     model = build_model(build_cfg).eval()
     extra = load_student_weights(model, cfg.MODEL.WEIGHTS, args.config_file)
     iteration = extra.get("iteration")
-    folder = args.output or os.path.join(cfg.OUTPUT_DIR, "model")
     folder = write_model_folder(
         cfg,
         model,
         folder,
         iteration=None if iteration is None else int(iteration) + 1,
         source=cfg.MODEL.WEIGHTS,
+        overwrite=args.overwrite,
     )
     print(f"Wrote {folder}")
     return 0

@@ -1,0 +1,151 @@
+"""No command deletes or overwrites a file it was not told to replace (README, "Reproducibility
+and safety"). Each command that writes runs against folders of planted user files, which must be
+byte-identical afterwards unless the command was told to overwrite them."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from clipzss_d2.checkpoint import SafeCheckpointer
+
+from .helpers import TINY_MODEL_OPTS, tiny_cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under folder: file bytes, or None for a folder."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def plant(folder: Path) -> dict[str, bytes | None]:
+    """A user's folder: some files, a subfolder, a hidden file; returns its snapshot."""
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("my notes\n")
+    (folder / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    (folder / ".hidden").write_text("x")
+    return snapshot(folder)
+
+
+def one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# -- the model folder (tools/make_model_folder.py, and the end of train_net.py) --------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    cfg = tiny_cfg(
+        extra_opts=["DATASETS.TEST", (), "MODEL.CLIPZSS.TEST_VOCABULARY", ["sky", "tree"]]
+    )
+    torch.manual_seed(0)
+    SafeCheckpointer(build_model(cfg), save_dir=str(folder)).save("model")
+    (folder / "config.yaml").write_text(cfg.dump())
+    return folder
+
+
+def make_model_folder(checkpoint, output, *extra, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "clipzss_make_model_folder_safety", ROOT / "tools" / "make_model_folder.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    argv = ["--config-file", str(checkpoint / "config.yaml"), "--output", str(output), *extra]
+    code = tool.main([*argv, "MODEL.WEIGHTS", str(checkpoint / "model.pth")])
+    return code, capsys.readouterr().err
+
+
+def test_a_model_folder_never_replaces_a_users_folder(checkpoint, tmp_path, capsys):
+    users = tmp_path / "mine"
+    before = plant(users)
+    code, err = make_model_folder(checkpoint, users, capsys=capsys)
+    line = one_line(err)
+    assert code == 2 and "holds files that are not a model folder this project wrote" in line
+    assert "(.hidden, notes.txt, sub)" in line and "pass --overwrite to replace it" in line
+    assert snapshot(users) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing written beside it
+
+    # a file where the folder should go is refused too
+    (tmp_path / "file").write_text("keep")
+    code, err = make_model_folder(checkpoint, tmp_path / "file", capsys=capsys)
+    assert code == 2 and "exists and is not a folder" in one_line(err)
+    assert (tmp_path / "file").read_text() == "keep"
+
+    # told to: replaced
+    code, err = make_model_folder(checkpoint, users, "--overwrite", capsys=capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in users.iterdir()) == [
+        "MODEL_CARD.md", "config.yaml", "model.pth", "text_cache"
+    ]  # fmt: skip
+
+
+def test_a_model_folder_replaces_its_own_earlier_version_and_empty_folders(
+    checkpoint, tmp_path, capsys
+):
+    target = tmp_path / "model"
+    target.mkdir()  # empty
+    assert make_model_folder(checkpoint, target, capsys=capsys)[0] == 0
+    first = (target / "MODEL_CARD.md").read_text()
+    assert make_model_folder(checkpoint, target, capsys=capsys)[0] == 0  # its own: replaced
+    assert (target / "MODEL_CARD.md").read_text().splitlines()[0] == first.splitlines()[0]
+    (target / "notes.txt").write_text("added by the user")
+    code, err = make_model_folder(checkpoint, target, capsys=capsys)
+    assert code == 2 and "(notes.txt)" in one_line(err)
+    assert (target / "notes.txt").read_text() == "added by the user"
+
+
+@pytest.mark.parametrize("where", [".", "..", "home"])
+def test_never_the_working_folder_its_ancestors_or_home(
+    checkpoint, tmp_path, where, capsys, monkeypatch
+):
+    work, home = tmp_path / "repo" / "work", tmp_path / "home"
+    before, home_before = plant(work), plant(home)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    output = str(home) if where == "home" else where
+    for extra in ([], ["--overwrite"]):  # not even when told to
+        code, err = make_model_folder(checkpoint, output, *extra, capsys=capsys)
+        line = one_line(err)
+        assert code == 2 and "is the working folder, one of its ancestors, the home" in line
+    assert snapshot(work) == before and snapshot(home) == home_before
+
+
+def test_training_refuses_before_it_starts_when_output_dir_model_is_a_users(tmp_path):
+    """The end of training writes OUTPUT_DIR/model: a user's folder there stops the run at once,
+    not after hours of training."""
+    out = tmp_path / "run"
+    before = plant(out / "model")
+    opts = [str(o) for o in TINY_MODEL_OPTS] + ["OUTPUT_DIR", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(ROOT / "configs/voc.yaml"),
+         *opts],
+        cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    # torch's glog-style start-up notes (e.g. "W1129 ... No CUDA runtime is found") are not ours
+    err = "\n".join(
+        ln for ln in proc.stderr.splitlines() if not re.match(r"[IW]\d{4} \d\d:\d\d:\d\d", ln)
+    )
+    line = one_line(err)
+    assert proc.returncode == 2 and f"OUTPUT_DIR/model, {out / 'model'} holds files" in line
+    assert "move it away or choose another OUTPUT_DIR" in line
+    assert snapshot(out / "model") == before
+
+
+def test_make_clean_keeps_trained_runs():
+    """`make clean` removes caches only: output/ holds the user's runs and model folders."""
+    proc = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and "rm " in proc.stdout
+    assert "output" not in proc.stdout.replace(".pytest_cache", "").replace(".ruff_cache", "")
