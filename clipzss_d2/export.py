@@ -142,7 +142,7 @@ def export_torchscript(segmenter, example: torch.Tensor, path: str):
         traced = torch.jit.trace(segmenter, example, check_trace=False)
         with atomic_write_path(path) as tmp:
             torch.jit.save(traced, tmp)
-        return torch.jit.load(path)
+        return torch.jit.load(path)  # safe-load: the file this function has just written
 
 
 def export_onnx(segmenter, example: torch.Tensor, path: str, options: ExportOptions) -> None:

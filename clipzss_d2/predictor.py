@@ -27,6 +27,7 @@ from .config import get_clipzss_cfg
 from .errors import UserInputError
 from .modeling.inference import TestTimeInference
 from .modeling.meta_arch import CLIPZSS
+from .utils.config_loading import merge_config
 from .vocabulary import display_name, parse_vocabulary
 
 INPUT_FORMATS = ("BGR", "RGB")
@@ -126,9 +127,7 @@ class OpenVocabularyPredictor:
         opts: Sequence[str] = (),
         vocabulary: str | Sequence[str] | None = None,
     ) -> OpenVocabularyPredictor:
-        cfg = get_clipzss_cfg()
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
+        cfg = merge_config(get_clipzss_cfg(), config_file, opts, "opts")
         return cls(cfg, vocabulary, config_name=config_file)
 
     @classmethod

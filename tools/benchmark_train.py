@@ -33,6 +33,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.solver import build_optimizer  # noqa: E402
+from clipzss_d2.utils.config_loading import merge_config_file  # noqa: E402
 
 SYNTHETIC = "benchmark_synthetic_train"
 SEEN = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -47,7 +48,7 @@ def register_synthetic():
 
 def make_cfg(args, variant):
     cfg = get_clipzss_cfg()
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)
     register_synthetic()
     modules_on = variant == "full"
     cfg.merge_from_list(

@@ -140,7 +140,7 @@ def finished_run(out_dir, cfg):
 def variant_cfg(variant, args):
     """configs/miniworld/<variant>.yaml with the --student delta (no _BASE_) merged over it."""
     cfg = get_clipzss_cfg()
-    cfg.merge_from_file(str(ROOT / "configs" / "miniworld" / f"{variant}.yaml"))
+    merge_config_file(cfg, str(ROOT / "configs" / "miniworld" / f"{variant}.yaml"))
     if args.student:
         merge_config_file(cfg, args.student, "--student")
     return cfg

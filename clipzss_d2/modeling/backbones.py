@@ -10,11 +10,11 @@ import os
 from collections.abc import Sequence
 
 import timm
-import torch
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.swin import SwinTransformer
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid, ViT
 
+from ..checkpoint import torch_load_safely
 from ..utils.weights import WeightsUnavailableError, resolve_model_weights
 
 
@@ -152,7 +152,7 @@ def build_clipzss_timm_backbone(cfg, input_shape):
 def load_swin_imagenet(backbone: SwinTransformer, path: str) -> None:
     """Load an official Swin ImageNet checkpoint (microsoft/Swin-Transformer release format,
     which detectron2's SwinTransformer mirrors key for key); the classifier is dropped."""
-    state = torch.load(resolve_model_weights(path, "MODEL.SWIN.PRETRAINED"), map_location="cpu")
+    state = torch_load_safely(resolve_model_weights(path, "MODEL.SWIN.PRETRAINED"))
     state = state.get("model", state)
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "norm."))}
     incompatible = backbone.load_state_dict(state, strict=False)
