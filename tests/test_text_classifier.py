@@ -209,3 +209,32 @@ def test_missing_weights_file_and_unknown_tag_are_explained():
         create_clip_model("ViT-B-16", "no-such-tag")
     with pytest.raises(ValueError, match="Unknown CLIP architecture"):
         create_clip_model("ViT-Z-99", "none")
+
+
+def test_a_loaded_cache_is_checked(tiny_weights, tmp_path):
+    """Through the config keys (build_text_classifier): a cache of another width is one line
+    naming EMBED_DIM; one with NaN or a wrong shape is recomputed, as a corrupt one is."""
+    from clipzss_d2.errors import UserInputError
+    from clipzss_d2.modeling.text_classifier import build_text_classifier
+
+    from .helpers import tiny_cfg
+
+    cfg = tiny_cfg(
+        extra_opts=["MODEL.CLIPZSS.CLIP.PRETRAINED", tiny_weights,
+                    "MODEL.CLIPZSS.CLIP.ACTIVATION", "gelu",
+                    "MODEL.CLIPZSS.TEXT.CACHE_DIR", str(tmp_path)]
+    )  # fmt: skip
+    width = cfg.MODEL.CLIPZSS.EMBED_DIM
+    fresh = build_text_classifier(cfg)(CLASSES)
+    writer = build_text_classifier(cfg)
+    for planted in (torch.full((4, width), float("nan")), torch.zeros(3, width)):
+        writer._save_disk_cache(CLASSES, planted)
+        reader = build_text_classifier(cfg)
+        torch.testing.assert_close(reader(CLASSES), fresh)
+        assert reader.clip_loaded  # recomputed, not read
+    writer._save_disk_cache(CLASSES, F.normalize(torch.randn(4, 2 * width), dim=-1))
+    with pytest.raises(UserInputError) as error:
+        build_text_classifier(cfg)(CLASSES)
+    message = str(error.value)
+    assert "\n" not in message and f"{2 * width}-wide embeddings" in message
+    assert f"MODEL.CLIPZSS.EMBED_DIM is {width}" in message

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import UserInputError
 from ..utils.io import atomic_write_path
 from ..utils.precision import without_autocast
 from ..vocabulary import VocabularyError, split_synonyms
@@ -91,8 +92,10 @@ class TextClassifier:
         device: str | torch.device = "cpu",
         download_dir: str | None = None,
         activation: str = "auto",
+        embed_dim: int | None = None,
     ):
         self.model_name = model_name
+        self.embed_dim = embed_dim  # the width a cache must have (MODEL.CLIPZSS.EMBED_DIM)
         self.pretrained = pretrained
         self.activation = activation
         self.template_set = templates
@@ -194,7 +197,18 @@ class TextClassifier:
                 path,
             )
             return None
-        if embeddings.shape[0] != len(entries):
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(entries):
+            logger.warning("Text-embedding cache %s has the wrong shape; recomputing.", path)
+            return None
+        if self.embed_dim is not None and embeddings.shape[1] != self.embed_dim:
+            raise UserInputError(
+                f"Text-embedding cache {path} holds {embeddings.shape[1]}-wide embeddings but "
+                f"MODEL.CLIPZSS.EMBED_DIM is {self.embed_dim}: it was written for another CLIP; "
+                f"set EMBED_DIM to the CLIP's width or point MODEL.CLIPZSS.TEXT.CACHE_DIR "
+                f"elsewhere."
+            )
+        if not bool(torch.isfinite(embeddings).all()):
+            logger.warning("Text-embedding cache %s holds non-finite values; recomputing.", path)
             return None
         logger.info("Loaded %d text embeddings from %s", len(entries), path)
         return embeddings.float()
@@ -269,4 +283,5 @@ def build_text_classifier(cfg) -> TextClassifier:
         device=text.DEVICE or cfg.MODEL.DEVICE,
         download_dir=cfg.MODEL.CLIPZSS.CLIP.DOWNLOAD_DIR or None,
         activation=cfg.MODEL.CLIPZSS.CLIP.ACTIVATION,
+        embed_dim=cfg.MODEL.CLIPZSS.EMBED_DIM,
     )
