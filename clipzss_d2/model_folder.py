@@ -202,6 +202,23 @@ def _replace_folder(tmp: str, folder: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_self_contained(config_file: str) -> None:
+    """A folder's config.yaml names no other config: `_BASE_` would be read from elsewhere (a
+    URL is fetched)."""
+    import yaml
+
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # merge_config reports what is wrong with the file in one line
+    if isinstance(raw, dict) and raw.get("_BASE_"):
+        raise UserInputError(
+            f"{config_file} names _BASE_ {raw['_BASE_']!r}: a model folder's config is "
+            f"self-contained and may not read another config; remove the _BASE_ line."
+        )
+
+
 def load_folder_config(folder: str, opts: Sequence[str] = (), opts_name: str = "--opts"):
     """The folder's config with its relative paths made absolute, then `opts` merged."""
     config_file = os.path.join(folder, CONFIG_FILE)
@@ -213,12 +230,31 @@ def load_folder_config(folder: str, opts: Sequence[str] = (), opts_name: str = "
             f"(train_net.py writes one as OUTPUT_DIR/model; tools/make_model_folder.py makes one "
             f"from a checkpoint)."
         )
+    _check_self_contained(config_file)
     cfg = merge_config(get_clipzss_cfg(), config_file)
     root = os.path.abspath(folder)
-    for node, key in ((cfg.MODEL, "WEIGHTS"), (cfg.MODEL.CLIPZSS.TEXT, "CACHE_DIR")):
+    for node, key, name in (
+        (cfg.MODEL, "WEIGHTS", "MODEL.WEIGHTS"),
+        (cfg.MODEL.CLIPZSS.TEXT, "CACHE_DIR", "MODEL.CLIPZSS.TEXT.CACHE_DIR"),
+    ):
         value = node[key]
-        if value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
-            node[key] = os.path.join(root, value)
+        if not value:
+            continue
+        inside = os.path.realpath(os.path.join(root, value))
+        if (
+            "://" in value
+            or os.path.isabs(os.path.expanduser(value))
+            or not (
+                inside == os.path.realpath(root)
+                or inside.startswith(os.path.realpath(root) + os.sep)
+            )
+        ):
+            raise UserInputError(
+                f"{config_file}: {name} is {value!r}, outside the folder; a model folder is "
+                f"self-contained (its paths are relative to it): fix the file, or give the path "
+                f"with {opts_name} {name} ..."
+            )
+        node[key] = os.path.join(root, value)
     # after the folder's paths: relative paths in overrides are the user's, as usual
     merge_overrides(cfg, opts, opts_name)
     use_cpu_without_gpu(cfg)

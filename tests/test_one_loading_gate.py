@@ -105,3 +105,44 @@ def test_predictor_config_files_run_no_code(tmp_path):
     with pytest.raises(UserInputError, match=r"Python tags \(!!python/...\) are refused"):
         OpenVocabularyPredictor.from_config_file(str(config))
     assert not marker.exists()
+
+
+def test_a_model_folder_reads_nothing_outside_itself(tmp_path):
+    """A received model folder is self-contained: its config.yaml may not name a URL, a
+    _BASE_ or a path outside the folder (the demo would fetch, or read and write elsewhere)."""
+    import pytest
+    import yaml
+    from detectron2.modeling import build_model
+
+    from clipzss_d2.errors import UserInputError
+    from clipzss_d2.model_folder import CONFIG_FILE, write_model_folder
+    from clipzss_d2.predictor import OpenVocabularyPredictor
+
+    from .helpers import tiny_cfg
+
+    cfg = tiny_cfg(extra_opts=["DATASETS.TEST", (), "MODEL.CLIPZSS.TEST_VOCABULARY", ["a", "b"]])
+    folder = tmp_path / "model"
+    write_model_folder(cfg, build_model(cfg), str(folder))
+    OpenVocabularyPredictor.from_folder(str(folder))  # as written: loads
+    config = folder / CONFIG_FILE
+    written = yaml.safe_load(config.read_text())
+    tampered = [
+        ({"_BASE_": "https://example.com/base.yaml"}, "names _BASE_ 'https://example.com/base"),
+        ({"MODEL": {"WEIGHTS": "https://example.com/model.pth"}}, "MODEL.WEIGHTS is 'https://"),
+        ({"MODEL": {"WEIGHTS": "../elsewhere.pth"}}, "MODEL.WEIGHTS is '../elsewhere.pth'"),
+        ({"MODEL": {"CLIPZSS": {"TEXT": {"CACHE_DIR": str(tmp_path / "x")}}}}, "CACHE_DIR is '/"),
+    ]
+    for change, message in tampered:
+        data = yaml.safe_load(yaml.safe_dump(written))
+        node, path = data, change
+        while True:  # merge the change into the written config
+            ((key, value),) = path.items()
+            if isinstance(value, dict):
+                node, path = node.setdefault(key, {}), value
+            else:
+                node[key] = value
+                break
+        config.write_text(yaml.safe_dump(data))
+        with pytest.raises(UserInputError) as error:
+            OpenVocabularyPredictor.from_folder(str(folder))
+        assert message in str(error.value) and "\n" not in str(error.value)
