@@ -342,3 +342,79 @@ def test_train_net_dataset_file_named_in_the_config(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, log[-3000:]
     assert "Generalized zero-shot evaluation of farm_val" in log
+
+
+# -- dataset files a careless or hostile user writes ---------------------------------------------
+def dataset_file(tmp_path, text: str) -> str:
+    for split in ("images", "labels"):
+        (tmp_path / split).mkdir(exist_ok=True)
+    path = tmp_path / "pets.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+SPLITS = "splits: {train: {images: images, labels: labels}}\n"
+
+
+@pytest.mark.parametrize("value,shown", [("no", "False"), ("on", "True"), ("null", "None")])
+def test_yaml_booleans_and_null_are_not_class_names(tmp_path, value, shown):
+    path = dataset_file(tmp_path, f"name: pets\nclasses: [cat, {value}]\n{SPLITS}")
+    with pytest.raises(CustomDatasetError) as error:
+        register_dataset_file(path)
+    message = str(error.value)
+    assert f"`classes` entry 1 is {shown}, not a name" in message and "quote the name" in message
+    register_dataset_file(
+        dataset_file(tmp_path, f"name: pets\nclasses: [cat, '{value}']\n{SPLITS}")
+    )
+
+
+def test_yaml_aliases_are_refused_at_once(tmp_path):
+    """The 'billion laughs' shape: nine nested aliases stand for 10**9 strings."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = dataset_file(tmp_path, "\n".join(lines) + "\nname: pets\nclasses: *a9\n" + SPLITS)
+    start = time.monotonic()
+    with pytest.raises(CustomDatasetError, match=r"uses YAML aliases \(\*name\); write the values"):
+        register_dataset_file(path)
+    assert time.monotonic() - start < 5
+
+
+def test_a_dataset_file_cannot_replace_a_built_in_dataset(tmp_path):
+    path = dataset_file(
+        tmp_path, "name: voc20_zs\nclasses: [cat, dog]\n" + SPLITS.replace("train", "val")
+    )
+    with pytest.raises(CustomDatasetError, match="voc20_zs_val is a dataset this project or"):
+        register_dataset_file(path)
+    assert MetadataCatalog.get("voc20_zs_val").get("benchmark") != "custom"  # still the built-in
+
+
+def test_two_images_with_one_stem_are_refused(tmp_path, name):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / "1.jpg")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / "1.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(labels / "1.png")
+    clipzss_d2.register_zeroshot_sem_seg(name, str(images), str(labels), ["cat", "dog"])
+    with pytest.raises(CustomDatasetError, match=r"1 image name\(s\) in .* stand for two files"):
+        DatasetCatalog.get(name)
+
+
+def test_a_truncated_image_is_found_before_training_and_named(tmp_path, name):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / "a.jpg")
+    data = (images / "a.jpg").read_bytes()
+    (images / "a.jpg").write_bytes(data[: len(data) // 2])  # the header survives, pixels do not
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(labels / "a.png")
+    clipzss_d2.register_zeroshot_sem_seg(name, str(images), str(labels), ["cat", "dog"])
+    with pytest.raises(CustomDatasetError, match=r"a\.jpg: cannot be read as an image \(OSError"):
+        DatasetCatalog.get(name)
+    from clipzss_d2.data.dataset_mapper import read_image_as_stored
+
+    with pytest.raises(OSError, match=r"a\.jpg cannot be decoded as an image"):
+        read_image_as_stored(str(images / "a.jpg"), "BGR")

@@ -60,8 +60,9 @@ def register_zeroshot_sem_seg(
         "colors": [...]} for RGB colour labels. Default: ids 0..N-1, 255 = unlabelled.
     prompts: names given to CLIP (a mapping class -> prompt, or a list); "a|b" = synonyms.
     image_ext: extension of the images (default: any of .jpg .jpeg .png .bmp .tif .webp).
-    check_labels: False skips decoding every label when the dataset is first loaded (sizes and
-        files are still checked from the headers); for very large, already verified datasets.
+    check_labels: False skips decoding every image and label when the dataset is first loaded
+        (sizes and files are still checked from the headers); for very large, already verified
+        datasets.
     """
     classes, unseen, prompt_names, colors = check_classes(name, classes, unseen, prompts, colors)
     try:
@@ -92,6 +93,7 @@ def register_zeroshot_sem_seg(
 
 # ---- dataset files ---------------------------------------------------------------------------
 
+MAX_FILE_BYTES = 1 << 20
 FILE_KEYS = {"name", "root", "classes", "classes_file", "unseen", "prompts", "label_encoding",
              "image_ext", "label_ext", "check_labels", "splits"}  # fmt: skip
 
@@ -102,16 +104,31 @@ def read_dataset_file(path: str) -> dict:
             f"Dataset file {path} does not exist (DATASETS.CUSTOM paths are relative to the "
             f"current directory)."
         )
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+        raise CustomDatasetError(
+            f"Dataset file {path} is over {MAX_FILE_BYTES // 2**20} MB; a dataset file names "
+            f"folders and classes (put long class lists in a classes_file)."
+        )
     try:
         with open(path, encoding="utf-8") as f:
-            if path.endswith(".json"):
-                spec = json.load(f)
-            else:
-                import yaml
+            text = f.read()
+        if path.endswith(".json"):
+            spec = json.loads(text)
+        else:
+            import yaml
 
-                spec = yaml.safe_load(f)
+            # anchors and aliases let a few bytes stand for an exponentially large tree
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+                raise CustomDatasetError(
+                    f"Dataset file {path} uses YAML aliases (*name); write the values out."
+                )
+            spec = yaml.safe_load(text)
+    except CustomDatasetError:
+        raise
     except Exception as e:
-        raise CustomDatasetError(f"Dataset file {path} cannot be parsed: {e}") from None
+        raise CustomDatasetError(
+            f"Dataset file {path} cannot be parsed: {' '.join(str(e).split())}"
+        ) from None
     if not isinstance(spec, dict):
         raise CustomDatasetError(
             f"Dataset file {path} must hold a mapping (name, classes, splits)."
@@ -162,6 +179,11 @@ def register_dataset_file(path: str) -> list[str]:
                 f"folders."
             )
         name = f"{spec['name']}_{split}"
+        if name in DatasetCatalog.list() and MetadataCatalog.get(name).get("benchmark") != "custom":
+            raise CustomDatasetError(
+                f"Dataset file {path}: {name} is a dataset this project or detectron2 already "
+                f"registers; choose another `name`."
+            )
         register_zeroshot_sem_seg(
             name,
             resolve(folders["images"]),

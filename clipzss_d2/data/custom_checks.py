@@ -43,6 +43,18 @@ def check_classes(name, classes, unseen, prompts, colors):
         raise CustomDatasetError(
             f"Dataset {name}: `classes` must be a non-empty list of class names (index = class id)."
         )
+    for what, names in (("classes", classes), ("unseen", unseen or [])):
+        for i, c in enumerate(names):
+            if not isinstance(c, str):
+                hint = (
+                    " (YAML reads unquoted no, yes, on, off, true, false and null that way: "
+                    "quote the name)"
+                    if isinstance(c, bool) or c is None
+                    else ""
+                )
+                raise CustomDatasetError(
+                    f"Dataset {name}: `{what}` entry {i} is {c!r}, not a name{hint}."
+                )
     classes = [str(c) for c in classes]
     if len(set(classes)) != len(classes):
         dup = sorted({c for c in classes if classes.count(c) > 1})
@@ -90,14 +102,20 @@ def check_classes(name, classes, unseen, prompts, colors):
 def _index_images(image_root: str, image_ext: str | None) -> dict[str, str]:
     """{path relative to image_root without extension: full path}."""
     exts = (image_ext.lower(),) if image_ext else IMAGE_EXTS
-    found = {}
+    found: dict[str, list[str]] = {}
     for dirpath, _, files in os.walk(image_root):
-        for f in files:
+        for f in sorted(files):
             stem, ext = os.path.splitext(f)
             if ext.lower() in exts and not f.startswith("."):
                 rel = os.path.relpath(os.path.join(dirpath, stem), image_root)
-                found.setdefault(rel, os.path.join(dirpath, f))
-    return found
+                found.setdefault(rel, []).append(os.path.join(dirpath, f))
+    shared = sorted(" and ".join(paths) for paths in found.values() if len(paths) > 1)
+    if shared:
+        raise CustomDatasetError(
+            f"{len(shared)} image name(s) in {image_root} stand for two files, so a label "
+            f"would pair with either; rename one of each, or set image_ext:{_bullets(shared)}"
+        )
+    return {rel: paths[0] for rel, paths in found.items()}
 
 
 def _list_labels(label_root: str, label_ext: str) -> dict[str, str]:
@@ -163,8 +181,13 @@ def load_checked_pairs(
         try:
             with Image.open(image_path) as img:
                 iw, ih = img.size
+                if check_labels:  # decoded whole: a truncated file fails here, not in training
+                    img.load()
         except Exception as e:
-            problems.append(f"{image_path}: cannot be read as an image ({type(e).__name__})")
+            problems.append(
+                f"{image_path}: cannot be read as an image ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:120]})"
+            )
             continue
         try:
             if check_labels:

@@ -65,8 +65,12 @@ def read_image_as_stored(path: str, image_format: str) -> np.ndarray:
     detectron2's read_image would rotate the few photos that carry an EXIF orientation tag away
     from their labels.
     """
-    with PathManager.open(path, "rb") as f, Image.open(f) as img:
-        return utils.convert_PIL_to_numpy(img, image_format)
+    try:
+        with PathManager.open(path, "rb") as f, Image.open(f) as img:
+            return utils.convert_PIL_to_numpy(img, image_format)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
+        # a worker's traceback would not say which of a million files is broken
+        raise OSError(f"{path} cannot be decoded as an image ({type(e).__name__}: {e})") from e
 
 
 class ZeroShotSemSegDatasetMapper:
