@@ -16,7 +16,10 @@ Per image, written to --output (a folder, or a file name for a single input): NA
 overlay drawn with detectron2's Visualizer plus a legend; NAME.json, the share of the image of
 each class; with --save-label-map, NAME_labels.png, the class ids (uint8 with 255 = unlabelled,
 or uint16 with 65535 = unlabelled past 255 classes). Each file is written atomically, the JSON
-last, so a JSON file means the image is complete.
+last, so a JSON file means the image is complete. Before the model is loaded, the run is refused
+(status 2) when an output would replace an input (or --config-file / --vocab-file), or two outputs
+would be the same file (e.g. inputs a.png and a_labels.jpg with --save-label-map); existing files
+that are not inputs, such as earlier results, are replaced.
 
 Exit status: 0 when every input was processed; 1 when some inputs could not be read (missing,
 empty, corrupt or unsupported files; the others are still processed and the failures listed at
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -40,10 +44,11 @@ import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning th
 
 # isort: split
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from image_io import PROG, expand_inputs, output_paths  # noqa: E402
+from image_io import IMAGE_EXTENSIONS, PROG, expand_inputs, output_paths  # noqa: E402
 from image_results import process_images  # noqa: E402
+from output_plan import Planned, check_outputs, image_outputs  # noqa: E402
 from segmenter import Segmenter  # noqa: E402
-from video_loop import run_video, run_webcam  # noqa: E402
+from video_loop import VIDEO_CODECS, run_video, run_webcam, video_output_path  # noqa: E402
 from visualization import class_colors  # noqa: E402
 
 from clipzss_d2.entry import (  # noqa: E402
@@ -105,9 +110,11 @@ def run(args) -> int:
     if (args.input or args.video_input) and not args.output:
         raise UserInputError("--output is required with --input and --video-input.")
     vocabulary = vocabulary_from_args(args)
+    inputs, bad, paths = [], [], {}
     if args.input:
         inputs, bad = expand_inputs(args.input)
         paths = output_paths(args.output, inputs)
+    check_output_plan(args, inputs, paths)  # before the model is loaded or anything is written
     predictor = build_predictor(load_config(args, cpu_fallback=True), args)
     if vocabulary is None:
         if predictor.vocabulary is None:
@@ -131,6 +138,24 @@ def run(args) -> int:
     if args.video_input:
         return run_video(segmenter, args.video_input, args.output)
     return run_webcam(segmenter, args.output)
+
+
+def check_output_plan(args, inputs: list[str], paths: dict[str, dict[str, str]]) -> None:
+    """Before the model is loaded: refuse (UserInputError) when an output would replace an input
+    or another output. The webcam has no input file to protect."""
+    other_inputs = (("--config-file", args.config_file), ("--vocab-file", args.vocab_file))
+    if args.input:
+        planned = image_outputs(inputs, paths, args.save_label_map)
+        single_file = os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS
+    elif args.video_input:
+        planned = [
+            Planned(args.video_input, "video", video_output_path(args.output, args.video_input))
+        ]
+        inputs = [args.video_input]
+        single_file = os.path.splitext(args.output)[1].lower() in VIDEO_CODECS
+    else:
+        return
+    check_outputs(args.output, planned, inputs, single_file=single_file, other_inputs=other_inputs)
 
 
 if __name__ == "__main__":

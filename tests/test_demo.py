@@ -265,6 +265,7 @@ def test_vocabulary_file_and_dataset_vocabulary(tiny, capsys, tmp_path):
 
 def test_a_thousand_class_vocabulary(tiny, capsys, tmp_path):
     image = write_image(tmp_path / "in.png", rgb(48, 64))
+    out = tmp_path / "out"  # not tmp_path: the overlay in.png would replace the input
     vocab = ",".join(f"thing number {i}" for i in range(1000))
     code, _, err = run_demo(
         tiny,
@@ -272,27 +273,28 @@ def test_a_thousand_class_vocabulary(tiny, capsys, tmp_path):
         "--input",
         image,
         "--output",
-        str(tmp_path),
+        str(out),
         "--vocab",
         vocab,
         "--save-label-map",
     )
     assert code == 0, err
-    labels = cv2.imread(str(tmp_path / "in_labels.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(out / "in_labels.png"), cv2.IMREAD_UNCHANGED)
     assert labels.dtype == np.uint16 and labels.shape == (48, 64) and labels.max() < 1000
-    summary = json.loads((tmp_path / "in.json").read_text())
+    summary = json.loads((out / "in.json").read_text())
     assert len(summary["vocabulary"]) == 1000 and summary["unlabelled_id"] == 65535
 
 
 def test_confidence_threshold_leaves_pixels_unlabelled(tiny, capsys, tmp_path):
     image = write_image(tmp_path / "in.png", rgb())
+    out = tmp_path / "out"  # not tmp_path: the overlay in.png would replace the input
     code, _, err = run_demo(
         tiny,
         capsys,
         "--input",
         image,
         "--output",
-        str(tmp_path),
+        str(out),
         "--vocab",
         "a,b,c,d,e",
         "--confidence-threshold",
@@ -300,11 +302,11 @@ def test_confidence_threshold_leaves_pixels_unlabelled(tiny, capsys, tmp_path):
         "--save-label-map",
     )
     assert code == 0, err
-    labels = cv2.imread(str(tmp_path / "in_labels.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(out / "in_labels.png"), cv2.IMREAD_UNCHANGED)
     assert (labels == 255).all()  # random weights: no class is 99% sure
-    assert json.loads((tmp_path / "in.json").read_text())["classes"] == {"unlabelled": 1.0}
+    assert json.loads((out / "in.json").read_text())["classes"] == {"unlabelled": 1.0}
     code, _, err = run_demo(
-        tiny, capsys, "--input", image, "--output", str(tmp_path), "--confidence-threshold", "2"
+        tiny, capsys, "--input", image, "--output", str(out), "--confidence-threshold", "2"
     )
     assert code == 2 and "between 0 and 1" in err
 
