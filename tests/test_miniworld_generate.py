@@ -363,3 +363,106 @@ def test_module_command_dispatches_and_rejects_unknown_commands(tmp_path, capsys
     assert {s: manifest["splits"][s]["count"] for s in G.SPLITS} == counts(2, 1, 1)
     with pytest.raises(SystemExit):  # version 1's flag is gone
         main(["generate", "--root", str(root), "--num-val", "1"])
+
+
+# -- the command deletes only what its own manifest lists ------------------------------------------
+def _plant(root, files):
+    """User files (relative path -> bytes) under root; returns them for _unchanged."""
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+def _unchanged(root, files):
+    return {rel: (root / rel).read_bytes() if (root / rel).is_file() else None for rel in files}
+
+
+USER_FILES = {
+    "000000581929.jpg": b"a COCO image",
+    "images/train/000000581929.jpg": b"another COCO image",
+    "images/train/000005.jpg": b"numbered like a world image",
+    "annotations_detectron2/tune/0001.png": b"a user's label",
+    "annotations_detectron2/test/000009.png": b"numbered like a world label",
+    "images/tune/.tmp-notes": b"notes",
+    ".tmp-dir/keep.txt": b"keep me",
+    "notes.txt": b"top-level notes",
+}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_command_refuses_a_foreign_folder_and_leaves_it_byte_identical(tmp_path, capsys, overwrite):
+    """A non-empty folder without a manifest of this command (a COCO download, say) is refused
+    with one line and exit status 2, --overwrite or not; not a byte in it changes."""
+    from clipzss_d2.miniworld.__main__ import main
+
+    root = tmp_path / "coco"
+    planted = _plant(root, USER_FILES)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    args = ["generate", "--root", str(root), "--workers", "1"]
+    args += ["--num-train", "2", "--num-tune", "1", "--num-test", "1"]
+    assert main(args + ["--overwrite"] * overwrite) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {root} is not empty and holds no miniature world written by this command; "
+        f"choose an empty or new folder\n"
+    )
+    assert _unchanged(root, planted) == planted
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+@pytest.mark.parametrize("tmp_dir", ["images/train/.tmp-dir", ".tmp-dir"])
+def test_regenerating_deletes_only_files_its_manifest_lists(tmp_path, tmp_dir):
+    """--overwrite with fewer images drops the world's own surplus files and a killed run's
+    temporary file of a listed image; files the user put among them survive byte for byte
+    (a ".tmp-dir/" folder in a split folder, too: no crash)."""
+    root = tmp_path / "w"
+    generate_world(str(root), seed=1, counts=counts(6, 2, 3), workers=1)
+    planted = _plant(
+        root,
+        {
+            "images/train/000000581929.jpg": b"a COCO image",
+            "annotations_detectron2/tune/0001.png": b"a user's label",
+            "annotations_detectron2/test/0003.png": b"another user's label",
+            "images/tune/.tmp-notes": b"notes",
+            f"{tmp_dir}/keep.txt": b"keep me",
+            "images/train/.tmp-000012.jpg-abcd1234.jpg": b"not a listed image's temp file",
+            "notes.txt": b"top-level notes",
+        },
+    )
+    leftover = root / "images" / "train" / ".tmp-000005.jpg-abcd1234.jpg"
+    leftover.write_bytes(b"half an image")  # a killed run's temporary file of a listed image
+    fresh = tmp_path / "fresh"
+    manifest = generate_world(str(root), seed=2, counts=counts(4, 1, 2), workers=1, overwrite=True)
+    assert manifest["key"]["counts"] == counts(4, 1, 2)
+    assert _unchanged(root, planted) == planted
+    assert not leftover.exists()
+    generate_world(str(fresh), seed=2, counts=counts(4, 1, 2), workers=1)
+    ours = {k: v for k, v in _files(root).items() if k not in planted}
+    assert ours == _files(fresh)  # exactly the new world beside the user's files
+    assert len(load_miniworld(str(root), "train")) == 4
+
+
+def test_an_interrupted_generation_is_resumed_not_refused(tmp_path, monkeypatch):
+    """A run stopped before its manifest leaves generating.json: the next run continues there
+    (even with fewer images, whose surplus it removes) instead of calling the folder foreign."""
+    root = tmp_path / "w"
+    write_range = G._write_range
+
+    def stop_after_train(job):
+        if job[2] != "train":
+            raise KeyboardInterrupt
+        return write_range(job)
+
+    monkeypatch.setattr(G, "_write_range", stop_after_train)
+    with pytest.raises(KeyboardInterrupt):
+        generate_world(str(root), seed=3, counts=counts(6, 2, 3), workers=1)
+    assert os.path.isfile(G.image_path(str(root), "train", 5))
+    assert G.read_manifest(str(root)) is None
+    assert not [p for p in root.rglob(".tmp-*")]  # an interrupted write removes its own
+    monkeypatch.setattr(G, "_write_range", write_range)
+    generate_world(str(root), seed=3, counts=counts(4, 1, 2), workers=1)
+    fresh = tmp_path / "fresh"
+    generate_world(str(fresh), seed=3, counts=counts(4, 1, 2), workers=1)
+    assert _files(root) == _files(fresh)  # no generating.json, no image 4 or 5 left

@@ -150,3 +150,23 @@ def test_worker_pool_gives_the_same_maps(shared_data, tmp_path):
     for path in (tmp_path / "a").rglob("stuffthingmaps_detectron2/*/*.png"):
         other = tmp_path / "b" / path.relative_to(tmp_path / "a")
         assert path.read_bytes() == other.read_bytes()
+
+
+@pytest.mark.parametrize("entry", ["file", "folder"])
+def test_users_tmp_entries_in_the_output_folder_survive(shared_data, tmp_path, entry):
+    """prepare_coco_stuff clears only its own killed-run temporary files: a user's ".tmp-notes"
+    or ".tmp-dir/" (and a COCO-named file) in the output folder stays byte for byte."""
+    stage_coco(shared_data, tmp_path)
+    out = tmp_path / "coco" / "stuffthingmaps_detectron2" / "val2017"
+    out.mkdir(parents=True)
+    planted = {".tmp-notes": b"notes"} if entry == "file" else {".tmp-dir/keep.txt": b"keep"}
+    planted["000000581929.jpg"] = b"a COCO image"
+    for rel, data in planted.items():
+        (out / rel).parent.mkdir(exist_ok=True)
+        (out / rel).write_bytes(data)
+    ours = out / ".tmp-000000000139.png-x1y2z3w4.png"
+    ours.write_bytes(b"partial")
+    summaries = prepare_coco_stuff(str(tmp_path), **QUIET)
+    assert [(s.written, len(s.rejected)) for s in summaries] == [(13, 0), (8, 0)]
+    assert {rel: (out / rel).read_bytes() for rel in planted} == planted
+    assert not ours.exists()

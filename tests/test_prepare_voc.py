@@ -277,3 +277,32 @@ def test_cli_with_worker_pool_and_clear_errors(voc, shared_data, tmp_path, capsy
     assert code == 2
     assert err.startswith("error: VOC 2012 JPEGImages folder not found")
     assert "Download VOCtrainval_11-May-2012.tar" in err and "Traceback" not in err
+
+
+def test_cli_leaves_the_users_tmp_entries_alone(voc, capsys):
+    """Only a killed run's own temporary file (".tmp-<output>-<random>.png") is cleared; a
+    user's ".tmp-notes" file, ".tmp-dir/" folder or other PNG in the output folder survives
+    byte for byte, and a folder of that name does not crash the run."""
+    root, lists = voc
+    out = root / "VOC2012" / "annotations_detectron2" / "val"
+    (out / ".tmp-dir").mkdir(parents=True)
+    planted = {
+        ".tmp-notes": b"notes",
+        ".tmp-dir/keep.txt": b"keep me",
+        "0001.png": b"a user's png",
+        ".tmp-2007_000129.png": b"not an atomic temp name",
+        ".tmp-9999_000001.png-abcd1234.png": b"no job writes 9999_000001.png",
+    }
+    for rel, data in planted.items():
+        (out / rel).write_bytes(data)
+    ours = out / ".tmp-2007_000129.png-abcd1234.png"
+    ours.write_bytes(b"partial")
+    argv = ["--root", str(root), "--aug-list", lists["aug_list"], "--val-list", lists["val_list"]]
+    code, stdout, err = run_script([*argv, "--workers", "1"], capsys)
+    assert code == 0, err
+    assert "VOC 2012 val: 17 written" in stdout and "Traceback" not in stdout + err
+    assert {rel: (out / rel).read_bytes() for rel in planted} == planted
+    assert not ours.exists()
+    code, stdout, err = run_script(argv, capsys)  # a re-run, too
+    assert code == 0 and "0 written, 17 skipped" in stdout, err
+    assert {rel: (out / rel).read_bytes() for rel in planted} == planted

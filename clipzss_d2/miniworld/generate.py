@@ -3,6 +3,10 @@
     <root>/images/{train,tune,test}/000000.jpg                   RGB JPEG
     <root>/annotations_detectron2/{train,tune,test}/000000.png   uint8 class ids, 255 = ignore
     <root>/manifest.json                                         written last: the world is complete
+    <root>/generating.json              while a run writes (removed with the manifest's arrival)
+
+The command only ever deletes files that its own manifest (or generating.json, left by an
+interrupted run) lists; it refuses a non-empty folder that holds neither.
 
 Three splits from three random streams: `train` for training, `tune` for every choice of a
 hyper-parameter, `test` for the figures that are reported.
@@ -22,6 +26,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import time
 
 import cv2
@@ -35,6 +40,8 @@ from . import world as W
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+IN_PROGRESS = "generating.json"  # the files a run may write, until its manifest is written
+FORMAT = "clipzss-miniworld"
 IMAGE_DIR = "images"
 LABEL_DIR = "annotations_detectron2"
 SPLITS = ("train", "tune", "test")
@@ -127,6 +134,33 @@ class WorldExistsError(UserInputError, RuntimeError):
     """A different world already lives at the root; refusing to overwrite it silently."""
 
 
+class ForeignFolderError(UserInputError):
+    """The root holds files this command did not write; it never deletes or mixes with them."""
+
+
+def _own_json(path: str, fmt: str) -> dict | None:
+    """The JSON file at `path` if this command wrote it (its "format" is `fmt`), else None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == fmt else None
+
+
+def _listed_counts(*records: dict | None) -> dict[str, int]:
+    """Per split, how many numbered files (000000 .. count - 1) the records list, at most."""
+    out = {s: 0 for s in SPLITS}
+    for record in records:
+        if not record:
+            continue
+        listed = record.get("key", {}).get("counts") or record.get("counts") or {}
+        for s in SPLITS:
+            with contextlib.suppress(TypeError, ValueError):
+                out[s] = max(out[s], int(listed.get(s, 0)))
+    return out
+
+
 def generate_world(
     root: str | None = None,
     seed: int = 0,
@@ -136,15 +170,27 @@ def generate_world(
     workers: int | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Generate (or find already generated) the world at `root`; returns its manifest."""
+    """Generate (or find already generated) the world at `root`; returns its manifest.
+
+    `root` must be new, empty, or a world this command wrote (its manifest.json, or the
+    generating.json of an interrupted run): only files those list are ever deleted."""
     root = root or default_root()
     params = params or W.WorldParams()
     counts = {**DEFAULT_COUNTS, **(counts or {})}
     key = world_key(seed, counts, params, jpeg_quality)
-    existing = read_manifest(root)
+    existing = _own_json(os.path.join(root, MANIFEST), FORMAT)
+    in_progress = _own_json(os.path.join(root, IN_PROGRESS), FORMAT + "-in-progress")
+    if existing is None and in_progress is None and os.path.lexists(root):
+        if not os.path.isdir(root) or os.listdir(root):
+            raise ForeignFolderError(
+                f"{root} is not empty and holds no miniature world written by this command; "
+                f"choose an empty or new folder"
+            )
     if existing is not None:
         if existing.get("key") == key:
             logger.info("MiniWorld at %s is complete (seed %d); nothing to do.", root, seed)
+            if in_progress is not None:  # left by a run stopped after writing the manifest
+                os.remove(os.path.join(root, IN_PROGRESS))
             return existing
         if not overwrite:
             raise WorldExistsError(
@@ -154,11 +200,20 @@ def generate_world(
                 f"{existing.get('key', {}).get('counts')}). Pass --overwrite to replace it, "
                 f"or choose another --root."
             )
+    listed = _listed_counts(existing, in_progress)
+    # Before anything changes: every file this run or an earlier one of ours may leave behind.
+    os.makedirs(root, exist_ok=True)
+    record = {
+        "format": FORMAT + "-in-progress",
+        "counts": {s: max(listed[s], counts[s]) for s in SPLITS},
+    }
+    atomic_write_text(os.path.join(root, IN_PROGRESS), json.dumps(record, indent=1) + "\n")
+    if existing is not None:
         os.remove(os.path.join(root, MANIFEST))  # the world is incomplete until rewritten
     for split in SPLITS:
         os.makedirs(os.path.join(root, IMAGE_DIR, split), exist_ok=True)
         os.makedirs(os.path.join(root, LABEL_DIR, split), exist_ok=True)
-        _remove_beyond(root, split, counts[split])
+        _remove_listed_beyond(root, split, counts[split], record["counts"][split])
     workers = workers if workers is not None else _default_workers()
     chunk = 100
     jobs = [
@@ -200,6 +255,7 @@ def generate_world(
     }
     # no timing inside: the same seed must give the same bytes, manifest included
     atomic_write_text(os.path.join(root, MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    os.remove(os.path.join(root, IN_PROGRESS))
     logger.info(
         "MiniWorld written to %s: %s images in %.1f s (%d workers).",
         root,
@@ -210,15 +266,31 @@ def generate_world(
     return manifest
 
 
-def _remove_beyond(root: str, split: str, count: int) -> None:
-    """Drop files of a larger earlier world so the folders hold exactly this world."""
+def _remove_listed_beyond(root: str, split: str, count: int, listed: int) -> None:
+    """Drop the files numbered count .. listed - 1, which a manifest of ours lists (an earlier,
+    larger world), so the folders hold exactly this world; also the temporary files that a
+    killed run left while writing a listed file. Nothing else is touched."""
     for folder, ext in ((IMAGE_DIR, ".jpg"), (LABEL_DIR, ".png")):
         d = os.path.join(root, folder, split)
+        for i in range(count, listed):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.remove(os.path.join(d, f"{i:06d}{ext}"))
+        own = {f"{i:06d}{ext}" for i in range(listed)}
         for name in os.listdir(d):
-            stem, e = os.path.splitext(name)
-            if name.startswith(".tmp-") or (e == ext and stem.isdigit() and int(stem) >= count):
+            path = os.path.join(d, name)
+            if _atomic_temp_target(name) in own and os.path.isfile(path):
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(d, name))
+                    os.remove(path)
+
+
+# utils.io.atomic_write_path writes `name` as ".tmp-<name>-<random><ext>" before renaming it
+_ATOMIC_TEMP = re.compile(r"\.tmp-(?P<target>.+)-[a-z0-9_]+(?P<ext>\.[^.]+)")
+
+
+def _atomic_temp_target(name: str) -> str | None:
+    """The file whose temporary file `name` is (see _ATOMIC_TEMP), else None."""
+    m = _ATOMIC_TEMP.fullmatch(name)
+    return m["target"] if m and m["target"].endswith(m["ext"]) else None
 
 
 def main(argv=None) -> int:

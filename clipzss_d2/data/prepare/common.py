@@ -15,6 +15,7 @@ import contextlib
 import functools
 import multiprocessing
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -187,11 +188,7 @@ def run_jobs(
         else:
             todo.append(job)
     os.makedirs(out_dir, exist_ok=True)
-    # Temporary files of a run that was killed (SIGKILL, power loss) before it could clean up.
-    for f in os.listdir(out_dir):
-        if f.startswith(".tmp-"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(out_dir, f))
+    _remove_own_temp_files(out_dir, {os.path.basename(job.dst) for job in jobs})
     run = functools.partial(_run_one, convert=convert)
     with progress_bar(len(todo), title) as bar:
         if workers > 1 and len(todo) > 1:
@@ -204,6 +201,22 @@ def run_jobs(
         else:
             _collect(map(run, todo), summary, bar)
     return summary
+
+
+# atomic_write_path (utils/io.py) writes `name` as ".tmp-<name>-<random><ext>", then renames it
+_ATOMIC_TEMP = re.compile(r"\.tmp-(?P<target>.+)-[a-z0-9_]+(?P<ext>\.[^.]+)")
+
+
+def _remove_own_temp_files(out_dir: str, outputs: set[str]) -> None:
+    """Delete the temporary files that a killed run (SIGKILL, power loss) left while writing one
+    of `outputs`; an interrupted or failed write removes its own. Any other entry, whatever its
+    name (a user's ".tmp-notes" or ".tmp-dir/"), is left alone."""
+    for name in os.listdir(out_dir):
+        m = _ATOMIC_TEMP.fullmatch(name)
+        path = os.path.join(out_dir, name)
+        if m and m["target"] in outputs and m["target"].endswith(m["ext"]) and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def run_splits(
