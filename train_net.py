@@ -19,8 +19,6 @@ import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 import torch
 from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
     build_detection_train_loader,
 )
 from detectron2.engine import (
@@ -35,12 +33,12 @@ from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils.logger import setup_logger
 
-from clipzss_d2.checkpoint import SafeCheckpointer, skip_imagenet_init_for_trained_student
+from clipzss_d2.checkpoint import SafeCheckpointer
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets
 from clipzss_d2.diagnostics import PseudoLabelReport
 from clipzss_d2.entry import exit_on_user_error, load_config
 from clipzss_d2.errors import UserInputError
-from clipzss_d2.evaluation import GZSSSemSegEvaluator
+from clipzss_d2.evaluation import build_eval_student, build_gzss_evaluator, build_gzss_test_loader
 from clipzss_d2.model_folder import check_replaceable, write_model_folder
 from clipzss_d2.reproducibility import (
     GatherRNGStates,
@@ -55,7 +53,6 @@ from clipzss_d2.solver import build_optimizer
 from clipzss_d2.utils.cuda_check import why_no_gpu
 from clipzss_d2.utils.distributed import leave_process_groups
 from clipzss_d2.utils.weights import resolve_model_weights
-from clipzss_d2.vocabulary import prompt_names
 
 logger = logging.getLogger("clipzss_d2")
 PROG = "train_net.py"
@@ -195,30 +192,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        # Images are read as stored (no EXIF rotation), exactly like their label maps. Each
-        # input names its dataset's class list (unless MODEL.CLIPZSS.TEST_VOCABULARY forces one).
-        vocabulary = None
-        if not cfg.MODEL.CLIPZSS.TEST_VOCABULARY:
-            vocabulary = prompt_names(MetadataCatalog.get(dataset_name))
-        mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=False, vocabulary=vocabulary)
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        return build_gzss_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-        if evaluator_type != "gzss_sem_seg":
-            raise ValueError(
-                f"Dataset {dataset_name} has evaluator_type={evaluator_type!r}; CLIP-ZSS evaluates "
-                f"with 'gzss_sem_seg' (register the dataset through clipzss_d2.data)."
-            )
-        if output_folder is None:  # the per-class IoU and confusion matrix land beside the run
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return GZSSSemSegEvaluator(
-            dataset_name,
-            distributed=True,
-            output_dir=output_folder,
-            report_both_conventions=cfg.TEST.REPORT_BOTH_CONVENTIONS,
-        )
+        return build_gzss_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -295,14 +273,7 @@ def main(args):
     cfg = setup(args)
     register_custom_datasets(cfg)  # DATASETS.CUSTOM files, checked before the model is built
     if args.eval_only:
-        student = cfg.clone()  # evaluation needs neither the teacher nor GLM / PLM
-        student.defrost()
-        student.MODEL.CLIPZSS.STUDENT_ONLY = True
-        skip_imagenet_init_for_trained_student(student)
-        model = Trainer.build_model(student)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            resolve_model_weights(cfg.MODEL.WEIGHTS), resume=args.resume
-        )
+        model = build_eval_student(cfg, resume=args.resume, build=Trainer.build_model)
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)

@@ -102,3 +102,43 @@ def test_missing_set_stops_before_inference(prepared, tmp_path):
     assert proc.returncode == 2
     assert "python datasets/prepare_ade20k.py" in proc.stderr
     assert "nope is not a registered dataset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_same_route_and_numbers_as_train_net_eval_only(prepared, tmp_path):
+    """The tool evaluates as `train_net.py --eval-only` does: the same per-class figures."""
+    root, weights = prepared
+    tool = run_tool(root, "--datasets", "voc20_ov_val", "--output", str(tmp_path / "tool"),
+                    "MODEL.WEIGHTS", str(weights))  # fmt: skip
+    assert tool.returncode == 0, tool.stderr[-3000:]
+    opts = [str(o) for o in TINY_MODEL_OPTS] + TEST_OPTS
+    i = opts.index("MODEL.WEIGHTS")
+    opts[i + 1] = str(weights)
+    net = subprocess.run(
+        [sys.executable, "train_net.py", "--eval-only", "--config-file", str(CONFIG), *opts,
+         "DATASETS.TEST", "('voc20_ov_val',)", "OUTPUT_DIR", str(tmp_path / "net")],
+        cwd=ROOT, env=dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert net.returncode == 0, net.stderr[-3000:]
+    ours = json.loads((tmp_path / "tool/voc20_ov_val/gzss_per_class_iou.json").read_text())
+    theirs = json.loads(
+        (tmp_path / "net/inference/voc20_ov_val/gzss_per_class_iou.json").read_text()
+    )
+    assert ours == theirs
+
+
+def test_a_hostile_weights_file_is_refused(prepared, tmp_path):
+    import pickle
+
+    root, _ = prepared
+    marker, weights = tmp_path / "ran", tmp_path / "model.pkl"
+
+    class RunsACommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    weights.write_bytes(pickle.dumps({"model": {"w": RunsACommand()}}))
+    proc = run_tool(root, "--datasets", "voc20_ov_val", "--output", str(tmp_path / "out"),
+                    "MODEL.WEIGHTS", str(weights))  # fmt: skip
+    assert proc.returncode == 2 and not marker.exists()
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -3,9 +3,9 @@
 
 The open-vocabulary protocol trains once (configs/open_vocab/coco_stuff171.yaml: COCO-Stuff,
 all 171 classes) and evaluates without re-training on other datasets, each over its own class
-list. This builds the model once, and for each dataset sets the vocabulary to its prompt names,
-runs detectron2's `inference_on_dataset` with the generalized zero-shot evaluator, and collects
-mIoU / pAcc into one markdown table (also written as JSON).
+list. The student is built once and each dataset is evaluated exactly as `train_net.py
+--eval-only` evaluates it (clipzss_d2.evaluation.route); mIoU / pAcc are collected into one
+markdown table (also written as JSON).
 
     python tools/eval_open_vocab.py --config-file configs/open_vocab/coco_stuff171.yaml \\
         MODEL.WEIGHTS output/open_vocab_coco_stuff171/model_final.pth
@@ -35,25 +35,21 @@ if str(ROOT) not in sys.path:
 import clipzss_d2  # noqa: E402,F401  (first: registers datasets, silences a torch.jit warning)
 
 # isort: split
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from clipzss_d2.data import (  # noqa: E402
-    OPEN_VOCAB_EVAL,
-    ZeroShotSemSegDatasetMapper,
-    register_custom_datasets,
-)
+from clipzss_d2.data import OPEN_VOCAB_EVAL, register_custom_datasets  # noqa: E402
 from clipzss_d2.entry import add_config_arguments, load_config, run_main  # noqa: E402
 from clipzss_d2.errors import UserInputError  # noqa: E402
-from clipzss_d2.evaluation import GZSSSemSegEvaluator  # noqa: E402
+from clipzss_d2.evaluation import (  # noqa: E402
+    build_eval_student,
+    build_gzss_evaluator,
+    build_gzss_test_loader,
+)
 from clipzss_d2.evaluation.gzss_evaluation import V06  # noqa: E402
 from clipzss_d2.utils.io import atomic_write_text  # noqa: E402
-from clipzss_d2.utils.weights import resolve_model_weights  # noqa: E402
-from clipzss_d2.vocabulary import prompt_names  # noqa: E402
 
 logger = logging.getLogger("clipzss_d2.eval_open_vocab")
 RESULTS_FILE = "open_vocab_results.json"
@@ -97,31 +93,19 @@ def check_datasets(names: list[str]) -> dict[str, int]:
 
 
 def evaluate_all(cfg, names: list[str], output: str) -> OrderedDict:
+    """Each set through the route of `train_net.py --eval-only` (student only, safe checkpointer,
+    the set's vocabulary in each input); only the table is this tool's own."""
     counts = check_datasets(names)
-    model = build_model(cfg)
-    DetectionCheckpointer(model).load(resolve_model_weights(cfg.MODEL.WEIGHTS))
-    mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=False)
+    model = build_eval_student(cfg)
     results = OrderedDict()
     for name in names:
         meta = MetadataCatalog.get(name)
-        model.set_vocabulary(prompt_names(meta))
-        # The evaluator reads each ground truth from its file; the mapper need not read labels
-        # (it keeps 8-bit ids only, and Context-459's reach 458).
-        records = [
-            {k: v for k, v in r.items() if k != "sem_seg_file_name"}
-            for r in DatasetCatalog.get(name)
-        ]
-        loader = build_detection_test_loader(
-            dataset=records, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
-        )
-        evaluator = GZSSSemSegEvaluator(
-            name,
-            distributed=False,
-            output_dir=os.path.join(output, name),
-            report_both_conventions=cfg.TEST.REPORT_BOTH_CONVENTIONS,
-        )
         logger.info(f"Evaluating {name}: {counts[name]} images, {len(meta.stuff_classes)} classes")
-        res = inference_on_dataset(model, loader, evaluator)["sem_seg"]
+        res = inference_on_dataset(
+            model,
+            build_gzss_test_loader(cfg, name),
+            build_gzss_evaluator(cfg, name, os.path.join(output, name), distributed=False),
+        )["sem_seg"]
         results[name] = {
             "classes": len(meta.stuff_classes),
             "images": counts[name],
