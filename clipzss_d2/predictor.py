@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
@@ -203,9 +204,12 @@ class OpenVocabularyPredictor:
             groups.setdefault(tuple(x["image"].shape), []).append(i)
         results: list[SegmentationResult | None] = [None] * len(inputs)
         for idx in groups.values():
+            # the model answers at the resized size; _to_result brings labels (not K logit
+            # planes) back to the input size
+            sizes = [(inputs[i].pop("height"), inputs[i].pop("width")) for i in idx]
             outputs = self.model([inputs[i] for i in idx])
-            for i, out in zip(idx, outputs):
-                results[i] = _to_result(out["sem_seg"], entries)
+            for i, out, size in zip(idx, outputs, sizes):
+                results[i] = _to_result(out["sem_seg"], entries, size)
         return results
 
     def _prepare(self, image, input_format: str) -> dict:
@@ -244,11 +248,39 @@ def _as_uint8_image(image) -> np.ndarray:
     return image[:, :, :3]
 
 
-def _to_result(logits: torch.Tensor, entries: list[str]) -> SegmentationResult:
-    top, labels = logits.max(dim=0)
-    scores = torch.exp(top - torch.logsumexp(logits, dim=0))
+# Logits brought to the input size a few classes at a time: at most this many floats at once
+# (64 MB), so memory does not grow with classes x pixels (171 classes at 4096^2 would be 11 GB).
+UPSAMPLE_BUDGET = 1 << 24
+
+
+def _to_result(
+    logits: torch.Tensor, entries: list[str], size: tuple[int, int], budget: int = UPSAMPLE_BUDGET
+) -> SegmentationResult:
+    """Labels and scores at `size` from K x h x w logits: what argmax / softmax-max of
+    detectron2's `sem_seg_postprocess` (bilinear resize of all K planes) give, computed over
+    chunks of classes with a running max and a running softmax denominator."""
+    height, width = size
+    logits = logits.float()
+    step = max(1, budget // max(1, height * width))
+    top = labels = total = None
+    for start in range(0, logits.shape[0], step):
+        planes = logits[start : start + step]
+        if tuple(planes.shape[-2:]) != (height, width):
+            planes = F.interpolate(
+                planes[None], size=(height, width), mode="bilinear", align_corners=False
+            )[0]
+        chunk_top, chunk_labels = planes.max(dim=0)
+        if top is None:
+            top, labels = chunk_top, chunk_labels
+            total = torch.exp(planes - top).sum(dim=0)
+            continue
+        better = chunk_top > top  # strict: ties keep the earlier class, as argmax does
+        new_top = torch.maximum(top, chunk_top)
+        total = total * torch.exp(top - new_top) + torch.exp(planes - new_top).sum(dim=0)
+        labels = torch.where(better, chunk_labels + start, labels)
+        top = new_top
     return SegmentationResult(
         labels=labels.cpu().numpy(),
-        scores=scores.float().cpu().numpy(),
+        scores=total.reciprocal().cpu().numpy(),  # softmax of the top class: exp(0) / total
         vocabulary=list(entries),
     )
