@@ -95,20 +95,27 @@ def read_image_rgb(path: str) -> np.ndarray:
         raise InputError(f"corrupt or truncated image ({e})") from None
 
 
-def check_image_size(path: str) -> None:
+def check_image_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
     """Refuse absurd sizes from the file header, before the pixels are decoded (web_demo.py's
-    uploads; UserInputError, a message on its page)."""
+    uploads; UserInputError, a message on its page). Returns (width, height), (0, 0) for a file
+    whose header cannot be read (read_image_rgb then says why)."""
     try:
         with Image.open(path) as header:
             width, height = header.size
     except Exception:  # unreadable: read_image_rgb says why
-        return
+        return 0, 0
     short, long = min(width, height), max(width, height)
     if short < MIN_SIDE or long > MAX_SIDE or long > MAX_ASPECT * short:
         raise UserInputError(
             f"The image is {width} x {height} pixels: the demo takes sides of {MIN_SIDE} to "
             f"{MAX_SIDE} pixels with at most {MAX_ASPECT}:1 between them."
         )
+    if max_pixels is not None and width * height > max_pixels:
+        raise UserInputError(
+            f"The image is {width} x {height} pixels ({width * height / 1e6:.1f} MP): this demo "
+            f"takes at most {max_pixels / 1e6:.1f} MP; downscale it first."
+        )
+    return width, height
 
 
 def _pil_to_rgb8(image: Image.Image) -> np.ndarray:

@@ -38,6 +38,7 @@ import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning th
 # isort: split
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from image_io import InputError, check_image_size, read_image_rgb  # noqa: E402
 from PIL import Image  # noqa: E402
 from segmenter import Segmenter  # noqa: E402
@@ -74,6 +75,14 @@ MINIWORLD_SLIDE = [
 NUM_EXAMPLES = 3
 MODES = {"whole image": "whole", "sliding window": "slide"}
 TABLE_COLUMNS = ["class", "colour", "share (%)"]
+# Every request's work is bounded on the server, whatever a client sends (the page's own limits
+# are only a convenience): the vocabulary's length, its classes and names, the image's pixels,
+# and pixels x classes, which the result's post-processing and the drawing scale with.
+MAX_VOCABULARY_CHARS = 20_000
+MAX_CLASSES = 1_000
+MAX_NAME_CHARS = 200  # CLIP reads 77 tokens of a prompt at most
+MAX_PIXELS = 4096 * 4096
+MAX_PIXEL_CLASSES = 1 << 31
 
 
 class WebDemo:
@@ -101,26 +110,32 @@ class WebDemo:
 
         image: a file path, or the page's upload payload {"path": ...}.
         """
-        if isinstance(image, dict):
-            image = image.get("path")
         try:
-            return self._segment(image, vocabulary, mode, float(threshold or 0.0))
+            return self._segment(*check_request(image, vocabulary, mode, threshold))
         except InputError as e:  # demo.py's reader: "no such file", "corrupt ...", ...
             return failure(f"The image cannot be read: {e}.")
         except USER_ERRORS as e:
             return failure(str(e))
+        except (MemoryError, torch.OutOfMemoryError):
+            return failure("Out of memory for this request: try a smaller image or fewer classes.")
 
     def _segment(self, image_path, vocabulary, mode, threshold):
         if not image_path:
             raise UserInputError("No image: upload one or pick an example.")
-        if not (vocabulary or "").strip():
+        if not vocabulary.strip():
             raise UserInputError("The vocabulary is empty: type class names, e.g. 'sky, tree'.")
         if mode not in self.test_time:
             raise UserInputError(f"Unknown mode {mode!r}: choose {' or '.join(self.test_time)}.")
         if not 0.0 <= threshold <= 1.0:
             raise UserInputError("The confidence threshold must be between 0 and 1.")
-        entries = parse_vocabulary(vocabulary)
-        check_image_size(image_path)
+        entries = check_vocabulary(vocabulary)
+        width, height = check_image_size(image_path, max_pixels=MAX_PIXELS)
+        if width * height * len(entries) > MAX_PIXEL_CLASSES:
+            raise UserInputError(
+                f"A {width} x {height} image over {len(entries)} classes is more than this demo "
+                f"computes per request ({MAX_PIXEL_CLASSES:,} pixel-classes): use a smaller "
+                f"image or fewer classes."
+            )
         image = read_image_rgb(image_path)
         names = [display_name(e) for e in entries]
         start = time.perf_counter()
@@ -155,7 +170,7 @@ class WebDemo:
                         label="Vocabulary",
                         placeholder="sky, tree|trees, person",
                         lines=2,
-                        max_length=20000,
+                        max_length=MAX_VOCABULARY_CHARS,
                         elem_id="vocabulary",
                     )
                     mode = gr.Radio(
@@ -204,6 +219,51 @@ class WebDemo:
                 preprocess=False,
             )
         return page
+
+
+def check_request(image, vocabulary, mode, threshold):
+    """The request's values as the types `_segment` expects, whatever a client sent (the web
+    API takes any JSON): (image path or None, vocabulary text, mode, threshold)."""
+    if isinstance(image, dict):  # the page's upload payload {"path": ...}
+        image = image.get("path")
+    if image is not None and not isinstance(image, str):
+        raise UserInputError(f"The image must be a file path or an upload, not {_kind(image)}.")
+    if vocabulary is None:
+        vocabulary = ""
+    if not isinstance(vocabulary, str):
+        raise UserInputError(f"The vocabulary must be text, not {_kind(vocabulary)}.")
+    if not isinstance(mode, str):
+        raise UserInputError(f"The mode must be text, not {_kind(mode)}.")
+    if threshold is None:
+        threshold = 0.0
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise UserInputError(f"The confidence threshold must be a number, not {_kind(threshold)}.")
+    if len(vocabulary) > MAX_VOCABULARY_CHARS:
+        raise UserInputError(
+            f"The vocabulary is {len(vocabulary):,} characters long: this demo takes at most "
+            f"{MAX_VOCABULARY_CHARS:,}."
+        )
+    return image, vocabulary, mode, float(threshold)
+
+
+def check_vocabulary(vocabulary: str) -> list[str]:
+    entries = parse_vocabulary(vocabulary)
+    if len(entries) > MAX_CLASSES:
+        raise UserInputError(
+            f"The vocabulary has {len(entries):,} classes: this demo takes at most {MAX_CLASSES:,}."
+        )
+    for entry in entries:
+        for name in entry.split("|"):
+            if len(name) > MAX_NAME_CHARS:
+                raise UserInputError(
+                    f"The class name {name[:40]!r}... is {len(name):,} characters long: names "
+                    f"of at most {MAX_NAME_CHARS} characters, please."
+                )
+    return entries
+
+
+def _kind(value) -> str:
+    return f"a {type(value).__name__}" if value is not None else "nothing"
 
 
 def failure(message: str):
@@ -291,6 +351,9 @@ def load(args) -> WebDemo:
         default_vocabulary = vocabulary.entries
     elif default_vocabulary is None:
         default_vocabulary = predictor.vocabulary or []
+    # requests' vocabularies are not written to the text cache (the model folder's, usually;
+    # the start-up vocabulary above is): a stranger's requests must not fill a disk
+    predictor.model.text_classifier.write_cache = False
     folder = tempfile.mkdtemp(prefix="clipzss_web_examples_")
     atexit.register(shutil.rmtree, folder, True)
     return WebDemo(predictor, ", ".join(default_vocabulary), write_examples(folder))
@@ -308,8 +371,21 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(serve, get_parser().parse_args(argv), prog=PROG)
 
 
+def private_upload_folder() -> str:
+    """Gradio keeps uploads in GRADIO_TEMP_DIR (default: a folder shared by every Gradio app on
+    the machine, never emptied). Unless the user chose one, they go to a folder of this process,
+    removed when it exits."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return os.environ["GRADIO_TEMP_DIR"]
+    folder = tempfile.mkdtemp(prefix="clipzss_web_uploads_")
+    atexit.register(shutil.rmtree, folder, True)
+    os.environ["GRADIO_TEMP_DIR"] = folder  # read when the page and its server are built
+    return folder
+
+
 def serve(args) -> int:
     app = load(args)
+    private_upload_folder()
     page = app.build()
     # SIGTERM (kill, service managers, the browser test) exits like Ctrl-C: atexit clean-up runs
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -314,3 +314,58 @@ def test_a_model_folder_alone_serves_the_page(tiny, tmp_path):
     assert table_rows(table) == expected_rows(expected.labels, NAMES)
     height, width = image.shape[:2]
     assert status.startswith(f"Segmented a {width} x {height} image over 4 classes")
+
+
+# -- every request's work is bounded on the server ------------------------------------------------
+def test_the_web_api_answers_any_json_in_one_line(app):
+    """The page's function takes what a client posts (preprocess=False): wrong types included."""
+    example = app.examples[0]
+    assert_error(app.segment(123, VOCAB), "image must be a file path or an upload, not a int")
+    assert_error(app.segment([example], VOCAB), "not a list")
+    assert_error(app.segment({"path": 5}, VOCAB), "not a int")
+    assert_error(app.segment(example, 42), "vocabulary must be text, not a int")
+    assert_error(app.segment(example, ["disc", "grass"]), "vocabulary must be text, not a list")
+    assert_error(app.segment(example, VOCAB, 1), "mode must be text")
+    assert_error(app.segment(example, VOCAB, "whole image", "abc"), "must be a number, not a str")
+    assert_error(app.segment(example, VOCAB, "whole image", True), "must be a number, not a bool")
+    assert_error(app.segment(example, VOCAB, "whole image", {"x": 1}), "not a dict")
+
+
+def test_vocabulary_and_image_bounds(app, tmp_path):
+    example = app.examples[0]
+    names = ", ".join(f"c{i}" for i in range(web_demo.MAX_CLASSES + 1))
+    assert_error(app.segment(example, names), "1,001 classes", "at most 1,000")
+    assert_error(app.segment(example, "sky, " + "x" * 201), "201 characters long")
+    assert_error(app.segment(example, "a" * 1_000_000), "1,000,000 characters long")
+    # 215 KB of PNG that decodes to 8192 x 8192 pixels
+    big = write(tmp_path / "big.png", np.zeros((4100, 4100, 3), np.uint8))
+    assert os.path.getsize(big) < 300_000
+    assert_error(app.segment(big, VOCAB), "4100 x 4100 pixels (16.8 MP)", "at most 16.8 MP")
+    wide = write(tmp_path / "wide.png", np.zeros((2000, 4000, 3), np.uint8))
+    many = ", ".join(f"c{i}" for i in range(300))
+    assert_error(app.segment(wide, many), "4000 x 2000 image over 300 classes")
+
+
+def test_request_vocabularies_write_no_cache_file_and_memory_is_bounded(tmp_path, monkeypatch):
+    """20 requests with 20 new vocabularies: no file added to the model's text cache, and the
+    embeddings kept in memory stay within the classifier's bound."""
+    cache = tmp_path / "cache"
+    config, weights = save_tiny_model(tmp_path, ["MODEL.CLIPZSS.TEXT.CACHE_DIR", str(cache)])
+    app = start("--config-file", config, "--vocab", "cat,sofa", "--opts", "MODEL.WEIGHTS", weights)
+    written = sorted(cache.iterdir())  # the start-up vocabulary's cache (the command's own)
+    classifier = app.predictor.model.text_classifier
+    monkeypatch.setattr(classifier, "MEMORY_CACHE_SIZE", 30)
+    for request in range(20):
+        vocabulary = ", ".join(f"thing {request} {i}" for i in range(5))
+        overlay, _, status = app.segment(app.examples[0], vocabulary)
+        assert overlay is not None, status
+    assert sorted(cache.iterdir()) == written
+    assert len(classifier._memory) == 30
+
+
+def test_running_out_of_memory_is_a_message_on_the_page(app, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.70 GiB")
+
+    monkeypatch.setattr(app.predictor.model, "forward", exhausted)
+    assert_error(app.segment(app.examples[0], VOCAB), "Out of memory for this request")

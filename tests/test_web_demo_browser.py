@@ -75,8 +75,7 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     """`python demo/web_demo.py --config-file ... --opts MODEL.WEIGHTS ...` on 127.0.0.1; always
-    stopped (the whole process group) at the end."""
-    require_browser()
+    stopped (the whole process group) at the end. Yields (url, log path, stop function)."""
     cfg = tiny_cfg(
         extra_opts=["DATASETS.TRAIN", (), "DATASETS.TEST", (), "INPUT.MIN_SIZE_TEST", 64]
     )
@@ -117,15 +116,22 @@ def server(tmp_path):
                     f"web_demo.py not serving after {SERVER_START_S} s:\n{log_path.read_text()}"
                 )
             time.sleep(0.5)
-        yield url, log_path
+        yield url, log_path, lambda: stop(proc)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=20)
+        stop(proc)
+
+
+def stop(proc) -> int:
+    """SIGTERM to the server's process group (as a service manager stops it), SIGKILL if it
+    hangs; the exit status."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+    return proc.returncode
 
 
 @pytest.fixture
@@ -171,7 +177,7 @@ def test_upload_vocabulary_segment_in_chromium(server, browser, tmp_path, record
         )
         return browser.find_element(By.CSS_SELECTOR, "#status").text.strip()
 
-    url, server_log = server
+    url, server_log, _ = server
     browser.get(url)
     WebDriverWait(browser, 60).until(lambda d: "CLIP-ZSS" in d.title)  # set by the page's script
     find("#input-image input[type=file]").send_keys(str(upload))
@@ -242,3 +248,33 @@ def test_upload_vocabulary_segment_in_chromium(server, browser, tmp_path, record
     assert not browser.find_elements(By.CSS_SELECTOR, "#overlay img")
     assert "Traceback" not in server_log.read_text()  # every problem was a message on the page
     print(f"browser session took {time.monotonic() - start:.1f} s")
+
+
+def test_uploads_leave_no_file_behind(server, tmp_path):
+    """An upload lands in a folder of the demo's own (not Gradio's shared temp folder), which
+    is gone once the server stops. Through Gradio's upload route, no browser needed."""
+    import json
+    import uuid
+
+    url, _, stop_server = server
+    scene = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(scene)
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+            f'filename="scene.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + scene.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        url + "gradio_api/upload", data=body, method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        stored = Path(json.loads(response.read())[0])
+    assert stored.is_file() and stored.read_bytes() == scene.read_bytes()
+    folder = next(p for p in stored.parents if p.name.startswith("clipzss_web_uploads_"))
+    assert stop_server() == 0
+    assert not folder.exists()

@@ -81,6 +81,7 @@ class TextClassifier:
     """
 
     DEVICE_CACHE_SIZE = 8  # vocabularies kept on the device (train, eval, a few demo queries)
+    MEMORY_CACHE_SIZE = 8192  # class embeddings kept in memory (a server's requests: bounded)
 
     def __init__(
         self,
@@ -104,7 +105,9 @@ class TextClassifier:
         self.chunk_size = max(1, int(chunk_size))
         self.device = torch.device(device)
         self.download_dir = download_dir or None
-        self._memory: dict[str, torch.Tensor] = {}
+        # per-entry embeddings, most recently used last
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.write_cache = True  # False: read the disk cache, never add files (web demo)
         # stacked classifiers already on a device, most recent last: a training step reads the
         # same seen classifier every iteration, and stacking plus a host-to-GPU copy each time
         # is work for nothing
@@ -123,17 +126,25 @@ class TextClassifier:
         if not entries:
             raise VocabularyError("Cannot build a classifier for an empty vocabulary.")
         if all(e in self._memory for e in entries):
-            return torch.stack([self._memory[e] for e in entries])
-        cached = self._load_disk_cache(entries)
-        if cached is None:
-            missing = list(dict.fromkeys(e for e in entries if e not in self._memory))
-            encoded = self._encode(missing)
-            self._memory.update(zip(missing, encoded, strict=True))
             result = torch.stack([self._memory[e] for e in entries])
-            self._save_disk_cache(entries, result)
-            return result
-        self._memory.update(zip(entries, cached, strict=True))
-        return cached
+        elif (cached := self._load_disk_cache(entries)) is not None:
+            result = cached
+        else:
+            missing = list(dict.fromkeys(e for e in entries if e not in self._memory))
+            encoded = dict(zip(missing, self._encode(missing), strict=True))
+            result = torch.stack([encoded.get(e, self._memory.get(e)) for e in entries])
+            if self.write_cache:
+                self._save_disk_cache(entries, result)
+        self._remember(entries, result)
+        return result
+
+    def _remember(self, entries: Sequence[str], embeddings: torch.Tensor) -> None:
+        for entry, embedding in zip(entries, embeddings, strict=True):
+            if entry not in self._memory:  # its own storage: not a view pinning the whole stack
+                self._memory[entry] = embedding.clone()
+            self._memory.move_to_end(entry)
+        while len(self._memory) > self.MEMORY_CACHE_SIZE:
+            self._memory.popitem(last=False)
 
     def on_device(self, entries: Sequence[str], device: torch.device | str) -> torch.Tensor:
         """The K x C classifier of ``__call__`` on ``device``, kept there for the last
