@@ -165,3 +165,55 @@ def test_missing_inputs_are_named(shared_data, tmp_path):
     with pytest.raises(PrepareError, match="in both the train and the val list"):
         prepare_pascal_context(str(tmp_path), **QUIET)
     assert not (voc / "annotations_detectron2").exists()
+
+
+# -- a Detail JSON that does not fit its images ---------------------------------------------------
+def _detail_json(shared_data, root, edit):
+    """The Detail API fixture with `edit(annotation)` applied to the first mask of 2008_000009."""
+    fixture = shared_data / "pascal_context" / "detail_api_res" / "inst_seg_correct.json"
+    anns = [a for a in json.loads(fixture.read_text()) if a["image_id"] < 2008000030]
+    first = next(a for a in anns if a["image_id"] == 2008000009)
+    edit(first)
+    path = root / "trainval_merged.json"
+    path.write_text(json.dumps(anns))
+    return str(path)
+
+
+def test_detail_masks_of_another_size_are_refused_before_decoding(shared_data, tmp_path):
+    """The masks' declared size is checked against the image before any RLE is decoded (a
+    few bytes of RLE may declare gigabytes)."""
+    from pycocotools import mask as mask_util
+
+    stage_context(shared_data, tmp_path, source="none")
+    huge = mask_util.encode(np.asfortranarray(np.zeros((5000, 4000), np.uint8)))
+    huge["counts"] = huge["counts"].decode()
+
+    path = _detail_json(shared_data, tmp_path, lambda first: None)
+    anns = json.loads(open(path).read())
+    for a in anns:  # every mask of the image declares 4000 x 5000 (its image: 500 x 375)
+        if a["image_id"] == 2008000009:
+            a["segmentation"] = huge
+    open(path, "w").write(json.dumps(anns))
+    summaries = prepare_pascal_context(str(tmp_path), detail_json=path, **QUIET)
+    assert [k for k, _ in summaries[1].rejected] == ["2008_000009"]
+    assert "declare 4000x5000 but image" in summaries[1].rejected[0][1]
+
+
+def test_detail_category_ids_beyond_459_are_refused_in_one_line(shared_data, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    stage_context(shared_data, tmp_path, source="none")
+    path = _detail_json(shared_data, tmp_path, lambda a: a.update(category_id=70000))
+    with pytest.raises(PrepareError, match=r"has category_id 70000; PASCAL Context ids are 0..459"):
+        prepare_pascal_context(str(tmp_path), detail_json=path, **QUIET)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "datasets/prepare_pascal_context.py", "--root", str(tmp_path),
+         "--detail-json", path],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "category_id 70000" in proc.stderr
+    assert not (tmp_path / "VOCdevkit" / "VOC2010" / "annotations_detectron2").exists()

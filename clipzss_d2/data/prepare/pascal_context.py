@@ -34,7 +34,13 @@ from .common import (
     require_file,
     run_splits,
 )
-from .labels import apply_lookup, check_same_size, convert_png_label, lookup_table
+from .labels import (
+    apply_lookup,
+    check_same_size,
+    convert_png_label,
+    image_size,
+    lookup_table,
+)
 
 SOURCES = ("mat", "png", "detail")
 CONTEXT_HINT = (
@@ -49,6 +55,7 @@ LIST_HINT = (
     "Context train/val are VOC2010's ImageSets/Main/train.txt and val.txt (4,998 / 5,105 ids) "
     "from VOCtrainval_03-May-2010.tar; pass --train-list / --val-list to use other lists."
 )
+CONTEXT459_MAX_ID = 459
 MAT_LUT = lookup_table({0: IGNORE, **{v: i for i, v in enumerate(PCONTEXT59_459_IDS)}}, 460)
 # 459-ids outside the 59 classes are valid input and become ignore.
 MAT_LUT[(MAT_LUT < 0) & (np.arange(460) > 0)] = IGNORE
@@ -100,8 +107,20 @@ def paint_detail_masks(job: Job) -> np.ndarray:
     unlabelled), checked against the image's size; used by the 59- and the 459-class
     conversions."""
     (h, w), annotations = job.payload
+    if job.image is not None and (h, w) != image_size(job.image):
+        # checked before decoding: an RLE decodes to its declared size, whatever that is
+        ih, iw = image_size(job.image)
+        raise LabelRejected(
+            f"size mismatch: the masks of {job.key} in the Detail JSON declare {w}x{h} but image "
+            f"{job.image} is {iw}x{ih} (width x height); the JSON belongs to other images"
+        )
     canvas = np.zeros((h, w), dtype=np.uint16)  # 459-id space, 0 = unlabelled
     for category_id, rle in annotations:
+        if tuple(int(v) for v in rle["size"]) != (h, w):
+            raise LabelRejected(
+                f"{job.key}: the RLE masks disagree on the image size ({tuple(rle['size'])} vs "
+                f"{(h, w)})"
+            )
         try:
             mask = decode_rle(rle)
         except Exception as e:
@@ -157,6 +176,15 @@ def load_detail_annotations(path: str, hint: str) -> dict[str, tuple[tuple[int, 
                 f"{path}: entry {n} lacks image_id / category_id / an RLE segmentation with "
                 f"'size' and 'counts'.\n  {hint}"
             ) from None
+        if not 0 <= category_id <= CONTEXT459_MAX_ID:
+            raise PrepareError(
+                f"{path}: entry {n} (image {stem}) has category_id {category_id}; PASCAL Context "
+                f"ids are 0..{CONTEXT459_MAX_ID}.\n  {hint}"
+            )
+        if min(size) < 1:
+            raise PrepareError(
+                f"{path}: entry {n} (image {stem}) declares a mask of size {size}.\n  {hint}"
+            )
         if isinstance(rle.get("counts"), list):  # uncompressed RLE
             from pycocotools import mask as mask_util
 
