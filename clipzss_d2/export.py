@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import UserInputError
 from .modeling.inference import TestTimeInference, dense_logits
 from .modeling.student import StudentForward
 from .predictor import OpenVocabularyPredictor
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 # Everything an exported model may contain; anything else (e.g. CLIP's token_embedding,
 # transformer or visual weights) fails the check.
+SPEC_FILE = "export.json"  # what an export wrote, and for which vocabulary and input
 ALLOWED_PREFIXES = (
     "backbone.",
     "embedding_head.",
@@ -90,9 +92,55 @@ class ExportOptions:
     onnx_exporter: str = "dynamo"
     opset: int | None = None
 
+    def __post_init__(self):
+        if self.height < 1 or self.width < 1:
+            raise UserInputError(
+                f"--height and --width must be positive pixel counts, got {self.height} x "
+                f"{self.width}."
+            )
+        if self.opset is not None and self.opset < 1:
+            raise UserInputError(f"--opset must be a positive ONNX opset, got {self.opset}.")
+
+    @property
+    def files(self) -> list[str]:
+        """The files an export writes into its --output folder."""
+        names = {"torchscript": "model.ts", "onnx": "model.onnx"}
+        return [names[f] for f in self.formats] + [SPEC_FILE]
+
     @property
     def output_names(self) -> list[str]:
         return ["logits"] if self.output_kind == "logits" else ["labels", "scores"]
+
+
+def check_export_output(output_dir: str, options: ExportOptions, overwrite: bool = False) -> None:
+    """An export writes model.ts / model.onnx / export.json into `output_dir`. It may replace
+    them only where an earlier export wrote them (its export.json lists them), or with
+    `overwrite`; the folder must be a folder. Checked before the model is loaded."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise UserInputError(f"--output {output_dir} exists and is not a folder: name a folder.")
+    present = [f for f in options.files if os.path.lexists(os.path.join(output_dir, f))]
+    if overwrite or not present:
+        return
+    ours = set(_earlier_export_files(os.path.join(output_dir, SPEC_FILE)))
+    foreign = [f for f in present if f not in ours]
+    if foreign:
+        raise UserInputError(
+            f"--output {output_dir} already holds {', '.join(foreign)}, not written by an "
+            f"earlier export: name another folder, or pass --overwrite to replace them."
+        )
+
+
+def _earlier_export_files(spec_path: str) -> list[str]:
+    """The files an earlier export's export.json lists (itself included); [] if it is none."""
+    try:
+        with open(spec_path, encoding="utf-8") as f:
+            spec = json.load(f)
+        listed = list(spec["files"].values())
+        if not (isinstance(spec["vocabulary"], list) and "size_divisibility" in spec):
+            return []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [SPEC_FILE] + [f for f in listed if f in ("model.ts", "model.onnx")]
 
 
 def sync_bn_to_bn(module: nn.Module) -> nn.Module:
@@ -308,7 +356,7 @@ def export_student(
         "weights": cfg.MODEL.WEIGHTS,
         "files": {k: os.path.basename(v) for k, v in written.items()},
     }
-    spec_path = os.path.join(output_dir, "export.json")
+    spec_path = os.path.join(output_dir, SPEC_FILE)
     with atomic_write_path(spec_path) as tmp:
         Path(tmp).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     return written, problems

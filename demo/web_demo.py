@@ -346,13 +346,15 @@ def load(args) -> WebDemo:
         args.opts = opts + list(args.opts)
         default_vocabulary = list(world.CLASSES)
     predictor = build_predictor(load_config(args, cpu_fallback=True), args)
+    if args.model_folder:  # a received folder is read, never written
+        predictor.model.text_classifier.write_cache = False
     if vocabulary is not None:
         predictor.set_vocabulary(vocabulary.entries)  # checks it now: cache or CLIP weights
         default_vocabulary = vocabulary.entries
     elif default_vocabulary is None:
         default_vocabulary = predictor.vocabulary or []
-    # requests' vocabularies are not written to the text cache (the model folder's, usually;
-    # the start-up vocabulary above is): a stranger's requests must not fill a disk
+    # requests' vocabularies are not written to the text cache (the start-up vocabulary of a
+    # --config-file model is): a stranger's requests must not fill a disk
     predictor.model.text_classifier.write_cache = False
     folder = tempfile.mkdtemp(prefix="clipzss_web_examples_")
     atexit.register(shutil.rmtree, folder, True)

@@ -136,3 +136,55 @@ def test_bad_vocabulary_and_checks_fail_loudly(tiny, capsys):
     expected = (torch.zeros(1, 4, 4, dtype=torch.int64), torch.ones(1, 4, 4))
     assert compare("x", (np.zeros((1, 4, 4)), np.ones((1, 4, 4))), expected) == []
     assert compare("x", (np.ones((1, 4, 4)), np.ones((1, 4, 4)) * 2), expected)
+
+
+def test_bad_sizes_and_outputs_are_one_line_before_the_model_loads(tiny, tmp_path, capsys):
+    folder, opts = tiny
+    argv = [
+        "--config-file",
+        str(folder / "config.yaml"),
+        "--vocab",
+        VOCAB,
+        "--format",
+        "torchscript",
+    ]
+    for extra, fragment in (
+        (["--height", "0"], "--height and --width must be positive pixel counts, got 0 x 512"),
+        (["--width", "-5"], "got 512 x -5"),
+    ):
+        assert tool.main(argv + ["--output", str(tmp_path / "a"), *extra, "--opts", *opts]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and len(err.strip().splitlines()) == 1
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine\n")
+    assert tool.main(argv + ["--output", str(a_file), "--opts", *opts]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "mine\n" and not (tmp_path / "a").exists()
+
+
+def test_an_export_replaces_only_what_an_earlier_export_wrote(tiny, tmp_path, capsys):
+    """Planted files named like an export's are kept (refused in one line) unless --overwrite;
+    an earlier export's own files are replaced; other files in the folder are never touched."""
+    folder, opts = tiny
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "model.ts").write_bytes(b"my own model")
+    (out / "notes.txt").write_text("keep\n")
+    argv = ["--config-file", str(folder / "config.yaml"), "--vocab", VOCAB,
+            "--format", "torchscript", "--height", "64", "--width", "64", "--output", str(out)]  # fmt: skip
+    assert tool.main(argv + ["--opts", *opts]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "already holds model.ts, not written by an earlier export" in err and "--overwrite" in err
+    )
+    assert (out / "model.ts").read_bytes() == b"my own model"
+    (out / "model.ts").unlink()
+    assert tool.main(argv + ["--opts", *opts]) == 0  # a first export
+    first = (out / "model.ts").read_bytes()
+    assert tool.main(argv + ["--opts", *opts]) == 0  # again: its own files, replaced
+    assert (out / "model.ts").read_bytes() != b"" and json.loads((out / "export.json").read_text())
+    (out / "export.json").write_text('{"mine": true}')  # now model.ts is not an export's
+    assert tool.main(argv + ["--opts", *opts]) == 2
+    assert tool.main(argv + ["--overwrite", "--opts", *opts]) == 0
+    assert len(first) > 0 and (out / "notes.txt").read_text() == "keep\n"
+    capsys.readouterr()

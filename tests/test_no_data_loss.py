@@ -149,3 +149,45 @@ def test_make_clean_keeps_trained_runs():
     proc = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and "rm " in proc.stdout
     assert "output" not in proc.stdout.replace(".pytest_cache", "").replace(".ruff_cache", "")
+
+
+# -- export and the web demo -----------------------------------------------------------------------
+def load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_adds_its_files_beside_a_users_and_keeps_them(checkpoint, tmp_path, capsys):
+    out = tmp_path / "exported"
+    before = plant(out)
+    tool = load_script("clipzss_export_safety", ROOT / "tools" / "export_model.py")
+    argv = ["--config-file", str(checkpoint / "config.yaml"), "--vocab", "sky,tree",
+            "--format", "torchscript", "--height", "32", "--width", "32", "--output", str(out),
+            "--opts", "MODEL.WEIGHTS", str(checkpoint / "model.pth")]  # fmt: skip
+    assert tool.main(argv) == 0, capsys.readouterr().err
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert set(after) - set(before) == {"model.ts", "export.json"}
+
+
+def test_the_web_demo_writes_nothing_into_a_model_folder(checkpoint, tmp_path):
+    """Start-up vocabulary, 5 requests with new vocabularies: the served model folder is
+    byte-identical afterwards."""
+    from clipzss_d2.model_folder import write_model_folder
+    from clipzss_d2.predictor import OpenVocabularyPredictor
+
+    source = OpenVocabularyPredictor.from_config_file(
+        str(checkpoint / "config.yaml"), ["MODEL.WEIGHTS", str(checkpoint / "model.pth")]
+    )
+    folder = Path(write_model_folder(source.cfg, source.model, str(tmp_path / "model")))
+    before = snapshot(folder)
+    web_demo = load_script("clipzss_web_demo_safety", ROOT / "demo" / "web_demo.py")
+    app = web_demo.load(
+        web_demo.get_parser().parse_args(["--model-folder", str(folder), "--vocab", "a,b"])
+    )
+    for request in range(5):
+        overlay, _, status = app.segment(app.examples[0], f"thing {request}, other {request}")
+        assert overlay is not None, status
+    assert snapshot(folder) == before

@@ -47,7 +47,7 @@ from clipzss_d2.entry import (  # noqa: E402
     run_main,
     vocabulary_from_args,
 )
-from clipzss_d2.export import ExportOptions, export_student  # noqa: E402
+from clipzss_d2.export import ExportOptions, check_export_output, export_student  # noqa: E402
 
 PROG = "export_model.py"
 
@@ -67,6 +67,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-kind", choices=["logits", "labels"], default="labels")
     p.add_argument("--onnx-exporter", choices=["dynamo", "legacy"], default="dynamo")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace model.ts / model.onnx / export.json in --output even where an earlier "
+        "export did not write them",
+    )
     return p
 
 
@@ -77,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> int:
     vocabulary = vocabulary_from_args(args).entries
-    cfg = load_config(args)
     options = ExportOptions(
         formats=args.format,
         height=args.height,
@@ -88,6 +93,8 @@ def run(args) -> int:
         onnx_exporter=args.onnx_exporter,
         opset=args.opset,
     )
+    check_export_output(args.output, options, args.overwrite)
+    cfg = load_config(args)
     written, problems = export_student(cfg, vocabulary, args.output, options, config_name(args))
     if problems:
         print(f"{PROG}: exported models do not match PyTorch:", file=sys.stderr)
