@@ -221,6 +221,39 @@ def read_torchscript_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_weights_file(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file a user names, by name, read without running any code:
+    ``.safetensors``, a TorchScript archive (``read_torchscript_state_dict``) or a ``torch.save``
+    file (``torch_load_safely``); a ``{"state_dict": ...}`` wrapper and DDP's ``module.`` prefix
+    are removed. Anything else is a one-line CheckpointFormatError."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(path)
+        except Exception as e:
+            raise CheckpointFormatError(
+                f"{path} could not be read as a safetensors file ({_first_line(e)})."
+            ) from None
+    elif is_torchscript_archive(path):
+        state = read_torchscript_state_dict(path)
+    else:
+        state = torch_load_safely(path)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not (
+        isinstance(state, Mapping)
+        and state
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        raise CheckpointFormatError(
+            f"{path} holds no named tensors (a state dict): it is not a weights file."
+        )
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

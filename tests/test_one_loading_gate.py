@@ -16,6 +16,8 @@ UNSAFE = re.compile(
     r"\btorch\.load\(|\btorch\.jit\.load\(|\bpickle\.(load|loads|Unpickler)\b|\bUnpickler\b"
     r"|\byaml\.(load|unsafe_load|full_load|load_all|unsafe_load_all)\(|\.merge_from_file\("
     r"|allow_pickle\s*=\s*True|\bdill\b|\bjoblib\.load\("
+    # open_clip's own file readers (torch.load underneath): CLIP weights go through the gate
+    r"|\bload_checkpoint\(|\bload_state_dict\(\s*(checkpoint|path)|pretrained\s*=\s*checkpoint"
 )
 EXEMPT = "# safe-load:"  # a line may say why it is safe (e.g. reading back its own output)
 
@@ -64,6 +66,8 @@ def test_the_gates_themselves_load_safely():
 def test_the_scan_finds_what_it_is_for():
     for bad in ("torch.load(f)", "x = pickle.loads(b)", "cfg.merge_from_file(p)",
                 "np.load(p, allow_pickle=True)", "yaml.unsafe_load(s)", "torch.jit.load(p)"):  # fmt: skip
+        assert UNSAFE.search(bad), bad
+    for bad in ("open_clip.load_checkpoint(model, p)", "create_model(n, pretrained=checkpoint)"):
         assert UNSAFE.search(bad), bad
     for fine in ("torch_load_safely(p)", "yaml.safe_load(s)", "merge_config_file(cfg, p)"):
         assert not UNSAFE.search(fine), fine

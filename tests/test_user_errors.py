@@ -123,6 +123,43 @@ def test_weights_that_are_not_a_checkpoint(tiny, capsys, tmp_path, content, mess
     assert "weights_only" not in line  # torch's paragraph is not passed on
 
 
+class _RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a clip file at all" * 10, "could not be read as a PyTorch checkpoint"),
+        ({"foo": torch.zeros(3)}, "do not fit open_clip's ClipZSS-Tiny-Test (30 missing"),
+        ([torch.zeros(3)], "holds no named tensors (a state dict): it is not a weights file"),
+        ("hostile", "is not a plain weights file"),
+        (b"\x00" * 40, "could not be read as a safetensors file"),
+    ],
+)
+def test_clip_weights_that_are_not_clip(tiny, capsys, tmp_path, content, message):
+    """MODEL.CLIPZSS.CLIP.PRETRAINED naming junk, another model's weights or a pickle that runs
+    a command: one line, exit 2, nothing run (the vocabulary is not cached, so the text tower
+    loads)."""
+    marker = tmp_path / "ran"
+    path = tmp_path / ("clip.safetensors" if content == b"\x00" * 40 else "clip.pt")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(_RunsACommand(marker) if content == "hostile" else content, path)
+    argv = ["--config-file", str(tiny / "config.yaml"), "--input", str(tiny / "ok.png"),
+            "--output", str(tmp_path / "o"), "--vocab", "cat,dog", "--opts",
+            "MODEL.WEIGHTS", str(tiny / "model.pth"), "MODEL.CLIPZSS.CLIP.PRETRAINED", str(path)]  # fmt: skip
+    code = demo.main(argv)
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and message in line and str(path) in line, line
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
 # -- train_net.py, as a subprocess -----------------------------------------------------------------
 def train_net(*args, cwd):
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
-from ..checkpoint import is_torchscript_archive, read_torchscript_state_dict
+from ..checkpoint import is_torchscript_archive, read_weights_file
 from ..errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -210,14 +210,15 @@ def create_clip_model(
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
         # big_vision (.npz) weights are loaded by open_clip through the image tower: built in full
-        if text_only and not str(checkpoint).endswith((".npz", ".npy")):
+        if str(checkpoint).endswith((".npz", ".npy")):  # big_vision (SigLIP) numpy weights
+            model = open_clip.create_model(model_name, pretrained=checkpoint, **kwargs)  # safe-load: np.load, pickle off
+        elif text_only:
             model = _create_text_tower(model_name, checkpoint, kwargs)
-        elif checkpoint is not None and is_torchscript_archive(checkpoint):
-            with _quiet_random_init_note(True):
-                model = open_clip.create_model(model_name, pretrained=None, **kwargs)
-            _load_torchscript_weights(model, checkpoint, model_name)
         else:
-            model = open_clip.create_model(model_name, pretrained=checkpoint, **kwargs)
+            with _quiet_random_init_note(checkpoint is not None):
+                model = open_clip.create_model(model_name, pretrained=None, **kwargs)
+            if checkpoint is not None:
+                _load_clip_weights(model, checkpoint, model_name)
         if text_only:
             model.visual = None
     if checkpoint is None:
@@ -256,34 +257,61 @@ def _create_text_tower(model_name: str, checkpoint: str | None, kwargs: dict) ->
             model_name, pretrained=None, pretrained_text=False, vision_cfg=VISION_STUB, **kwargs
         )
     model.visual = None
-    if checkpoint is not None and is_torchscript_archive(checkpoint):
-        _load_torchscript_weights(model, checkpoint, model_name)
-    elif checkpoint is not None:
-        loaded = open_clip.load_checkpoint(model, checkpoint, strict=False)
-        unexpected = [k for k in loaded.unexpected_keys if not k.startswith("visual.")]
-        if loaded.missing_keys or unexpected:
-            raise RuntimeError(
-                f"CLIP weights {checkpoint} do not fit the text tower of {model_name}: missing "
-                f"{loaded.missing_keys[:5]}, unexpected {unexpected[:5]}."
-            )
+    if checkpoint is not None:
+        _load_clip_weights(model, checkpoint, model_name)
     return model
 
 
-def _load_torchscript_weights(model: torch.nn.Module, checkpoint: str, model_name: str) -> None:
-    """OpenAI's own CLIP files (``~/.cache/clip/ViT-B-16.pt``, what OpenAI's ``clip`` package
-    downloads) are TorchScript archives. Their tensors are read without running the archive's
-    code (checkpoint.read_torchscript_state_dict); OpenAI's parameter names are open_clip's.
-    Tensors the model has no place for (OpenAI's ``input_resolution`` and other attributes, the
-    image tower's for a text-only model) are left out; a missing or misshapen weight is refused."""
-    state = read_torchscript_state_dict(checkpoint)
+# OpenAI's archives carry these as tensors; open_clip's models keep them as plain attributes
+OPENAI_ATTRIBUTES = ("input_resolution", "context_length", "vocab_size")
+
+
+def _load_clip_weights(model: torch.nn.Module, checkpoint: str, model_name: str) -> None:
+    """A CLIP weights file into an open_clip model, read through the project's one loading
+    route (checkpoint.read_weights_file: no code runs) and adapted as open_clip's own
+    ``load_checkpoint`` adapts it. OpenAI's TorchScript files (``~/.cache/clip/ViT-B-16.pt``)
+    use open_clip's names; their other tensor attributes are left out. A text tower (``visual``
+    None) skips the image tower's weights. A missing, misshapen or (outside TorchScript)
+    unknown weight is refused in one line."""
+    from open_clip.factory import (
+        convert_state_dict,
+        convert_to_custom_text_state_dict,
+        resize_pos_embed,
+        resize_text_pos_embed,
+    )
+
+    state = read_weights_file(checkpoint)
+    state = convert_state_dict(model, state)  # third-party layouts (open_clip's own detection)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        own_param = getattr(model, key, None)
+        if key in state and own_param is not None and own_param.ndim != state[key].ndim:
+            state[key] = state[key].reshape(own_param.shape)
+    if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:
+        state["logit_bias"] = torch.zeros_like(model.logit_bias)
+    if model.visual is not None:
+        resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     misshapen = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or misshapen:
-        example = missing[:3] or [f"{k}: {tuple(state[k].shape)}" for k in misshapen[:3]]
+    unexpected = []
+    if not is_torchscript_archive(checkpoint):
+        unexpected = [
+            k for k in state if k not in own and k not in OPENAI_ATTRIBUTES
+            and not (model.visual is None and k.startswith("visual."))
+        ]  # fmt: skip
+    if missing or misshapen or unexpected:
+        example = (
+            missing[:3]
+            or [f"{k}: {tuple(state[k].shape)}" for k in misshapen[:3]]
+            or [f"unexpected {k}" for k in unexpected[:3]]
+        )
         raise CLIPWeightsUnavailableError(
             f"CLIP weights {checkpoint} do not fit open_clip's {model_name} "
-            f"({len(missing)} missing, {len(misshapen)} misshapen, e.g. {example}): set "
-            f"MODEL.CLIPZSS.CLIP.MODEL_NAME to the architecture of the file."
+            f"({len(missing)} missing, {len(misshapen)} misshapen, {len(unexpected)} unknown, "
+            f"e.g. {example}): set MODEL.CLIPZSS.CLIP.MODEL_NAME to the architecture of the file."
         )
-    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own if k in state}, strict=False)
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
