@@ -49,6 +49,8 @@ def tiny(tmp_path_factory):
     (folder / "python_tag.yaml").write_text(
         f'MODEL: !!python/object/apply:os.system ["touch {marker}"]\n'
     )
+    (folder / "missing_base.yaml").write_text("_BASE_: base/gone.yaml\n")
+    (folder / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01 a binary file")
     cv2.imwrite(str(folder / "wide.png"), np.full((8, 20000, 3), 90, np.uint8))
     cv2.imwrite(str(folder / "ok.png"), np.full((40, 50, 3), 90, np.uint8))
     return folder
@@ -82,6 +84,8 @@ def test_image_too_elongated_for_the_test_size(tiny, capsys, tmp_path):
     [
         ("not_yaml.yaml", "is not a valid config YAML (while parsing a flow sequence"),
         ("python_tag.yaml", "Python tags (!!python/...) are refused"),
+        ("missing_base.yaml", "names a _BASE_ config that does not exist: "),
+        ("binary.yaml", "is not UTF-8 text"),
     ],
 )
 def test_config_files_that_are_not_plain_yaml(tiny, capsys, tmp_path, config, message):

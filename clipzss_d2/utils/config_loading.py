@@ -32,6 +32,16 @@ def merge_config_file(cfg, config_file: str, option: str = "--config-file"):
         raise UserInputError(f"{option} {config_file}: no such file.")
     try:
         cfg.merge_from_file(config_file, allow_unsafe=False)
+    except FileNotFoundError as e:  # a _BASE_ the file names (relative to the file's folder)
+        raise UserInputError(
+            f"{option} {config_file} names a _BASE_ config that does not exist: {e.filename}."
+        ) from None
+    except OSError as e:
+        raise UserInputError(f"{option} {config_file} cannot be read ({_one_line(e)}).") from None
+    except UnicodeDecodeError as e:
+        raise UserInputError(
+            f"{option} {config_file} is not UTF-8 text ({_one_line(e)}): is it a config YAML?"
+        ) from None
     except yaml.YAMLError as e:
         raise UserInputError(
             f"{option} {config_file} is not a valid config YAML ({_one_line(e)}); Python "
