@@ -217,3 +217,21 @@ def test_detail_category_ids_beyond_459_are_refused_in_one_line(shared_data, tmp
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "category_id 70000" in proc.stderr
     assert not (tmp_path / "VOCdevkit" / "VOC2010" / "annotations_detectron2").exists()
+
+
+def test_an_id_list_that_is_not_text_is_one_line(shared_data, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    stage_context(shared_data, tmp_path)
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"\xff\xfe\x00\x012008_000008\n")
+    with pytest.raises(PrepareError, match=r"ids.txt is not UTF-8 text \(byte 0\)"):
+        prepare_pascal_context(str(tmp_path), train_list=str(ids), **QUIET)
+    proc = subprocess.run(
+        [sys.executable, "datasets/prepare_pascal_context.py", "--root", str(tmp_path),
+         "--train-list", str(ids)],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not UTF-8" in proc.stderr

@@ -100,15 +100,29 @@ def require_file(path: str, what: str, hint: str) -> str:
     return path
 
 
+def read_text_lines(path: str, what: str, hint: str = "") -> list[str]:
+    """The lines of a text file the user gives (id lists, labels.txt); not UTF-8 text or not
+    readable is a PrepareError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise PrepareError(
+            f"{what} {path} is not UTF-8 text (byte {e.start}): is it the right file?"
+            + (f"\n  {hint}" if hint else "")
+        ) from None
+    except OSError as e:
+        raise PrepareError(f"{what} {path} cannot be read ({e.strerror}).") from None
+
+
 def read_id_list(path: str, what: str, hint: str) -> list[str]:
     """Image ids of a split list: one per line; "/JPEGImages/x.jpg /Seg.../x.png" lines give x."""
     require_file(path, what, hint)
     ids = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            tokens = line.split()
-            if tokens:
-                ids.append(os.path.splitext(os.path.basename(tokens[0]))[0])
+    for line in read_text_lines(path, what, hint):
+        tokens = line.split()
+        if tokens:
+            ids.append(os.path.splitext(os.path.basename(tokens[0]))[0])
     if not ids:
         raise PrepareError(f"{what} is empty: {path}\n  {hint}")
     counts = collections.Counter(ids)

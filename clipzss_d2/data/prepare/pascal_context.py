@@ -30,6 +30,7 @@ from .common import (
     Summary,
     check_sources_exist,
     read_id_list,
+    read_text_lines,
     require_dir,
     require_file,
     run_splits,
@@ -209,11 +210,10 @@ def check_labels_txt(path: str, expected: Iterable[tuple[int, str]]) -> None:
     """The 459-label list that ships with the .mat files must name the `expected` (459-label
     id, class name) pairs as we do."""
     names = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            k, sep, v = line.partition(":")
-            if sep and k.strip().isdigit():
-                names[int(k)] = v.strip()
+    for line in read_text_lines(path, "The 459-label list"):
+        k, sep, v = line.partition(":")
+        if sep and k.strip().isdigit():
+            names[int(k)] = v.strip()
     wrong = [f"{i}: {names.get(i)!r} (expected {c!r})" for i, c in expected if names.get(i) != c]
     if wrong:
         raise PrepareError(
