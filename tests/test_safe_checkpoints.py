@@ -181,6 +181,56 @@ def test_hostile_weights_through_demo_and_train_net(tiny, tmp_path, kind):
     assert_refused(proc, path.name, marker)
 
 
+DEEP_PICKLES = """
+import io, sys, zipfile
+import torch
+from detectron2.modeling import build_model
+from clipzss_d2.checkpoint import SafeCheckpointer, read_weights_file
+from clipzss_d2.errors import UserInputError
+from tests.helpers import tiny_cfg
+
+DEPTH = 200_000
+def deep(kind):  # protocol-2 opcodes only, no recursion when writing
+    if kind == "tuple":
+        return b"N" + b"\\x85" * DEPTH  # NONE, then TUPLE1 over and over
+    if kind == "list":
+        return b"]" * DEPTH + b"a" * (DEPTH - 1)  # EMPTY_LIST..., APPEND...
+    return b"}X\\x01\\x00\\x00\\x00k" * DEPTH + b"N" + b"s" * DEPTH  # {"k": {"k": ...}}
+def wrapped(body):  # {"model": {"w": body}}
+    return b"}X\\x05\\x00\\x00\\x00model}X\\x01\\x00\\x00\\x00w" + body + b"ss"
+model = build_model(tiny_cfg(extra_opts=["DATASETS.TRAIN", (), "DATASETS.TEST", ()]))
+for kind in ("tuple", "list", "dict"):
+    for wrap in (False, True):
+        data = b"\\x80\\x02" + (wrapped(deep(kind)) if wrap else deep(kind)) + b"."
+        for ext in ("pkl", "pth"):
+            path = f"{sys.argv[1]}/deep_{kind}_{wrap}.{ext}"
+            if ext == "pkl":
+                open(path, "wb").write(data)
+            else:  # torch.save's zip layout
+                with zipfile.ZipFile(path, "w") as z:
+                    z.writestr("archive/data.pkl", data)
+                    z.writestr("archive/version", "3\\n")
+                    z.writestr("archive/byteorder", "little")
+            for load in (lambda: SafeCheckpointer(model).load(path), lambda: read_weights_file(path)):
+                try:
+                    load()
+                    print("loaded", path)
+                except UserInputError as e:
+                    assert "\\n" not in str(e)
+                    print("refused", type(e).__name__, path)
+"""
+
+
+def test_deeply_nested_pickles_are_refused_in_one_line_not_a_crash(tmp_path):
+    """200,000 levels of tuples, lists or dicts (only allowed opcodes), bare or inside
+    {"model": ...}, as .pkl and as torch.save zip: both safe loaders answer in one line; a crash
+    of the interpreter (SIGSEGV, exit 139) fails this test, which runs them in a subprocess."""
+    proc = run_script(["-c", DEEP_PICKLES, str(tmp_path)], ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = proc.stdout.splitlines()
+    assert len(results) == 24 and all(r.startswith("refused ") for r in results), results
+
+
 # -- atomic saves ---------------------------------------------------------------------------------
 def test_interrupted_save_keeps_the_previous_checkpoint(tiny, tmp_path, monkeypatch):
     model = build_model(tiny[1])
