@@ -211,9 +211,9 @@ def create_clip_model(
         torch.random.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
         # big_vision (.npz) weights are loaded by open_clip through the image tower: built in full
         if str(checkpoint).endswith((".npz", ".npy")):  # big_vision (SigLIP) numpy weights
-            model = open_clip.create_model(
-                model_name, pretrained=checkpoint, **kwargs
-            )  # safe-load: np.load, pickle off
+            # open_clip reads them with np.load, pickles off (the one file it reads itself)
+            npz = checkpoint
+            model = open_clip.create_model(model_name, pretrained=npz, **kwargs)
         elif text_only:
             model = _create_text_tower(model_name, checkpoint, kwargs)
         else:
