@@ -9,6 +9,7 @@ python train_net.py --config-file configs/voc.yaml --num-gpus 8 --resume
 import contextlib
 import logging
 import os
+import re
 import weakref
 from collections import OrderedDict
 
@@ -222,6 +223,28 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def check_launch_arguments(args) -> None:
+    """detectron2's launcher trusts its arguments; a wrong one fails in a worker, or waits."""
+    if args.num_gpus < 1 or args.num_machines < 1:
+        raise UserInputError(
+            f"--num-gpus and --num-machines must be at least 1, got {args.num_gpus} and "
+            f"{args.num_machines}."
+        )
+    if not 0 <= args.machine_rank < args.num_machines:
+        raise UserInputError(
+            f"--machine-rank {args.machine_rank} must be between 0 and --num-machines - 1 "
+            f"({args.num_machines - 1})."
+        )
+    url = args.dist_url
+    if args.num_gpus * args.num_machines == 1 or (url == "auto" and args.num_machines == 1):
+        return
+    if not re.fullmatch(r"tcp://[^:/\s]+:\d+|env://|file:///\S+", url):
+        raise UserInputError(
+            f"--dist-url {url!r} is not a rendezvous address torch accepts: use tcp://HOST:PORT "
+            f"(the first machine's address), env://, or auto on one machine."
+        )
+
+
 def check_devices(cfg, args) -> None:
     """Refuse, before any process starts, a run asking for more GPUs than the machine has."""
     if not cfg.MODEL.DEVICE.startswith("cuda"):
@@ -286,6 +309,7 @@ def main(args):
 @exit_on_user_error(PROG, system_exit=True)
 def check_before_launch(args) -> None:
     """User mistakes found here stop the run before any process starts."""
+    check_launch_arguments(args)
     config = load_config(args)
     check_devices(config, args)
     register_custom_datasets(config)  # a bad dataset file stops here, before any process

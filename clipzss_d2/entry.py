@@ -23,7 +23,7 @@ from collections.abc import Callable
 from .config import get_clipzss_cfg
 from .errors import USER_ERRORS, UserInputError
 from .model_folder import CONFIG_FILE, load_folder_config
-from .utils.config_loading import merge_config, use_cpu_without_gpu
+from .utils.config_loading import check_device, merge_config, use_cpu_without_gpu
 from .vocabulary import Vocabulary, dataset_vocabulary, parse_vocabulary, read_vocabulary_file
 
 EXIT_USAGE = 2
@@ -101,8 +101,8 @@ def load_config(args, *, cpu_fallback: bool = False):
     without a GPU becomes the CPU (model folders always do this)."""
     opts_name = getattr(args, "opts_name", TRAILING_OPTS)
     if getattr(args, "model_folder", None):
-        return load_folder_config(args.model_folder, args.opts, opts_name)
-    cfg = merge_config(get_clipzss_cfg(), args.config_file, args.opts, opts_name)
+        return check_device(load_folder_config(args.model_folder, args.opts, opts_name))
+    cfg = check_device(merge_config(get_clipzss_cfg(), args.config_file, args.opts, opts_name))
     return use_cpu_without_gpu(cfg) if cpu_fallback else cfg
 
 

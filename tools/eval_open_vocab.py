@@ -138,6 +138,8 @@ def run(args) -> int:
     setup_logger(name="clipzss_d2")
     setup_logger(name="detectron2", abbrev_name="d2")
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    if not names:
+        raise UserInputError(f"--datasets {args.datasets!r} names no dataset.")
     register_custom_datasets(cfg)
     results = evaluate_all(cfg, names, output)
     table = format_table(results)

@@ -36,6 +36,7 @@ from miniworld_tables import RUN_METRICS, results_table, tuning_table  # noqa: E
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.entry import run_main  # noqa: E402
+from clipzss_d2.errors import UserInputError  # noqa: E402
 from clipzss_d2.miniworld import register_miniworld, world  # noqa: E402
 from clipzss_d2.miniworld.generate import DEFAULT_COUNTS, generate_world  # noqa: E402
 from clipzss_d2.miniworld.train_teacher import (  # noqa: E402
@@ -271,6 +272,8 @@ def run(argv=None):
     args = ap.parse_args(argv)
     variants = args.variants or (VARIANTS if args.ablation else ("full",))
     seeds = args.seeds or ([0, 1, 2] if args.ablation else [0])
+    if any(not 0 <= s < 2**32 for s in seeds):
+        raise UserInputError(f"--seeds must be between 0 and 2**32 - 1, got {seeds}.")
     variant_cfg("full", args)  # a bad --student file stops here, before any work
     setup_logger(name="detectron2", abbrev_name="d2")
     setup_logger(name="clipzss_d2")

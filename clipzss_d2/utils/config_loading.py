@@ -74,6 +74,18 @@ def merge_config(cfg, config_file: str, opts: Sequence[str] = (), opts_name: str
     return merge_overrides(cfg, opts, opts_name)
 
 
+def check_device(cfg):
+    """MODEL.DEVICE must name a device torch knows ("cpu", "cuda", "cuda:1", ...)."""
+    try:
+        torch.device(cfg.MODEL.DEVICE)
+    except (RuntimeError, TypeError) as e:
+        raise UserInputError(
+            f"MODEL.DEVICE {cfg.MODEL.DEVICE!r} is not a device torch knows "
+            f"({_one_line(e).split(' device type at start')[0]}): use cpu, cuda or cuda:N."
+        ) from None
+    return cfg
+
+
 def use_cpu_without_gpu(cfg):
     """Inference commands run on the CPU when the config asks for CUDA and there is none."""
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
