@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import UserInputError
+from ..utils.io import datasets_root as default_root
 from . import classes as C
 
 EVALUATOR_TYPE = "gzss_sem_seg"
@@ -105,10 +106,6 @@ OPEN_VOCAB_EVAL = (
     "pcontext59_ov_val",
     "voc20_ov_val",
 )
-
-
-def default_root() -> str:
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def load_sem_seg_pairs(

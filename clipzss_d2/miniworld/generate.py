@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserInputError
-from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..utils.io import atomic_write_bytes, atomic_write_text, datasets_root
 from . import render as R
 from . import world as W
 
@@ -55,9 +55,7 @@ def default_root() -> str:
     explicit = os.getenv("CLIPZSS_MINIWORLD_ROOT")
     if explicit:
         return os.path.expanduser(explicit)
-    return os.path.join(
-        os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), "miniworld"
-    )
+    return os.path.join(datasets_root(), "miniworld")
 
 
 def image_path(root: str, split: str, index: int) -> str:

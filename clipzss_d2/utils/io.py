@@ -1,4 +1,4 @@
-"""File writing that never leaves a half-written file behind."""
+"""File writing that never leaves a half-written file behind, and the dataset root."""
 
 import contextlib
 import os
@@ -41,3 +41,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def datasets_root() -> str:
+    """The dataset root: $DETECTRON2_DATASETS with `~` expanded, else ./datasets."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))

@@ -26,6 +26,7 @@ from PIL import Image
 
 from ...errors import UserInputError
 from ...utils.io import atomic_write_path
+from ...utils.io import datasets_root as default_root
 from ...utils.progress import progress
 
 IGNORE = 255
@@ -295,10 +296,6 @@ def _collect(results, summary: Summary, bar) -> None:
 
 
 # ---- CLI helpers -----------------------------------------------------------------------------
-
-
-def default_root() -> str:
-    return os.getenv("DETECTRON2_DATASETS", "datasets")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
