@@ -83,3 +83,44 @@ def test_published_schedules(name, iters, train, test):
     assert tuple(cfg.INPUT.CROP.SIZE) == (512, 512) and cfg.SOLVER.OPTIMIZER == "ADAMW"
     assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR"
     assert cfg.DATASETS.TRAIN == (train,) and cfg.DATASETS.TEST == (test,)
+
+
+STUDENT_DIR = CONFIG_DIR / "students"
+NETWORK = ("MODEL.BACKBONE.", "MODEL.TIMM.", "MODEL.SWIN.", "MODEL.CLIPZSS.MLP_HEAD.")
+NETWORK_KEYS = ("MODEL.CLIPZSS.HEAD_NAME", "MODEL.WEIGHTS")
+DATASET_STUDENTS = sorted(
+    p.name
+    for p in STUDENT_DIR.glob("*-*.yaml")
+    if (STUDENT_DIR / p.name.split("-", 1)[1]).is_file()
+)
+
+
+def _network(flat):
+    # the ImageNet file to train from is a training choice of the dataset file, not the network
+    return {
+        k: v
+        for k, v in flat.items()
+        if (k.startswith(NETWORK) or k in NETWORK_KEYS) and k != "MODEL.TIMM.PRETRAINED"
+    }
+
+
+def test_dataset_student_configs_are_found():
+    assert {f"{d}-segformer-b0.yaml" for d in ("voc", "coco_stuff", "pascal_context")} <= set(
+        DATASET_STUDENTS
+    )
+
+
+@pytest.mark.parametrize("name", DATASET_STUDENTS)
+def test_dataset_student_config_has_its_student_files_network(name):
+    """students/<dataset>-<student>.yaml builds exactly students/<student>.yaml's network (it
+    takes it through _BASE_, so the network lines live in one file)."""
+    student = name.split("-", 1)[1]
+    merged = _network(_load("students", name))
+    assert merged == _network(_load("students", student))
+    assert any(k.startswith("MODEL.CLIPZSS.MLP_HEAD.") for k in merged)
+
+
+def test_segformer_b1_differs_from_b0_only_in_its_encoder():
+    b0, b1 = _load("students", "segformer-b0.yaml"), _load("students", "segformer-b1.yaml")
+    assert {k for k in b0 if b0[k] != b1[k]} == {"MODEL.TIMM.NAME"}
+    assert b1["MODEL.TIMM.NAME"] == "pvt_v2_b1"
