@@ -1,7 +1,7 @@
 """Config keys of CLIP-ZSS, one namespace per component.
 
 Every hyper-parameter the method names is a key here, with this project's default (the paper's
-values could not be read; see docs in README). Call after `add_deeplab_config`.
+values could not be read; see docs/configuration.md). Call after `add_deeplab_config`.
 """
 
 from detectron2.config import CfgNode as CN
@@ -73,8 +73,8 @@ def add_clipzss_config(cfg):
     # id (it is a seen object's halo, e.g. VOC's ignored boundaries); 1.0 = off (the paper).
     z.PLM.REGION_MAX_SEEN_FRACTION = 1.0
     # Ignored pixels within this many input pixels of a seen label get no pseudo label (VOC's
-    # void ring around objects; configs/voc.yaml sets 8 from the measurement in the README,
-    # "Void boundaries"). 0 = off: COCO-Stuff and Context label maps have no such rings.
+    # void ring around objects; configs/voc.yaml sets 8: docs/method.md#the-void-halo).
+    # 0 = off: COCO-Stuff and Context label maps have no such rings.
     z.PLM.SEEN_HALO_RADIUS = 0
     z.PLM.MIN_REGION_PATCHES = 1  # drop pseudo regions smaller than this many teacher patches
     z.PLM.MAX_REGIONS = 64  # cap on pseudo regions per image (padding size)
@@ -109,8 +109,8 @@ def add_clipzss_config(cfg):
 
     # Training-time engineering of the student's forward (the same network; floats round
     # differently). CHANNELS_LAST: training crops enter the student NHWC, so its convolutions
-    # and their gradients run channels-last (15 % less forward + backward time for the
-    # MiniWorld student on 2 CPU cores; README, Miniature world).
+    # and their gradients run channels-last (faster on the CPU; measured in
+    # docs/notes/2026-11-30-miniworld-record.md#figures-moved-out-of-code-comments-and-the-worlds-readme-on-2026-12-06).
     z.TRAINING = CN()
     z.TRAINING.CHANNELS_LAST = False
 
@@ -167,7 +167,7 @@ def add_clipzss_config(cfg):
     # Users' own datasets: YAML/JSON dataset files (datasets/README.md), registered as
     # <name>_<split> by clipzss_d2.data.register_custom_datasets(cfg) once the config is merged.
     cfg.DATASETS.CUSTOM = []
-    # Deterministic mode (clipzss_d2/reproducibility.py, README "Reproducibility and safety"):
+    # Deterministic mode (clipzss_d2/reproducibility.py, docs/reproducibility.md#deterministic-mode):
     # needs SEED >= 0; a seeded data stream that resumes where it stopped, deterministic kernels.
     cfg.DETERMINISTIC = False
     # Light students (configs/students/*.yaml). timm hierarchical backbone (MODEL.BACKBONE.NAME

@@ -114,7 +114,7 @@ fi
 
 log "installing clipzss_d2 (editable) with its runtime, web demo and test dependencies"
 "${PIP[@]}" install -q -e ".[test,web]"
-log "note: pip may say sal-detectron2 'requires numpy<2' and 'black'; both are expected (README, Install)"
+log "note: pip may say sal-detectron2 'requires numpy<2' and 'black'; both are expected (docs/INSTALL.md)"
 
 "$PY" - <<'EOF'
 import detectron2, open_clip, torch, numpy

@@ -1,4 +1,4 @@
-"""The miniature world's result tables (tools/run_miniworld.py writes them, the README shows them)."""
+"""The miniature world's result tables (tools/run_miniworld.py writes them, docs/MODEL_ZOO.md shows them)."""
 
 import math
 import statistics

@@ -258,7 +258,7 @@ def run(argv=None):
         "--teacher-patch-dropout",
         type=float,
         default=None,
-        help="override the teacher's training patch dropout (a cheaper, weaker teacher; README)",
+        help="override the teacher's training patch dropout (a cheaper, weaker teacher; docs/notes/2026-11-30-miniworld-record.md)",
     )
     ap.add_argument("--demo-images", type=int, default=4)
     ap.add_argument("--no-demo", action="store_true")

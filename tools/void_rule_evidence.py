@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Which VOC pixels receive pseudo labels under PLM's label-fusion rules: the evidence behind
-PLM.SEEN_HALO_RADIUS in configs/voc.yaml (README, "Void boundaries").
+PLM.SEEN_HALO_RADIUS in configs/voc.yaml (docs/method.md#the-void-halo).
 
 VOC marks a ~5 px void ring (value 255) around every object. In the zero-shot protocol those
 pixels are ignored like unseen objects and background, so PLM may give them pseudo labels; around
