@@ -9,6 +9,7 @@ from .custom import (
     CustomDatasetError,
     register_custom_datasets,
     register_dataset_file,
+    register_zeroshot_from_detectron2,
     register_zeroshot_sem_seg,
 )
 from .dataset_mapper import ZeroShotSemSegDatasetMapper, get_training_vocabulary, shared_metadata
@@ -40,6 +41,7 @@ __all__ = [
     "register_all_zeroshot",
     "register_custom_datasets",
     "register_dataset_file",
+    "register_zeroshot_from_detectron2",
     "register_zeroshot_sem_seg",
     "registered_root",
     "shared_metadata",

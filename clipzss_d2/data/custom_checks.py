@@ -38,6 +38,17 @@ def forget_checked(name: str) -> None:
     _loaded.pop(name, None)
 
 
+def checked_records(name: str) -> list[dict] | None:
+    """A copy of the records kept after `name` was checked, or None."""
+    return copy.deepcopy(_loaded[name]) if name in _loaded else None
+
+
+def keep_checked(name: str, records: list[dict]) -> list[dict]:
+    """Keep the checked records of `name` (later loads are free); returns a copy."""
+    _loaded[name] = records
+    return copy.deepcopy(records)
+
+
 def check_classes(name, classes, unseen, prompts, colors):
     if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
         raise CustomDatasetError(
