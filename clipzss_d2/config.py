@@ -54,8 +54,8 @@ def add_clipzss_config(cfg):
     z.GLM.TEMPERATURE = 0.07
     z.GLM.BANK_SIZE = 1024  # FIFO bank of past CLS tokens; 0 disables it
     z.GLM.LOSS_WEIGHT = 1.0
-    # attention pooling = softmax of cos(CLS, R) / this (see modeling/glm.py for why); 0 = the
-    # literal raw CLS . R / sqrt(C), which over thousands of positions is a plain mean
+    # attention pooling = softmax of cos(CLS, R) / this; 0 = the literal raw CLS . R / sqrt(C),
+    # which over thousands of positions is a plain mean (docs/method.md#glm-pooling-temperature)
     z.GLM.POOL_TEMPERATURE = 0.07
 
     z.PLM = CN()
@@ -94,7 +94,8 @@ def add_clipzss_config(cfg):
     z.LOSS.NEL_WEIGHT = 1.0  # non-mutually-exclusive loss = focal * FOCAL_WEIGHT + dice
     # "zegclip" (the paper setting): focal summed over the image's classes and averaged over its
     # pixels, dice on present classes, both / number of present classes, as ZegCLIP;
-    # "mean": both averaged over all (image, class) pairs (modeling/criterion.py)
+    # "mean": both averaged over all (image, class) pairs
+    # (docs/method.md#the-criterions-normalisation)
     z.LOSS.NEL_NORMALIZATION = "zegclip"
     z.LOSS.FOCAL_WEIGHT = 100.0
     z.LOSS.FOCAL_ALPHA = 0.25
