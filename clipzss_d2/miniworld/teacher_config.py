@@ -28,7 +28,8 @@ class TeacherConfig:
     model_name: str = MODEL_NAME
     activation: str = "quick_gelu"  # as OpenAI's CLIP; the architecture config does not say it
     # 400 steps with half the patches dropped, chosen on miniworld_tune for the main job's time
-    # budget by a rule stated before the figures (docs/notes/2026-11-30-miniworld-record.md#protocol-train-tune-test-and-the-reproducibility-fix)
+    # budget by a rule stated before the figures:
+    # docs/notes/2026-11-30-miniworld-record.md#protocol-train-tune-test-and-the-reproducibility-fix
     steps: int = 400
     batch_size: int = 64
     # FLIP's patch dropout (open_clip's PatchDropout, training only): each step sees a random
