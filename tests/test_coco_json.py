@@ -27,6 +27,7 @@ from clipzss_d2.data import (
     register_dataset_file,
     register_zeroshot_from_detectron2,
 )
+from clipzss_d2.data.coco_json import compressed_rle_counts
 from clipzss_d2.errors import UserInputError
 
 from .test_custom_dataset import run
@@ -157,6 +158,27 @@ def uncompressed_counts(mask: np.ndarray) -> list[int]:
     bounds = np.concatenate([[0], change, [flat.size]])
     runs = np.diff(bounds).tolist()
     return ([0] + runs) if flat[0] == 1 else runs
+
+
+def test_compressed_rle_runs_match_their_definition():
+    """The check of a compressed RLE string's length (pycocotools does not check it: a short
+    string decodes to uninitialised memory) reads the same runs as the definition above."""
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        if t % 2:
+            mask[:] = 0
+            mask[rng.integers(0, h) :, rng.integers(0, w) :] = 1
+        rle = mask_util.encode(np.asfortranarray(mask))
+        runs = compressed_rle_counts(rle["counts"].decode())
+        assert runs.tolist() == uncompressed_counts(mask)
+    big = np.zeros((2000, 3000), np.uint8)
+    big[1500:, 2999] = 1  # runs past 2^20: several characters per value
+    rle = mask_util.encode(np.asfortranarray(big))
+    assert compressed_rle_counts(rle["counts"].decode()).tolist() == uncompressed_counts(big)
+    for bad in ("", "zz", "P\x01"):
+        assert compressed_rle_counts(bad) is None
 
 
 @needs_samples
@@ -349,6 +371,13 @@ def _set(obj, key, value):
         (lambda d: _set(d["annotations"][0], "segmentation", {"size": [3, 6], "counts": "PP1"}),
          r"rules\.json: annotation id 10: RLE size \[3, 6\] \(height, width\) is not its image's "
          r"\[4, 6\]"),
+        (lambda d: _set(d["annotations"][0], "segmentation", {"size": [4, 6], "counts": "PP1"}),
+         r"annotation id 10: compressed RLE counts are not a COCO RLE string of height x width "
+         r"= 24 pixels"),
+        (lambda d: _set(d["annotations"][0], "segmentation", {"size": [4, 6], "counts": ""}),
+         r"annotation id 10: compressed RLE counts are not"),
+        (lambda d: _set(d["annotations"][0], "segmentation", [1, 1, 2, 1, 2, 2]),
+         r"annotation id 10: `segmentation` must be a list of polygons"),
         (lambda d: _set(d["annotations"][0], "segmentation", {"size": [4, 6], "counts": [3, 2]}),
          r"annotation id 10: uncompressed RLE counts must be non-negative integers summing to "
          r"height x width = 24"),

@@ -240,10 +240,43 @@ def _check_images(path: str, data: dict) -> tuple[dict, list[str]]:
     return images, problems
 
 
+def compressed_rle_counts(counts: str) -> np.ndarray | None:
+    """The run lengths of a COCO compressed RLE string (pycocotools' rleFrString, vectorised),
+    or None if the string is not one. pycocotools itself does not check that the runs add up to
+    height x width: short strings decode to uninitialised memory."""
+    try:
+        c = np.frombuffer(counts.encode("latin-1"), dtype=np.uint8).astype(np.int64) - 48
+    except UnicodeEncodeError:
+        return None
+    if c.size == 0 or c.min() < 0 or c.max() > 63 or c[-1] & 0x20:
+        return None
+    last = (c & 0x20) == 0  # the last character of each value
+    group = np.concatenate([[0], np.cumsum(last)[:-1]])
+    starts = np.concatenate([[0], np.flatnonzero(last)[:-1] + 1])
+    k = np.arange(c.size) - starts[group]
+    if k.max() > 10:  # beyond 64-bit values
+        return None
+    x = np.zeros(int(last.sum()), dtype=np.int64)
+    np.add.at(x, group, (c & 0x1F) << (5 * k))
+    ends = np.flatnonzero(last)
+    negative = (c[ends] & 0x10) > 0
+    x[negative] -= np.int64(1) << (5 * (k[ends][negative] + 1))
+    runs = x.copy()  # from the third value on, each is a difference to the value two before
+    runs[2::2] = np.cumsum(x[2::2])
+    runs[3::2] = x[1] + np.cumsum(x[3::2]) if x.size > 3 else runs[3::2]
+    return runs
+
+
 def _check_polygons(path, ann, h, w) -> str | None:
     seg = ann["segmentation"]
     if not seg:
         return f"{path}: annotation id {ann['id']}: empty `segmentation`"
+    if not all(isinstance(poly, list) for poly in seg):
+        return (
+            f"{path}: annotation id {ann['id']}: `segmentation` must be a list of polygons "
+            f"[[x1, y1, x2, y2, ...], ...] (a flat list of numbers needs one more pair of "
+            f"brackets)"
+        )
     for poly in seg:
         if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
             return (
@@ -285,6 +318,13 @@ def _check_rle(path, ann, h, w) -> str | None:
             )
     elif not isinstance(counts, str):
         return f"{path}: annotation id {ann['id']}: RLE `counts` must be a list or a string"
+    else:
+        runs = compressed_rle_counts(counts)
+        if runs is None or runs.min() < 0 or runs.sum() != h * w:
+            return (
+                f"{path}: annotation id {ann['id']}: compressed RLE counts are not a COCO RLE "
+                f"string of height x width = {h * w} pixels"
+            )
     return None
 
 
