@@ -118,6 +118,8 @@ def register_zeroshot_sem_seg(
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     forget_checked(name)
+    _signatures.pop(name, None)
+    _pending.pop(name, None)
     unregister_label_encoding(name)
     register_label_encoding(label_root, encoding, name)
     args = (name, image_root, label_root, encoding, classes, image_ext, label_ext, check_labels)
@@ -158,6 +160,15 @@ def register_zeroshot_from_detectron2(
 
 
 _pending: dict[str, dict] = {}  # name -> the JSON read at registration, handed to the first load
+_signatures: dict[str, tuple] = {}  # name -> its registration arguments and annotation file stat
+
+
+def _signature(source, *args) -> tuple | None:
+    try:
+        st = os.stat(source.annotation_json)
+    except OSError:
+        return None
+    return (source, st.st_size, st.st_mtime_ns, repr(args))
 
 
 def _register_coco(name, source, classes, unseen, prompts, colors, rules, cache_dir, check):
@@ -166,6 +177,14 @@ def _register_coco(name, source, classes, unseen, prompts, colors, rules, cache_
     except CustomDatasetError as e:
         raise CustomDatasetError(f"Dataset {name}: {e}") from None
     cache_dir = os.path.expanduser(cache_dir) if cache_dir else coco_json.default_cache_dir()
+    signature = _signature(source, classes, unseen, prompts, colors, rules, cache_dir, check)
+    if (
+        signature is not None
+        and _signatures.get(name) == signature
+        and name in DatasetCatalog.list()
+        and checked_records(name) is not None
+    ):  # the same registration again (train_net registers before and after launch): keep the
+        return  # checked records rather than read and check a large JSON twice
     given = None if classes is None else list(classes)
     path = source.annotation_json
     data = None
@@ -197,6 +216,7 @@ def _register_coco(name, source, classes, unseen, prompts, colors, rules, cache_
     forget_checked(name)
     unregister_label_encoding(name)
     _pending.pop(name, None)
+    _signatures.pop(name, None)
     if data is not None:
         _pending[name] = data
 
@@ -215,6 +235,8 @@ def _register_coco(name, source, classes, unseen, prompts, colors, rules, cache_
         meta = MetadataCatalog.get(name)
         if meta.get("sem_seg_root") != folder:
             meta.sem_seg_root = folder
+        if signature is not None:
+            _signatures[name] = signature
         return keep_checked(name, records)
 
     DatasetCatalog.register(name, load)
