@@ -391,6 +391,10 @@ def _set(obj, key, value):
          r"annotation id 13: `segmentation` must be polygons .* box-only annotation"),
         (lambda d: _set(d["images"][0], "width", 7),
          r"a\.png is 6x4 but .*rules\.json says 7x4 \(image id 1\)"),
+        (lambda d: d.update(images=[{"id": 1, "file_name": "a.png", "height": 6, "width": 4}],
+                            annotations=d["annotations"][:1]),
+         r"a\.png is 6x4 but .*rules\.json says 4x6 \(image id 1\); annotated on the "
+         r"EXIF-rotated view\?"),
         (lambda d: _set(d["images"][0], "file_name", "gone.png"),
          r"gone\.png: not found \(image id 1 of .*rules\.json\)"),
     ],

@@ -603,9 +603,15 @@ def load_coco_sem_seg(
             )
             continue
         if size != (im["width"], im["height"]):
+            rotated = size == (im["height"], im["width"])
             problems.append(
                 f"{image_path} is {size[0]}x{size[1]} but {path} says {im['width']}x"
                 f"{im['height']} (image id {image_id})"
+                + (
+                    "; annotated on the EXIF-rotated view? Maps use the stored pixels"
+                    if rotated
+                    else ""
+                )
             )
             continue
         if panoptic:
