@@ -67,7 +67,7 @@ def add_clipzss_config(cfg):
     z.PLM.FUSION_THRESHOLD = 0.9  # merge masks whose centroids have cosine similarity > this
     # "agglomerative": masks of all scales pooled, mutual-nearest pairs above the threshold merge
     # round after round (also within a scale); "cross_scale": scale by scale, one-to-one
-    # mutual-nearest matches with the fused set only. See modeling/plm/pseudo_labels.py.
+    # mutual-nearest matches with the fused set only. See modeling/training/plm/pseudo_labels.py.
     z.PLM.FUSION_MODE = "agglomerative"
     # A pseudo region whose pixels carry seen labels for more than this fraction gives no pseudo
     # id (it is a seen object's halo, e.g. VOC's ignored boundaries); 1.0 = off (the paper).

@@ -207,7 +207,7 @@ class GLMBankState:
     """Checkpointable FIFO bank of the GLM (identical on every process: it holds global batches)."""
 
     def __init__(self, model: torch.nn.Module):
-        from .modeling.glm import GlobalLearningModule
+        from .modeling.training.glm import GlobalLearningModule
 
         self.modules = [m for m in model.modules() if isinstance(m, GlobalLearningModule)]
 

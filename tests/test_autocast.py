@@ -21,9 +21,9 @@ from detectron2.modeling import build_model
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.errors import UserInputError
-from clipzss_d2.modeling.plm import PixelLearningModule
-from clipzss_d2.modeling.teacher import TeacherOutput
 from clipzss_d2.modeling.text_classifier import build_text_classifier
+from clipzss_d2.modeling.training.plm import PixelLearningModule
+from clipzss_d2.modeling.training.teacher import TeacherOutput
 
 from .helpers import TINY_MODEL_OPTS
 

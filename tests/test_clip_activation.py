@@ -19,8 +19,8 @@ from clipzss_d2.modeling.clip_loading import (
     create_clip_model,
     resolve_activation,
 )
-from clipzss_d2.modeling.teacher import CLIPTeacher
 from clipzss_d2.modeling.text_classifier import build_text_classifier
+from clipzss_d2.modeling.training.teacher import CLIPTeacher
 
 VOC_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "voc.yaml")
 CLASSES = ["cat", "sofa", "potted plant"]

@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 from clipzss_d2.config import get_clipzss_cfg
-from clipzss_d2.modeling.criterion import CLIPZSSCriterion, weight_dict_from_config
+from clipzss_d2.modeling.training.criterion import CLIPZSSCriterion, weight_dict_from_config
 
 UNIT = {"loss_ce": 1.0, "loss_focal": 1.0, "loss_dice": 1.0}
 

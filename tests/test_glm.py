@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipzss_d2.modeling.glm import GlobalLearningModule
+from clipzss_d2.modeling.training.glm import GlobalLearningModule
 
 
 def hand_glm_loss(dense, cls, negatives_extra=(), tau=0.07, pool_tau=0.07):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from clipzss_d2.modeling.plm.kmeans import kmeans, window_seeds
+from clipzss_d2.modeling.training.plm.kmeans import kmeans, window_seeds
 
 
 def planted(b=2, per=20, dim=8, k=3, spread=0.05, seed=0):

@@ -16,8 +16,8 @@ import torch
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.checkpoint import UnsafeCheckpointError, read_torchscript_state_dict
 from clipzss_d2.modeling.clip_loading import resolve_pretrained
-from clipzss_d2.modeling.teacher import CLIPTeacher
 from clipzss_d2.modeling.text_classifier import build_text_classifier
+from clipzss_d2.modeling.training.teacher import CLIPTeacher
 
 VOC_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "voc.yaml")
 CLASSES = ["cat", "sofa", "potted plant"]

@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.modeling.clip_loading import create_clip_model
-from clipzss_d2.modeling.teacher import CLIPTeacher
+from clipzss_d2.modeling.training.teacher import CLIPTeacher
 
 from .helpers import TINY_CLIP, tiny_cfg
 

@@ -4,8 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipzss_d2.modeling.plm.module import INVALID_LOGIT, PixelLearningModule, bce_prototype_loss
-from clipzss_d2.modeling.teacher import TeacherOutput
+from clipzss_d2.modeling.training.plm.module import (
+    INVALID_LOGIT,
+    PixelLearningModule,
+    bce_prototype_loss,
+)
+from clipzss_d2.modeling.training.teacher import TeacherOutput
 
 C, S = 16, 3
 
@@ -201,9 +205,9 @@ def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
     import open_clip
 
     from clipzss_d2.modeling.clip_loading import create_clip_model
-    from clipzss_d2.modeling.criterion import CLIPZSSCriterion
-    from clipzss_d2.modeling.glm import GlobalLearningModule
-    from clipzss_d2.modeling.teacher import CLIPTeacher
+    from clipzss_d2.modeling.training.criterion import CLIPZSSCriterion
+    from clipzss_d2.modeling.training.glm import GlobalLearningModule
+    from clipzss_d2.modeling.training.teacher import CLIPTeacher
 
     torch.manual_seed(0)
     clip = create_clip_model("ClipZSS-Tiny-Test", "none")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipzss_d2.modeling.plm.pseudo_labels import PseudoLabeler, fuse_labels, fuse_masks
+from clipzss_d2.modeling.training.plm.pseudo_labels import PseudoLabeler, fuse_labels, fuse_masks
 
 
 def in_plane(deg, dim=6, axis=(0, 1)):

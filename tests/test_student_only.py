@@ -13,13 +13,8 @@ from detectron2.modeling import build_model
 from .helpers import tiny_cfg
 
 REPO = Path(__file__).resolve().parent.parent
-TRAINING_ONLY = [
-    "clipzss_d2.modeling.teacher",
-    "clipzss_d2.modeling.glm",
-    "clipzss_d2.modeling.plm",
-    "clipzss_d2.modeling.criterion",
-    "clipzss_d2.modeling.training_modules",
-]
+# the training-only package: teacher, GLM, PLM, criterion and their builder
+TRAINING_ONLY = "clipzss_d2.modeling.training"
 
 PROBE = """
 import importlib.util, json, sys
@@ -35,7 +30,7 @@ for name in ("demo/demo.py", "tools/export_model.py"):  # the entry points' own 
 predictor = OpenVocabularyPredictor(tiny_cfg(), vocabulary="cat,sofa|couch")
 result = predictor(np.zeros((40, 48, 3), dtype=np.uint8))
 clipzss_d2.export.FixedVocabularySegmenter(predictor.model, ["cat", "sofa|couch"])
-modules = [m for m in TRAINING_ONLY if m in sys.modules]
+modules = sorted(m for m in sys.modules if m.split(".")[:3] == TRAINING_ONLY.split("."))
 print(json.dumps({"shape": list(result.labels.shape), "modules": modules,
                   "plm": predictor.model.plm is None, "glm": predictor.model.glm is None}))
 """

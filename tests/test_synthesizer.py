@@ -1,6 +1,6 @@
 import torch
 
-from clipzss_d2.modeling.plm.synthesizer import PseudoWeightSynthesizer, region_centroids
+from clipzss_d2.modeling.training.plm.synthesizer import PseudoWeightSynthesizer, region_centroids
 
 
 def test_region_centroids_against_loops():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clipzss_d2.modeling.clip_loading import create_clip_model
-from clipzss_d2.modeling.teacher import CLIPTeacher, TeacherOutput, teacher_grid_size
+from clipzss_d2.modeling.training.teacher import CLIPTeacher, TeacherOutput, teacher_grid_size
 
 TINY = "ClipZSS-Tiny-Test"
 

@@ -16,8 +16,8 @@ from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
-from clipzss_d2.modeling.plm import PixelLearningModule
-from clipzss_d2.modeling.teacher import TeacherOutput
+from clipzss_d2.modeling.training.plm import PixelLearningModule
+from clipzss_d2.modeling.training.teacher import TeacherOutput
 
 from .helpers import tiny_cfg
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from clipzss_d2.modeling.plm.kmeans import kmeans, window_seeds
-from clipzss_d2.modeling.plm.pseudo_labels import PseudoLabeler
+from clipzss_d2.modeling.training.plm.kmeans import kmeans, window_seeds
+from clipzss_d2.modeling.training.plm.pseudo_labels import PseudoLabeler
 
 
 def make_tokens(batch, grid, dim, segments=8, noise=0.6, seed=0):

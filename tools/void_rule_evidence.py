@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 from clipzss_d2.data.classes import VOC20_CLASSES, VOC20_UNSEEN  # noqa: E402
 from clipzss_d2.entry import run_main  # noqa: E402
 from clipzss_d2.errors import UserInputError  # noqa: E402
-from clipzss_d2.modeling.plm.pseudo_labels import fuse_labels  # noqa: E402
+from clipzss_d2.modeling.training.plm.pseudo_labels import fuse_labels  # noqa: E402
 
 PATCH = 16
 SCALES = (0.75, 1.5, 2.5)  # VOC's configs resize 375 px sides to 256..1024 px: 0.7-2.7x

@@ -28,7 +28,8 @@ def image_tokens(model: open_clip.CLIP, images: torch.Tensor) -> tuple[torch.Ten
     """CLS embedding (B x C) and patch tokens in the joint space (B x h x w x C), both normalised,
     of CLIP-normalised images: the student's teacher itself ('plain' dense mode), so the probes
     measure exactly what training uses. (Freezes ``model.visual``: evaluation comes last.)"""
-    from ..modeling.teacher import CLIPTeacher  # training-only: not imported with the package
+    # training-only: not imported with the package
+    from ..modeling.training.teacher import CLIPTeacher
 
     teacher = CLIPTeacher(
         visual=model.visual, clip_mean=(0.0,) * 3, clip_std=(1.0,) * 3, precision="fp32"

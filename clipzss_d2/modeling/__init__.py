@@ -1,4 +1,4 @@
-"""Student model, text classifier and training-only teacher modules."""
+"""The student, its text classifier and inference; training-only parts live in `training/`."""
 
 from .backbones import build_clipzss_swin_backbone, build_clipzss_vit_backbone
 from .clip_loading import CLIPWeightsUnavailableError, create_clip_model

@@ -26,11 +26,11 @@ from .inference import TestTimeInference
 from .student import StudentForward
 from .text_classifier import TextClassifier, build_text_classifier
 
-if TYPE_CHECKING:  # training-only: imported by training_modules.py when training builds them
-    from .criterion import CLIPZSSCriterion
-    from .glm import GlobalLearningModule
-    from .plm import PixelLearningModule
-    from .teacher import CLIPTeacher, TeacherOutput
+if TYPE_CHECKING:  # training-only: imported by training/training_modules.py for training
+    from .training.criterion import CLIPZSSCriterion
+    from .training.glm import GlobalLearningModule
+    from .training.plm import PixelLearningModule
+    from .training.teacher import CLIPTeacher, TeacherOutput
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class CLIPZSS(StudentForward, nn.Module):
         z = cfg.MODEL.CLIPZSS
         training = {}
         if not z.STUDENT_ONLY:
-            from .training_modules import build_training_modules
+            from .training.training_modules import build_training_modules
 
             training = build_training_modules(cfg)
         if z.TEST_VOCABULARY:

@@ -25,7 +25,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..utils.precision import autocast_disabled
+from ...utils.precision import autocast_disabled
 
 
 def gather_across_processes(x: torch.Tensor) -> tuple[torch.Tensor, int]:

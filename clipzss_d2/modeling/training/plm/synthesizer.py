@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...utils.precision import at_least_float32
-from ..segments import segment_means
+from ....utils.precision import at_least_float32
+from ...segments import segment_means
 
 
 def region_centroids(

@@ -21,8 +21,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ...utils.precision import without_autocast
-from ..segments import segment_means
+from ....utils.precision import without_autocast
+from ...segments import segment_means
 from .fusion import FUSION_MODES, fuse_masks
 from .kmeans import METRICS, kmeans, window_seeds
 

@@ -5,7 +5,7 @@ Imported only when a model is built for training (``CLIPZSS.from_config`` with
 demo) never loads them; tests/test_student_only.py checks it.
 """
 
-from ..vocabulary import get_training_vocabulary, shared_metadata
+from ...vocabulary import get_training_vocabulary, shared_metadata
 from .criterion import CLIPZSSCriterion
 from .glm import GlobalLearningModule
 from .plm import PixelLearningModule
@@ -23,7 +23,7 @@ def build_training_modules(cfg) -> dict:
         check_pseudo_ids(num_seen, z.PLM.MAX_REGIONS, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
     probe = None
     if z.DIAGNOSTICS.PSEUDO_LABELS and z.PLM.PSEUDO_LABELS:
-        from ..diagnostics import PseudoLabelProbe
+        from ...diagnostics import PseudoLabelProbe
 
         meta = shared_metadata(cfg.DATASETS.TRAIN)
         probe = PseudoLabelProbe(

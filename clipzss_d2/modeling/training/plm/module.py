@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
-from ...errors import UserInputError
-from ...utils.precision import without_autocast
+from ....errors import UserInputError
+from ....utils.precision import without_autocast
 from ..criterion import mean_over_processes
 from .pseudo_labels import PseudoLabeler, fuse_labels
 from .synthesizer import PseudoWeightSynthesizer, region_centroids

@@ -13,8 +13,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ...utils.precision import without_autocast
-from ..segments import segment_sums
+from ....utils.precision import without_autocast
+from ...segments import segment_sums
 
 METRICS = ("cosine", "euclidean")
 

@@ -20,7 +20,7 @@ from detectron2.config import configurable
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-from ..utils.precision import autocast_disabled
+from ...utils.precision import autocast_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class CLIPTeacher(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        from .clip_loading import create_clip_model
+        from ..clip_loading import create_clip_model
 
         z = cfg.MODEL.CLIPZSS
         model = create_clip_model(

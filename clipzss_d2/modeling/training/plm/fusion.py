@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ...utils.precision import without_autocast
+from ....utils.precision import without_autocast
 
 FUSION_MODES = ("agglomerative", "cross_scale")
 
