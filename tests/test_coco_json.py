@@ -21,9 +21,11 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 import clipzss_d2
+from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.data import (
     CustomDatasetError,
     read_label_map,
+    register_custom_datasets,
     register_dataset_file,
     register_zeroshot_from_detectron2,
 )
@@ -556,6 +558,35 @@ def test_detectron2_registered_instances_and_panoptic(tmp_path, name):
     for k in (src, f"{src}_pan"):
         DatasetCatalog.remove(k)
         MetadataCatalog.remove(k)
+
+
+@needs_samples
+def test_one_config_line_turns_a_detectron2_dataset_zero_shot(tmp_path, monkeypatch):
+    """DATASETS.CUSTOM takes the dataset file's mapping itself, so a dataset registered in
+    detectron2's catalog becomes a zero-shot dataset with one config line."""
+    register_coco_instances("cocoline_src", {}, str(PERSONS_139), str(COCO_STUFF / "val2017"))
+    monkeypatch.setenv("CLIPZSS_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = get_clipzss_cfg()
+    cfg.DATASETS.CUSTOM = [
+        "{name: cocoline, rules: {unannotated: background}, unseen: [person],"
+        " splits: {val: {detectron2: cocoline_src}}}"
+    ]
+    cfg.DATASETS.TEST = ("cocoline_val",)
+    try:
+        assert register_custom_datasets(cfg) == ["cocoline_val"]
+        meta = MetadataCatalog.get("cocoline_val")
+        assert meta.stuff_classes == ["person", "background"] and meta.unseen_classes == ["person"]
+        (record,) = DatasetCatalog.get("cocoline_val")
+        assert Path(record["sem_seg_file_name"]).parent.parent == tmp_path / "cache"
+        assert int((read_label_map(record["sem_seg_file_name"]) == 0).sum()) == 3361
+        cfg.DATASETS.CUSTOM = ["{name: cocoline, splits: {val: {detectron2: cocoline_src}}"]
+        with pytest.raises(CustomDatasetError, match=r"DATASETS.CUSTOM entry \{name: cocoline.* "
+                           r"cannot be parsed"):  # fmt: skip
+            register_custom_datasets(cfg)
+    finally:
+        for k in [k for k in DatasetCatalog.list() if k.startswith("cocoline")]:
+            DatasetCatalog.remove(k)
+            MetadataCatalog.remove(k)
 
 
 def test_unknown_or_non_coco_detectron2_dataset_is_one_line(name):

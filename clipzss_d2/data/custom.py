@@ -269,20 +269,39 @@ SPLIT_FORMS = (
 )
 
 
+def is_inline(path: str) -> bool:
+    """A DATASETS.CUSTOM entry that is the dataset file's mapping itself, on one line."""
+    return path.lstrip().startswith("{")
+
+
+def describe(path: str) -> str:
+    if is_inline(path):
+        short = " ".join(path.split())
+        return f"DATASETS.CUSTOM entry {short[:60]}{' ...' if len(short) > 60 else ''}"
+    return f"Dataset file {path}"
+
+
 def read_dataset_file(path: str) -> dict:
-    if not os.path.isfile(path):
+    """A dataset file's mapping; `path` may also be the mapping itself in YAML flow style, e.g.
+    "{name: shop, unseen: [mug], splits: {train: {detectron2: shop_coco_train}}}"."""
+    what = describe(path)
+    if is_inline(path):
+        text = path
+    elif not os.path.isfile(path):
         raise CustomDatasetError(
-            f"Dataset file {path} does not exist (DATASETS.CUSTOM paths are relative to the "
-            f"current directory)."
+            f"{what} does not exist (DATASETS.CUSTOM paths are relative to the current directory)."
         )
-    if os.path.getsize(path) > MAX_FILE_BYTES:
+    if len(path) > MAX_FILE_BYTES or (
+        not is_inline(path) and os.path.getsize(path) > MAX_FILE_BYTES
+    ):
         raise CustomDatasetError(
-            f"Dataset file {path} is over {MAX_FILE_BYTES // 2**20} MB; a dataset file names "
+            f"{what} is over {MAX_FILE_BYTES // 2**20} MB; a dataset file names "
             f"folders and classes (put long class lists in a classes_file)."
         )
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        if not is_inline(path):
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
         if path.endswith(".json"):
             spec = json.loads(text)
         else:
@@ -290,31 +309,25 @@ def read_dataset_file(path: str) -> dict:
 
             # anchors and aliases let a few bytes stand for an exponentially large tree
             if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
-                raise CustomDatasetError(
-                    f"Dataset file {path} uses YAML aliases (*name); write the values out."
-                )
+                raise CustomDatasetError(f"{what} uses YAML aliases (*name); write the values out.")
             spec = yaml.safe_load(text)
     except CustomDatasetError:
         raise
     except Exception as e:
-        raise CustomDatasetError(
-            f"Dataset file {path} cannot be parsed: {' '.join(str(e).split())}"
-        ) from None
+        raise CustomDatasetError(f"{what} cannot be parsed: {' '.join(str(e).split())}") from None
     if not isinstance(spec, dict):
-        raise CustomDatasetError(
-            f"Dataset file {path} must hold a mapping (name, classes, splits)."
-        )
+        raise CustomDatasetError(f"{what} must hold a mapping (name, classes, splits).")
     unknown = sorted(set(spec) - FILE_KEYS)
     if unknown:
         raise CustomDatasetError(
-            f"Dataset file {path}: unknown key(s) {unknown}; allowed: {', '.join(sorted(FILE_KEYS))}."
+            f"{what}: unknown key(s) {unknown}; allowed: {', '.join(sorted(FILE_KEYS))}."
         )
     for key in ("name", "splits"):
         if key not in spec:
-            raise CustomDatasetError(f"Dataset file {path} lacks `{key}`.")
+            raise CustomDatasetError(f"{what} lacks `{key}`.")
     if "classes" in spec and "classes_file" in spec:
         raise CustomDatasetError(
-            f"Dataset file {path} needs exactly one of `classes` (a list) or `classes_file` "
+            f"{what} needs exactly one of `classes` (a list) or `classes_file` "
             f"(a text file with one class per line)."
         )
     return spec
@@ -326,7 +339,7 @@ def _split_form(path: str, split, folders) -> str:
             if required <= set(folders) <= required | optional:
                 return ("png", "json", "detectron2")[i]
     raise CustomDatasetError(
-        f"Dataset file {path}: split {split!r} must give `images` and `labels` (a folder of label "
+        f"{describe(path)}: split {split!r} must give `images` and `labels` (a folder of label "
         f"PNGs), `images` and `annotations` (a COCO JSON; panoptic: optional `panoptic_root`), or "
         f"`detectron2` (a dataset registered in detectron2's catalog)."
     )
@@ -335,7 +348,8 @@ def _split_form(path: str, split, folders) -> str:
 def register_dataset_file(path: str) -> list[str]:
     """Register `<name>_<split>` for each split of a dataset file; returns the names."""
     spec = read_dataset_file(path)
-    base = os.path.dirname(os.path.abspath(path))
+    what = describe(path)
+    base = os.getcwd() if is_inline(path) else os.path.dirname(os.path.abspath(path))
     root = os.path.join(base, os.path.expanduser(str(spec.get("root", "."))))
 
     def resolve(p: str) -> str:
@@ -344,7 +358,7 @@ def register_dataset_file(path: str) -> list[str]:
     if "classes_file" in spec:
         classes_path = resolve(spec["classes_file"])
         if not os.path.isfile(classes_path):
-            raise CustomDatasetError(f"Dataset file {path}: classes_file {classes_path} not found.")
+            raise CustomDatasetError(f"{what}: classes_file {classes_path} not found.")
         with open(classes_path, encoding="utf-8") as f:
             classes = [line.strip() for line in f if line.strip()]
     else:
@@ -352,24 +366,24 @@ def register_dataset_file(path: str) -> list[str]:
     splits = spec["splits"]
     if not isinstance(splits, dict) or not splits:
         raise CustomDatasetError(
-            f"Dataset file {path}: `splits` must map split names to {{images: ..., labels: ...}}."
+            f"{what}: `splits` must map split names to {{images: ..., labels: ...}}."
         )
     forms = {split: _split_form(path, split, folders) for split, folders in splits.items()}
     if classes is None and "png" in forms.values():
         raise CustomDatasetError(
-            f"Dataset file {path} needs `classes` (a list) or `classes_file` (a text file with one "
+            f"{what} needs `classes` (a list) or `classes_file` (a text file with one "
             f"class per line); only COCO JSON splits take their classes from `categories`."
         )
     if "png" not in forms.values():
         for key in ("label_encoding", "image_ext", "label_ext"):
             if key in spec:
                 raise CustomDatasetError(
-                    f"Dataset file {path}: `{key}` is for label PNG folders; COCO JSON splits "
+                    f"{what}: `{key}` is for label PNG folders; COCO JSON splits "
                     f"encode their own labels."
                 )
     elif "rules" in spec or "cache_dir" in spec:
         raise CustomDatasetError(
-            f"Dataset file {path}: `rules` and `cache_dir` are for COCO JSON splits; this file "
+            f"{what}: `rules` and `cache_dir` are for COCO JSON splits; this file "
             f"has label PNG folders."
         )
     cache_dir = resolve(spec["cache_dir"]) if spec.get("cache_dir") else None
@@ -378,7 +392,7 @@ def register_dataset_file(path: str) -> list[str]:
         name = f"{spec['name']}_{split}"
         if name in DatasetCatalog.list() and MetadataCatalog.get(name).get("benchmark") != "custom":
             raise CustomDatasetError(
-                f"Dataset file {path}: {name} is a dataset this project or detectron2 already "
+                f"{what}: {name} is a dataset this project or detectron2 already "
                 f"registers; choose another `name`."
             )
         unseen, check = spec.get("unseen") or [], bool(spec.get("check_labels", True))
@@ -420,13 +434,15 @@ def register_dataset_file(path: str) -> list[str]:
                 cache_dir=cache_dir,
                 check_images=check,
             )
-        MetadataCatalog.get(name).set(dataset_file=os.path.abspath(path))
+        MetadataCatalog.get(name).set(
+            dataset_file=path if is_inline(path) else os.path.abspath(path)
+        )
         names.append(name)
     lists = {n: MetadataCatalog.get(n).stuff_classes for n in names}
     if len({tuple(v) for v in lists.values()}) > 1:
         shown = "; ".join(f"{n}: {len(v)} classes" for n, v in lists.items())
         raise CustomDatasetError(
-            f"Dataset file {path}: the splits' `categories` give different class lists ({shown}), "
+            f"{what}: the splits' `categories` give different class lists ({shown}), "
             f"so a class id would mean different things; give `classes` to fix one list."
         )
     return names
@@ -439,7 +455,7 @@ def register_custom_datasets(cfg) -> list[str]:
     train and test sets among them are loaded (checked) here, so a bad file stops the run before
     training starts rather than at the first evaluation.
     """
-    files = list(cfg.DATASETS.get("CUSTOM", []) or [])
+    files = list(cfg.DATASETS.get("CUSTOM", []) or [])  # paths, or inline "{name: ...}" specs
     names = []
     for path in files:
         names += register_dataset_file(path)
