@@ -10,19 +10,21 @@ import contextlib
 import logging
 import os
 import re
+import warnings
 import weakref
 from collections import OrderedDict
 
-import clipzss_d2  # noqa: F401  (first: it silences a torch.jit warning that fvcore triggers)
+# fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
+# torch warns about it on every run: the script's own filter, so it comes before the imports.
+warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
-# isort: split
-import detectron2.engine.defaults as d2_defaults
-import detectron2.utils.comm as comm
-import torch
-from detectron2.data import (
+import detectron2.engine.defaults as d2_defaults  # noqa: E402
+import detectron2.utils.comm as comm  # noqa: E402
+import torch  # noqa: E402
+from detectron2.data import (  # noqa: E402
     build_detection_train_loader,
 )
-from detectron2.engine import (
+from detectron2.engine import (  # noqa: E402
     AMPTrainer,
     DefaultTrainer,
     HookBase,
@@ -30,18 +32,23 @@ from detectron2.engine import (
     default_setup,
     launch,
 )
-from detectron2.layers import NaiveSyncBatchNorm
-from detectron2.projects.deeplab import build_lr_scheduler
-from detectron2.utils.logger import setup_logger
+from detectron2.layers import NaiveSyncBatchNorm  # noqa: E402
+from detectron2.projects.deeplab import build_lr_scheduler  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from clipzss_d2.checkpoint import SafeCheckpointer
-from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets
-from clipzss_d2.diagnostics import PseudoLabelReport
-from clipzss_d2.entry import exit_on_user_error, load_config
-from clipzss_d2.errors import UserInputError
-from clipzss_d2.evaluation import build_eval_student, build_gzss_evaluator, build_gzss_test_loader
-from clipzss_d2.model_folder import check_replaceable, write_model_folder
-from clipzss_d2.reproducibility import (
+import clipzss_d2  # noqa: E402,F401  (registers the datasets and the model)
+from clipzss_d2.checkpoint import SafeCheckpointer  # noqa: E402
+from clipzss_d2.data import ZeroShotSemSegDatasetMapper, register_custom_datasets  # noqa: E402
+from clipzss_d2.diagnostics import PseudoLabelReport  # noqa: E402
+from clipzss_d2.entry import exit_on_user_error, load_config  # noqa: E402
+from clipzss_d2.errors import UserInputError  # noqa: E402
+from clipzss_d2.evaluation import (  # noqa: E402
+    build_eval_student,
+    build_gzss_evaluator,
+    build_gzss_test_loader,
+)
+from clipzss_d2.model_folder import check_replaceable, write_model_folder  # noqa: E402
+from clipzss_d2.reproducibility import (  # noqa: E402
     GatherRNGStates,
     GLMBankState,
     GlobalBatchSampler,
@@ -50,10 +57,10 @@ from clipzss_d2.reproducibility import (
     check_deterministic_config,
     enable_deterministic_kernels,
 )
-from clipzss_d2.solver import build_optimizer
-from clipzss_d2.utils.cuda_check import why_no_gpu
-from clipzss_d2.utils.distributed import leave_process_groups
-from clipzss_d2.utils.weights import resolve_model_weights
+from clipzss_d2.solver import build_optimizer  # noqa: E402
+from clipzss_d2.utils.cuda_check import why_no_gpu  # noqa: E402
+from clipzss_d2.utils.distributed import leave_process_groups  # noqa: E402
+from clipzss_d2.utils.weights import resolve_model_weights  # noqa: E402
 
 logger = logging.getLogger("clipzss_d2")
 PROG = "train_net.py"

@@ -33,6 +33,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +41,10 @@ for path in (str(Path(__file__).resolve().parent), str(ROOT)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning that fvcore triggers)
+# fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
+# torch warns about it on every run: the script's own filter, so it comes before the imports.
+warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
-# isort: split
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from image_io import IMAGE_EXTENSIONS, PROG, expand_inputs, output_paths  # noqa: E402
 from image_results import process_images  # noqa: E402

@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +34,10 @@ for path in (str(Path(__file__).resolve().parent), str(ROOT)):
         sys.path.insert(0, path)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
 
-import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning that fvcore triggers)
+# fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
+# torch warns about it on every run: the script's own filter, so it comes before the imports.
+warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
-# isort: split
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402

@@ -36,6 +36,7 @@ import os
 import platform
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,9 +44,10 @@ for p in (ROOT, ROOT / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import clipzss_d2  # noqa: E402,F401  (first: silences fvcore's torch.jit warning)
+# fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
+# torch warns about it on every run: the script's own filter, so it comes before the imports.
+warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
-# isort: split
 import torch  # noqa: E402
 from benchmark_measure import supports, vm_gib  # noqa: E402
 from benchmark_report import markdown  # noqa: E402

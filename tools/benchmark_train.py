@@ -17,6 +17,7 @@ import contextlib
 import statistics
 import sys
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,9 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning that fvcore triggers)
+# fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
+# torch warns about it on every run: the script's own filter, so it comes before the imports.
+warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
-# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -32,14 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import clipzss_d2  # noqa: E402,F401  (first: registers datasets, silences a torch.jit warning)
+# fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
+# torch warns about it on every run: the script's own filter, so it comes before the imports.
+warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
-# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+import clipzss_d2  # noqa: E402,F401  (registers the datasets and the model)
 from clipzss_d2.data import OPEN_VOCAB_EVAL, register_custom_datasets  # noqa: E402
 from clipzss_d2.entry import add_config_arguments, load_config, run_main  # noqa: E402
 from clipzss_d2.errors import UserInputError  # noqa: E402

@@ -16,18 +16,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import clipzss_d2  # noqa: E402,F401  (first: it silences a torch.jit warning that fvcore triggers)
+# fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
+# torch warns about it on every run: the script's own filter, so it comes before the imports.
+warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
-# isort: split
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
+import clipzss_d2  # noqa: E402,F401  (registers the model)
 from clipzss_d2.checkpoint import load_student_weights  # noqa: E402
 from clipzss_d2.data import register_custom_datasets  # noqa: E402
 from clipzss_d2.entry import add_config_arguments, load_config, run_main  # noqa: E402

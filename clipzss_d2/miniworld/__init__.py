@@ -3,6 +3,9 @@
 Importing this package registers `miniworld_train`, `miniworld_tune` and `miniworld_test` in
 detectron2's catalogs
 (nothing is read from disk until a dataset is loaded). See README.md in this folder.
+
+It imports no training code: the teacher's trainer (`train_teacher`, open_clip's training
+machinery) loads when one of its names below is first used, e.g. `miniworld.get_miniworld_teacher`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from .generate import (
     label_path,
     read_manifest,
 )
-from .train_teacher import DEFAULT_TEACHER_PATH, TeacherConfig, get_miniworld_teacher
 
 EVALUATOR_TYPE = "gzss_sem_seg"
 GENERATE_COMMAND = "python -m clipzss_d2.miniworld generate"
@@ -98,6 +100,28 @@ def register_miniworld(root: str | None = None, prefix: str = "miniworld") -> li
 
 
 register_miniworld()
+
+# name -> submodule: the trainer and its config load on first use, not on `import clipzss_d2`
+_LAZY = {
+    "DEFAULT_TEACHER_PATH": "teacher_config",
+    "TeacherConfig": "teacher_config",
+    "get_miniworld_teacher": "train_teacher",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DEFAULT_TEACHER_PATH",
