@@ -19,8 +19,16 @@ def criterion(norm="mean", alpha=0.25, gamma=2.0, **weights):
     )
 
 
-def run(crit, logits, targets, class_valid=None, image_valid=None):
-    return crit(logits, targets, image_valid, class_valid)
+def run(crit, logits, targets, class_valid=None, image_valid=None, aux_losses=None):
+    """The model's call: class_valid must be all True but for its last Q (pseudo) columns;
+    returns the terms weighed by the criterion's weight_dict, as the model does."""
+    outputs = {"pred_logits": logits, "aux_losses": aux_losses or {}}
+    if class_valid is not None:
+        seen = int(class_valid.all(0).long().cumprod(0).sum())
+        assert class_valid[:, :seen].all()
+        outputs["pseudo_valid"] = class_valid[:, seen:]
+    terms = crit(outputs, {"sem_seg": targets, "image_valid": image_valid})
+    return {name: crit.weight_dict[name] * value for name, value in terms.items()}
 
 
 def example(seed=0, b=2, k=4, h=3, w=5):
@@ -154,9 +162,9 @@ def test_weights_come_from_the_config_in_one_place():
     assert crit.nel_normalization == "zegclip" and crit.ignore_value == 255
     logits, targets = example(seed=1)
     base = run(criterion("zegclip"), logits, targets)
-    out = crit(
-        logits, targets, extra={"loss_glm": torch.tensor(2.0), "loss_bce": torch.tensor(1.0)}
-    )
+    raw = {"loss_glm": torch.tensor(2.0), "loss_bce": torch.tensor(1.0)}
+    out = run(crit, logits, targets, aux_losses=raw)
+    assert list(out) == ["loss_ce", "loss_focal", "loss_dice", "loss_glm", "loss_bce"]
     assert out["loss_ce"].item() == pytest.approx(2 * base["loss_ce"].item(), rel=1e-6)
     assert out["loss_focal"].item() == pytest.approx(50 * base["loss_focal"].item(), rel=1e-6)
     assert out["loss_dice"].item() == pytest.approx(1.5 * base["loss_dice"].item(), rel=1e-6)
@@ -165,7 +173,7 @@ def test_weights_come_from_the_config_in_one_place():
     )
     cfg.MODEL.CLIPZSS.GLM.ENABLED = False
     with pytest.raises(KeyError, match="loss_glm"):
-        CLIPZSSCriterion(cfg)(logits, targets, extra={"loss_glm": torch.tensor(1.0)})
+        run(CLIPZSSCriterion(cfg), logits, targets, aux_losses={"loss_glm": torch.tensor(1.0)})
 
 
 def test_ignore_value_comes_from_the_config():
@@ -173,7 +181,7 @@ def test_ignore_value_comes_from_the_config():
     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 7
     logits, targets = example(seed=4, k=4)
     ref = run(criterion("zegclip"), logits, targets)
-    out = CLIPZSSCriterion(cfg)(logits, targets.masked_fill(targets == 255, 7))
+    out = run(CLIPZSSCriterion(cfg), logits, targets.masked_fill(targets == 255, 7))
     for name in ("loss_ce", "loss_dice"):
         assert out[name].item() == pytest.approx(ref[name].item(), rel=1e-6)
     assert out["loss_focal"].item() == pytest.approx(100 * ref["loss_focal"].item(), rel=1e-6)

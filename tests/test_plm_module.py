@@ -4,11 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipzss_d2.modeling.training.plm.module import (
-    INVALID_LOGIT,
-    PixelLearningModule,
-    bce_prototype_loss,
-)
+from clipzss_d2.modeling.student import class_logits
+from clipzss_d2.modeling.training.criterion import CLIPZSSCriterion
+from clipzss_d2.modeling.training.plm.module import PixelLearningModule, bce_prototype_loss
 from clipzss_d2.modeling.training.teacher import TeacherOutput
 
 C, S = 16, 3
@@ -33,6 +31,15 @@ def world(b=2, seed=0):
     return dense, labels, text, teacher, truth
 
 
+def logits_of(module, out, dense, text, alpha):
+    """The model's classification over [seen text; PLM's prototypes] (CLIPZSS.losses)."""
+    logits = class_logits(dense, text, alpha)
+    if out.prototypes.shape[1] == 0:
+        return logits
+    beta = module.pseudo_logit_scale if module.pseudo_logit_scale > 0 else alpha
+    return torch.cat([logits, class_logits(dense, out.prototypes, beta)], 1)
+
+
 def plm(**kw):
     torch.manual_seed(0)
     args = dict(embed_dim=C, synth_heads=4, synth_layers=1, fusion_threshold=0.9)
@@ -44,8 +51,9 @@ def test_pseudo_ids_only_on_ignored_pixels_and_shapes():
     dense, labels, text, teacher, _ = world()
     alpha = torch.tensor(10.0, requires_grad=True)
     out = plm()(dense, labels, text, teacher, alpha)
-    logits, targets, pseudo_valid, losses = out
-    assert logits.shape == (2, S + 2, 8, 8) and pseudo_valid.shape == (2, 2)
+    targets, prototypes, pseudo_valid, losses = out
+    assert prototypes.shape == (2, 2, C) and pseudo_valid.shape == (2, 2)
+    torch.testing.assert_close(prototypes.norm(dim=-1), torch.ones(2, 2))
     assert pseudo_valid.all()
     is_pseudo = (targets >= S) & (targets != 255)
     assert (labels[is_pseudo] == 255).all()
@@ -56,9 +64,6 @@ def test_pseudo_ids_only_on_ignored_pixels_and_shapes():
         assert len(top) == 1 and len(bottom_right) == 1
         assert {int(top), int(bottom_right)} == {S, S + 1}
     assert set(losses) == {"loss_bce"} and torch.isfinite(losses["loss_bce"])
-    # seen logits are alpha * <R, T>
-    ref = 10.0 * torch.einsum("bchw,sc->bshw", dense, text)
-    torch.testing.assert_close(logits[:, :S], ref)
 
 
 def test_zero_one_and_many_pseudo_regions():
@@ -66,11 +71,11 @@ def test_zero_one_and_many_pseudo_regions():
     alpha = torch.tensor(10.0)
     no_ignore = torch.zeros_like(labels)
     out = plm()(dense, no_ignore, text, teacher, alpha)
-    assert out.logits.shape == (2, S, 8, 8) and out.pseudo_valid.shape == (2, 0)
+    assert out.prototypes.shape == (2, 0, C) and out.pseudo_valid.shape == (2, 0)
     one = labels.clone()
     one[:, 16:, 16:] = 1  # only the top half stays ignored
     out = plm()(dense, one, text, teacher, alpha)
-    assert out.logits.shape == (2, S + 1, 8, 8)
+    assert out.prototypes.shape == (2, 1, C)
     assert set(out.targets[:, :16].unique().tolist()) == {S}
     # many regions: random 8x8 tokens, one seed per token (nothing merges: 64 regions, capped
     # to the 20 kept); image 1 is ignored on its two left token columns only
@@ -78,13 +83,16 @@ def test_zero_one_and_many_pseudo_regions():
     rnd = TeacherOutput(teacher.cls_embed, torch.randn(2, C, 8, 8, generator=g))
     many = torch.full((2, 32, 32), 255)
     many[1, :, 8:] = 2
-    out = plm(window_sizes=(1,), max_regions=20)(dense, many, text, rnd, alpha)
-    q = out.logits.shape[1] - S
+    module = plm(window_sizes=(1,), max_regions=20)
+    out = module(dense, many, text, rnd, alpha)
+    q = out.prototypes.shape[1]
     n_valid = out.pseudo_valid.sum(1)
     assert q == 20 and n_valid.tolist() == [20, 6]
-    pad = ~out.pseudo_valid[1]
-    assert (out.logits[1, S:][pad] == INVALID_LOGIT).all()
-    up = F.interpolate(out.logits, size=(32, 32), mode="bilinear", align_corners=False)
+    pad = (~out.pseudo_valid[1]).nonzero()[:, 0]
+    assert not torch.isin(out.targets[1], S + pad).any()  # no pixel targets a padded class
+    logits = logits_of(module, out, dense, text, alpha)
+    assert logits.shape == (2, S + q, 8, 8)
+    up = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
     ce = F.cross_entropy(up, out.targets, ignore_index=255)
     assert torch.isfinite(ce)
 
@@ -95,7 +103,8 @@ def test_synthesizer_off_uses_teacher_region_centroids():
     assert module.synthesizer is None
     out = module(dense, labels, text, teacher, torch.tensor(10.0))
     assert out.losses == {}
-    assert out.logits.shape == (2, S + 2, 8, 8)
+    logits = logits_of(module, out, dense, text, torch.tensor(10.0))
+    assert logits.shape == (2, S + 2, 8, 8)
     tokens = F.normalize(teacher.patch_embed, dim=1)  # B x C x 4 x 4
     for b in range(2):
         for q in range(2):
@@ -104,18 +113,19 @@ def test_synthesizer_off_uses_teacher_region_centroids():
             region = truth[ys // 8, xs // 8]
             proto = F.normalize(tokens[b][:, truth == region].mean(1), dim=0)
             ref = 5.0 * torch.einsum("chw,c->hw", dense[b], proto)
-            torch.testing.assert_close(out.logits[b, S + q], ref)
+            torch.testing.assert_close(out.prototypes[b, q], proto)
+            torch.testing.assert_close(logits[b, S + q], ref)
 
 
 def test_switches_off():
     dense, labels, text, teacher, _ = world()
     alpha = torch.tensor(10.0)
     out = plm(pseudo_labels=False)(dense, labels, text, teacher, alpha)
-    assert out.logits.shape == (2, S, 8, 8) and torch.equal(out.targets, labels)
+    assert out.prototypes.shape[1] == 0 and torch.equal(out.targets, labels)
     assert "loss_bce" in out.losses and out.losses["loss_bce"] > 0
     both_off = plm(pseudo_labels=False, synthesizer=False)
     out = both_off(dense, labels, text, None, alpha)
-    assert out.logits.shape == (2, S, 8, 8) and out.losses == {}
+    assert out.prototypes.shape[1] == 0 and out.losses == {}
     assert list(both_off.parameters()) == []
 
 
@@ -134,7 +144,9 @@ def test_padding_and_vanishing_pseudo_region():
     q_top = [q for q in range(out.pseudo_valid.shape[1]) if not out.pseudo_valid[0, q]]
     assert len(q_top) == 1
     assert out.targets[0, 0, 0] == 255
-    assert (out.logits[0, S + q_top[0]] == INVALID_LOGIT).all()
+    # the criterion makes it no class of the image
+    logits = torch.zeros(1, S + out.pseudo_valid.shape[1], 8, 8)
+    assert not CLIPZSSCriterion.class_valid(logits, out.pseudo_valid)[0, S + q_top[0]]
 
 
 def test_bce_against_hand_computation():
@@ -167,7 +179,8 @@ def test_gradients_reach_dense_synthesizer_and_scale():
     alpha = torch.tensor(10.0, requires_grad=True)
     module = plm(synth_use_patch_tokens=True)
     out = module(dense, labels, text, teacher, alpha)
-    up = F.interpolate(out.logits, size=(32, 32), mode="bilinear", align_corners=False)
+    logits = logits_of(module, out, dense, text, alpha)
+    up = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
     loss = F.cross_entropy(up, out.targets, ignore_index=255) + out.losses["loss_bce"]
     loss.backward()
     assert dense.grad.abs().sum() > 0
@@ -194,18 +207,17 @@ def test_from_config():
     assert module.labeler.window_sizes == (2, 4, 8) and module.synthesizer is not None
     dense, labels, text, teacher, _ = world()
     out = module(dense, labels, text, teacher, torch.tensor(10.0))
-    assert out.logits.shape[:2] == (2, S + 2)
+    assert out.prototypes.shape[:2] == (2, 2)
     # cross-scale fusion never merges the two same-scale clusters of the top region
     cfg.MODEL.CLIPZSS.PLM.FUSION_MODE = "cross_scale"
     out = PixelLearningModule(cfg)(dense, labels, text, teacher, torch.tensor(10.0))
-    assert out.logits.shape[:2] == (2, S + 3)
+    assert out.prototypes.shape[:2] == (2, 3)
 
 
 def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
     import open_clip
 
     from clipzss_d2.modeling.clip_loading import create_clip_model
-    from clipzss_d2.modeling.training.criterion import CLIPZSSCriterion
     from clipzss_d2.modeling.training.glm import GlobalLearningModule
     from clipzss_d2.modeling.training.teacher import CLIPTeacher
 
@@ -228,11 +240,15 @@ def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
     text = F.normalize(torch.randn(S, 32), dim=-1)
     alpha = torch.tensor(14.0, requires_grad=True)
     module = PixelLearningModule(embed_dim=32, synth_heads=4, fusion_threshold=0.5)
-    logits, targets, pseudo_valid, losses = module(dense, labels, text, t_out, alpha, valid)
-    class_valid = torch.cat([torch.ones(2, S, dtype=torch.bool), pseudo_valid], 1)
+    out = module(dense, labels, text, t_out, alpha, valid)
+    targets, losses = out.targets, out.losses
+    logits = logits_of(module, out, dense, text, alpha)
     up = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
     unit = {"loss_ce": 1.0, "loss_focal": 100.0, "loss_dice": 1.0}
-    seg = CLIPZSSCriterion(weight_dict=unit)(up, targets, valid, class_valid)
+    seg = CLIPZSSCriterion(weight_dict=unit)(
+        {"pred_logits": up, "pseudo_valid": out.pseudo_valid},
+        {"sem_seg": targets, "image_valid": valid},
+    )
     glm = GlobalLearningModule(embed_dim=32, bank_size=4)
     total = sum(seg.values()) + losses["loss_bce"] + glm(dense, t_out.cls_embed)
     assert torch.isfinite(total)

@@ -23,7 +23,7 @@ from torch import nn
 from ..vocabulary import get_training_vocabulary, parse_vocabulary, prompt_names
 from .embedding_head import build_embedding_head
 from .inference import TestTimeInference
-from .student import StudentForward
+from .student import StudentForward, class_logits
 from .text_classifier import TextClassifier, build_text_classifier
 
 if TYPE_CHECKING:  # training-only: imported by training/training_modules.py for training
@@ -230,7 +230,11 @@ class CLIPZSS(StudentForward, nn.Module):
 
     def losses(self, images: ImageList, batched_inputs) -> dict[str, torch.Tensor]:
         """Weighted loss terms; padding is not image: no term, pseudo label, K-Means token,
-        pooling weight or centroid comes from it."""
+        pooling weight or centroid comes from it.
+
+        As Mask2Former's ``MaskFormer.forward``: the modules' outputs (GLM's and PLM's raw
+        terms, PLM's pseudo targets and prototypes) -> one classification over [seen text;
+        prototypes] -> ``self.criterion(outputs, targets)`` -> one ``weight_dict`` loop."""
         if not self.train_vocabulary:
             raise ValueError("No training vocabulary: set DATASETS.TRAIN to a registered dataset.")
         if self.criterion is None:
@@ -252,13 +256,18 @@ class CLIPZSS(StudentForward, nn.Module):
         embeddings = self.embed(crops)
         text_seen = self.text_embeddings(self.train_vocabulary)
         teacher_out = self.run_teacher(images, extents)
-        extra = {}
+        outputs = {"aux_losses": {}}
         if self.glm is not None:
-            extra["loss_glm"] = self.glm(embeddings, teacher_out.cls_embed, image_valid)
-        if self.plm is not None:
-            out = self.plm(
-                embeddings, targets, text_seen, teacher_out, self.logit_scale, image_valid
+            outputs["aux_losses"]["loss_glm"] = self.glm(
+                embeddings, teacher_out.cls_embed, image_valid
             )
+        # [seen text; prototypes]: the seen block is classified before PLM runs, so the
+        # gradients reaching the embeddings add up in one fixed order (autograd accumulates
+        # them in reverse order of creation)
+        scale = self.logit_scale
+        logits = class_logits(embeddings, text_seen, scale)
+        if self.plm is not None:
+            out = self.plm(embeddings, targets, text_seen, teacher_out, scale, image_valid)
             if self.pseudo_label_probe is not None:  # reads hidden labels; changes nothing
                 from ..diagnostics import observe_batch
 
@@ -266,13 +275,16 @@ class CLIPZSS(StudentForward, nn.Module):
                 observe_batch(
                     probe, batched_inputs, targets, out.targets, len(text_seen), image_valid
                 )
-            logits, targets = out.logits, out.targets
-            seen_valid = out.pseudo_valid.new_ones(len(targets), len(text_seen))
-            class_valid = torch.cat([seen_valid, out.pseudo_valid], dim=1)
-            extra.update(out.losses)
-        else:
-            logits, class_valid = self.classify(embeddings, text_seen), None
-        return self.criterion(logits, targets, image_valid, class_valid, extra)
+            if out.prototypes.shape[1] > 0:
+                beta = self.plm.pseudo_logit_scale
+                beta = beta if beta > 0 else scale
+                logits = torch.cat([logits, class_logits(embeddings, out.prototypes, beta)], 1)
+            targets = out.targets
+            outputs["pseudo_valid"] = out.pseudo_valid
+            outputs["aux_losses"].update(out.losses)
+        outputs["pred_logits"] = logits
+        losses = self.criterion(outputs, {"sem_seg": targets, "image_valid": image_valid})
+        return {name: self.criterion.weight_dict[name] * value for name, value in losses.items()}
 
     @torch.no_grad()
     def inference(self, images: ImageList, batched_inputs):

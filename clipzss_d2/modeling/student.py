@@ -18,10 +18,16 @@ class StudentForward:
 
     def classify(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """B x K x h x w logits: logit scale x cosine similarity to the K x C text embeddings."""
-        return self.logit_scale * torch.einsum(
-            "bchw,kc->bkhw", embeddings, text.to(embeddings.dtype)
-        )
+        return class_logits(embeddings, text, self.logit_scale)
 
     def student_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Normalised images (B x 3 x H x W) -> B x K x h x w logits at the output stride."""
         return self.classify(self.embed(images), text)
+
+
+def class_logits(embeddings: torch.Tensor, classifier: torch.Tensor, scale) -> torch.Tensor:
+    """``scale`` x cosine similarity of L2-normalised B x C x h x w embeddings to a classifier:
+    K x C rows shared by the batch (text embeddings) or B x K x C, one set per image (PLM's
+    pseudo-class prototypes). Returns B x K x h x w."""
+    equation = "bchw,kc->bkhw" if classifier.dim() == 2 else "bchw,bkc->bkhw"
+    return scale * torch.einsum(equation, embeddings, classifier.to(embeddings.dtype))

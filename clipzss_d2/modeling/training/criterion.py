@@ -4,8 +4,9 @@ Terms (logged under these names by the trainer):
   loss_ce     softmax cross-entropy over seen + pseudo classes on the fused labels;
   loss_focal  sigmoid focal part of ZegCLIP's non-mutually-exclusive loss (NEL);
   loss_dice   dice part of NEL;
-  loss_glm    GLM's InfoNCE (computed by GlobalLearningModule, weighted here);
-  loss_bce    the synthesizer's L_bce (computed by PixelLearningModule, weighted here).
+  loss_glm    GLM's InfoNCE (computed by GlobalLearningModule, passed in as an aux term);
+  loss_bce    the synthesizer's L_bce (computed by PixelLearningModule, passed in as an aux term).
+The criterion returns them unweighted; the model applies ``weight_dict`` in one loop.
 
 NEL normalisation ("zegclip", the default and the paper setting, as ZegCLIP's
 ``SegPlusCriterion``): with y = one-hot(target) (all zero on ignored pixels) and M = the number
@@ -74,7 +75,7 @@ class CLIPZSSCriterion(nn.Module):
     ):
         """
         Args:
-            weight_dict: term name -> weight; the only place where loss weights are applied.
+            weight_dict: term name -> weight, the only loss weights (the model applies them).
             ignore_value: label of pixels without a target (MODEL.SEM_SEG_HEAD.IGNORE_VALUE).
             nel_normalization: "zegclip" or "mean" (module docstring).
             resolution: "feature" (labels downsampled to the logits, nearest) or "input"
@@ -109,25 +110,25 @@ class CLIPZSSCriterion(nn.Module):
             "resolution": loss.RESOLUTION,
         }
 
-    def forward(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        image_valid: torch.Tensor | None = None,
-        class_valid: torch.Tensor | None = None,
-        extra: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Weighted loss terms.
+    def forward(self, outputs: dict, targets: dict) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms, each named in ``weight_dict`` (the model weighs them, as
+        Mask2Former's ``MaskFormer.forward`` does).
 
         Args:
-            logits: B x K x h x w (any resolution; resized per ``resolution``).
-            targets: B x H x W class ids, ``ignore_value`` = no target.
-            image_valid: B x H x W bool, False on padding (default: all image).
-            class_valid: B x K bool; False channels (padded pseudo classes) get a large
-                negative logit, are no class of that image, and pixels targeting them are
-                ignored.
-            extra: raw terms computed elsewhere ({"loss_glm": ..., "loss_bce": ...}).
+            outputs: "pred_logits": B x K x h x w, any resolution (resized per ``resolution``);
+                "pseudo_valid" (optional): B x Q bool, the last Q of the K channels are PLM's
+                pseudo classes, and a False one is no class of that image (large negative
+                logit; pixels targeting it are ignored); "aux_losses" (optional): raw terms
+                computed by other modules ({"loss_glm": ..., "loss_bce": ...}).
+            targets: "sem_seg": B x H x W class ids, ``ignore_value`` = no target;
+                "image_valid" (optional): B x H x W bool, False on padding (default: all image).
+
+        Returns {"loss_ce", "loss_focal", "loss_dice", then the aux terms in their order}.
         """
+        logits = outputs["pred_logits"]
+        class_valid = self.class_valid(logits, outputs.get("pseudo_valid"))
+        image_valid = targets.get("image_valid")
+        targets = targets["sem_seg"]
         if image_valid is None:
             image_valid = torch.ones_like(targets, dtype=torch.bool)
         if self.resolution == "input":
@@ -140,11 +141,21 @@ class CLIPZSSCriterion(nn.Module):
             both = F.interpolate(both, size=size, mode="nearest-exact").long()
             targets, image_valid = both[:, 0], both[:, 1].bool()
         terms = self.segmentation_terms(logits, targets, image_valid, class_valid)
-        for name, value in (extra or {}).items():
+        for name, value in outputs.get("aux_losses", {}).items():
             if name not in self.weight_dict:
                 raise KeyError(f"loss term {name!r} has no weight in the criterion's weight_dict")
             terms[name] = value
-        return {name: self.weight_dict[name] * value for name, value in terms.items()}
+        return terms
+
+    @staticmethod
+    def class_valid(logits: torch.Tensor, pseudo_valid: torch.Tensor | None):
+        """B x K bool: the K - Q classifier classes, then PLM's Q pseudo classes as valid as
+        ``pseudo_valid`` (B x Q) says; None without pseudo classes."""
+        if pseudo_valid is None:
+            return None
+        b, q = pseudo_valid.shape
+        seen = pseudo_valid.new_ones(b, logits.shape[1] - q)
+        return torch.cat([seen, pseudo_valid], dim=1)
 
     def segmentation_terms(self, logits, targets, image_valid, class_valid=None):
         """Unweighted {"loss_ce", "loss_focal", "loss_dice"} at the resolution of ``logits``.

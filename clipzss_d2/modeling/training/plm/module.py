@@ -1,9 +1,11 @@
 """PLM (Pixel Learning Module): learn from the ignored area, where unseen objects live.
 
 Pseudo regions on ignored pixels become extra, nameless classes ("potential classes") whose
-classifier weights come from the synthesizer (or, with it off, from the teacher's own region
-centroids). The student is then trained over seen + pseudo classes, so unseen objects stop
-being pushed towards seen classes or left unconstrained.
+classifier weights (prototypes) come from the synthesizer (or, with it off, from the teacher's
+own region centroids). PLM returns the fused targets, the prototypes and their validity; the
+model classifies over [seen text; prototypes] and the criterion trains the student over
+seen + pseudo classes, so unseen objects stop being pushed towards seen classes or left
+unconstrained.
 """
 
 from __future__ import annotations
@@ -21,10 +23,6 @@ from ..criterion import mean_over_processes
 from .pseudo_labels import PseudoLabeler, fuse_labels
 from .synthesizer import PseudoWeightSynthesizer, region_centroids
 
-# Logit of padded / invalid pseudo channels: far below any real logit (|scale * cos| <= ~100)
-# yet finite in fp16, so softmax CE stays finite and those channels get ~0 probability.
-INVALID_LOGIT = -1e4
-
 
 def check_pseudo_ids(num_seen: int, max_regions: int, ignore_value: int) -> None:
     """Pseudo ids are ``num_seen .. num_seen + max_regions - 1``: one equal to the ignore value
@@ -38,10 +36,10 @@ def check_pseudo_ids(num_seen: int, max_regions: int, ignore_value: int) -> None
 
 
 class PLMOutput(NamedTuple):
-    logits: torch.Tensor  # B x (S+Q) x h x w
     targets: torch.Tensor  # B x H x W fused labels (seen ids, S + pseudo id, ignore)
-    pseudo_valid: torch.Tensor  # B x Q bool
-    losses: dict  # {"loss_bce": unweighted L_bce} when the synthesizer is on (criterion weighs)
+    prototypes: torch.Tensor  # B x Q x C pseudo classifier weights, L2-normalised
+    pseudo_valid: torch.Tensor  # B x Q bool: pseudo class q of image b exists
+    losses: dict  # {"loss_bce": unweighted L_bce} when the synthesizer is on (model weighs)
 
 
 @without_autocast
@@ -153,20 +151,21 @@ class PixelLearningModule(nn.Module):
             teacher: TeacherOutput (cls_embed B x C, patch_embed B x C x h' x w', token_valid
                 B x h' x w' or None); may be None only when both switches are off. Tokens
                 that are not valid (padding) are never clustered nor attended to.
-            logit_scale: alpha, the multiplier itself (not its log); float or tensor, may be
-                learnable. L_bce uses it detached, so only the segmentation losses tune it.
+            logit_scale: alpha, the multiplier itself (not its log); float or tensor. Only
+                L_bce uses it, detached, so only the segmentation losses tune it.
             valid_mask: B x H x W bool, False on padding.
 
-        Returns PLMOutput(logits B x (S+Q) x h x w, targets B x H x W, pseudo_valid B x Q,
-        losses). Q = the largest number of pseudo classes of an image in the batch (one host
-        sync); channels S+q with q >= num_pseudo of an image, or without a prototype, hold
-        INVALID_LOGIT and pixels targeting them are set to ignore_value.
+        Returns PLMOutput(targets B x H x W, prototypes B x Q x C in ``dense``'s dtype,
+        pseudo_valid B x Q, losses). Q = the largest number of pseudo classes of an image in the
+        batch (one host sync); pseudo class q of an image is invalid when q >= its number of
+        pseudo classes or it has no prototype, and pixels targeting it are set to ignore_value.
+        Pseudo class q has target id S + q; the model classifies it with ``prototypes[:, q]``
+        scaled by beta (``pseudo_logit_scale``, alpha when 0), and the criterion masks the
+        invalid ones.
         """
         b, c, h, w = dense.shape
         s = text_seen.shape[0]
         device = dense.device
-        text = text_seen.detach().to(dense.dtype)
-        seen_logits = logit_scale * torch.einsum("bchw,sc->bshw", dense, text)
         valid = (
             torch.ones_like(labels, dtype=torch.bool) if valid_mask is None else valid_mask.bool()
         )
@@ -215,19 +214,13 @@ class PixelLearningModule(nn.Module):
             )
             protos_pseudo = F.normalize(gathered, dim=-1)
 
-        logits = seen_logits
+        prototypes = dense.new_zeros(b, 0, c)
         if q > 0:
-            beta = self.pseudo_logit_scale if self.pseudo_logit_scale > 0 else logit_scale
-            protos_pseudo = F.normalize(protos_pseudo, dim=-1).to(dense.dtype)
-            pseudo_logits = beta * torch.einsum("bchw,bqc->bqhw", dense, protos_pseudo)
-            pseudo_logits = torch.where(
-                pseudo_valid[:, :, None, None],
-                pseudo_logits,
-                torch.full_like(pseudo_logits, INVALID_LOGIT),
-            )
-            logits = torch.cat([seen_logits, pseudo_logits], dim=1)
+            prototypes = F.normalize(protos_pseudo, dim=-1).to(dense.dtype)
             pid = (targets - s).clamp(0, q - 1)
             is_pseudo = (targets >= s) & (targets != ignore)
             ok = pseudo_valid.gather(1, pid.flatten(1)).view_as(targets)
             targets = torch.where(is_pseudo & ~ok, ignore, targets)
-        return PLMOutput(logits=logits, targets=targets, pseudo_valid=pseudo_valid, losses=losses)
+        return PLMOutput(
+            targets=targets, prototypes=prototypes, pseudo_valid=pseudo_valid, losses=losses
+        )
