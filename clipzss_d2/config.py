@@ -1,4 +1,5 @@
-"""Config keys of CLIP-ZSS, one namespace per component.
+"""Config keys of CLIP-ZSS, one namespace per component, in the order of the method: student,
+classifier, training-only modules, training, inference.
 
 Every hyper-parameter the method names is a key here, with this project's default (the paper's
 values could not be read; see docs/configuration.md). Call after `add_deeplab_config`.
@@ -10,19 +11,75 @@ from detectron2.config import CfgNode as CN
 def add_clipzss_config(cfg):
     cfg.MODEL.CLIPZSS = CN()
     z = cfg.MODEL.CLIPZSS
+    # ---- Student ---------------------------------------------------------------------------------
     # Student: any detectron2 backbone + a dense head that outputs EMBED_DIM channels per pixel.
     z.EMBED_DIM = 512  # must equal the CLIP joint dimension (512 for ViT-B/16)
     z.HEAD_NAME = "DeepLabV3PlusEmbeddingHead"
+    z.SIZE_DIVISIBILITY = 32
+    # Build the student alone: no teacher, GLM, PLM or criterion, not even imported. The
+    # predictor, demo and export set it; training needs False.
+    z.STUDENT_ONLY = False
+
+    # SegFormer's all-MLP decode head (HEAD_NAME "MLPEmbeddingHead"): per level a linear map to
+    # CHANNELS, resize to OUTPUT_STRIDE, concat, fuse, project to EMBED_DIM. Embeddings and logits
+    # live at OUTPUT_STRIDE; logits are upsampled to the image once, after classification.
+    z.MLP_HEAD = CN()
+    z.MLP_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    z.MLP_HEAD.CHANNELS = 256
+    z.MLP_HEAD.OUTPUT_STRIDE = 8
+    z.MLP_HEAD.NORM = "SyncBN"
+    z.MLP_HEAD.DROPOUT = 0.1
+
+    # detectron2's Swin (MODEL.BACKBONE.NAME "build_clipzss_swin_backbone"), Swin-T defaults.
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.APE = False
+    cfg.MODEL.SWIN.OUT_FEATURES = ["p0", "p1", "p2", "p3"]
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    # Official Swin ImageNet checkpoint (e.g. swin_tiny_patch4_window7_224.pth) for detectron2's
+    # Swin; "" = random init.
+    cfg.MODEL.SWIN.PRETRAINED = ""
+
+    # detectron2's ViT + simple feature pyramid (MODEL.BACKBONE.NAME
+    # "build_clipzss_vit_backbone"), ViT-B/16 defaults.
+    cfg.MODEL.VIT = CN()
+    cfg.MODEL.VIT.IMG_SIZE = 512
+    cfg.MODEL.VIT.PATCH_SIZE = 16
+    cfg.MODEL.VIT.EMBED_DIM = 768
+    cfg.MODEL.VIT.DEPTH = 12
+    cfg.MODEL.VIT.NUM_HEADS = 12
+    cfg.MODEL.VIT.DROP_PATH_RATE = 0.1
+    cfg.MODEL.VIT.WINDOW_SIZE = 14
+    cfg.MODEL.VIT.WINDOW_BLOCK_INDEXES = [0, 1, 3, 4, 6, 7, 9, 10]
+    cfg.MODEL.VIT.USE_REL_POS = True
+    cfg.MODEL.VIT.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.VIT.OUT_CHANNELS = 256
+
+    # Light students (configs/students/*.yaml). timm hierarchical backbone (MODEL.BACKBONE.NAME
+    # "build_clipzss_timm_backbone"): pvt_v2_b1 is SegFormer's MiT-B1; features "p2".."p5".
+    cfg.MODEL.TIMM = CN()
+    cfg.MODEL.TIMM.NAME = "pvt_v2_b1"
+    # ImageNet init: "" = random; a timm tag such as "pvt_v2_b1.in1k" (downloaded from the
+    # Hugging Face hub at build time); or a local weights file. Leave "" when MODEL.WEIGHTS
+    # holds a trained student.
+    cfg.MODEL.TIMM.PRETRAINED = ""
+    cfg.MODEL.TIMM.OUT_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.1
+
+    # ---- Classifier ------------------------------------------------------------------------------
     # Classifier: logits = scale * cos(pixel embedding, text embedding).
     z.LOGIT_SCALE = 1.0 / 0.07
     z.LEARN_LOGIT_SCALE = True
     z.MAX_LOGIT_SCALE = 100.0
     # Names for inference when set; otherwise the test dataset's classes. "a|b" = synonyms.
     z.TEST_VOCABULARY = []
-    z.SIZE_DIVISIBILITY = 32
-    # Build the student alone: no teacher, GLM, PLM or criterion, not even imported. The
-    # predictor, demo and export set it; training needs False.
-    z.STUDENT_ONLY = False
 
     # The CLIP model whose joint space the student learns (text classifier and teacher share it).
     z.CLIP = CN()
@@ -41,6 +98,7 @@ def add_clipzss_config(cfg):
     z.TEXT.CHUNK_SIZE = 256  # prompts encoded per forward pass of the text tower
     z.TEXT.DEVICE = ""  # "" = the model's device
 
+    # ---- Training only (modeling/training/): teacher, GLM, PLM, criterion ------------------------
     # Frozen CLIP image encoder, built for training only when GLM or PLM needs it.
     z.TEACHER = CN()
     z.TEACHER.PRECISION = "fp16"  # fp16 | bf16 | fp32; applied on GPU only (CPU runs fp32)
@@ -108,49 +166,13 @@ def add_clipzss_config(cfg):
     z.DIAGNOSTICS = CN()
     z.DIAGNOSTICS.PSEUDO_LABELS = False
 
+    # ---- Training: engineering, solver, input pipeline, data, determinism ------------------------
     # Training-time engineering of the student's forward (the same network; floats round
     # differently). CHANNELS_LAST: training crops enter the student NHWC, so its convolutions
     # and their gradients run channels-last (faster on the CPU; measured in
     # docs/notes/2026-11-30-miniworld-record.md#figures-moved-out-of-code-comments-and-the-worlds-readme-on-2026-12-06).
     z.TRAINING = CN()
     z.TRAINING.CHANNELS_LAST = False
-
-    z.INFERENCE = CN()
-    z.INFERENCE.MODE = "whole"  # whole | slide
-    z.INFERENCE.SLIDE_CROP = 512
-    z.INFERENCE.SLIDE_STRIDE = 341
-    z.INFERENCE.FLIP = False  # test-time horizontal flip averaging
-    z.INFERENCE.SCALES = [1.0]  # test-time multi-scale factors
-    z.INFERENCE.SLIDE_BATCH_SIZE = 8  # windows per forward pass in slide mode; 0 = all at once
-
-    # detectron2's Swin (MODEL.BACKBONE.NAME "build_clipzss_swin_backbone"), Swin-T defaults.
-    cfg.MODEL.SWIN = CN()
-    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
-    cfg.MODEL.SWIN.PATCH_SIZE = 4
-    cfg.MODEL.SWIN.EMBED_DIM = 96
-    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
-    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
-    cfg.MODEL.SWIN.WINDOW_SIZE = 7
-    cfg.MODEL.SWIN.MLP_RATIO = 4.0
-    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
-    cfg.MODEL.SWIN.APE = False
-    cfg.MODEL.SWIN.OUT_FEATURES = ["p0", "p1", "p2", "p3"]
-    cfg.MODEL.SWIN.USE_CHECKPOINT = False
-
-    # detectron2's ViT + simple feature pyramid (MODEL.BACKBONE.NAME
-    # "build_clipzss_vit_backbone"), ViT-B/16 defaults.
-    cfg.MODEL.VIT = CN()
-    cfg.MODEL.VIT.IMG_SIZE = 512
-    cfg.MODEL.VIT.PATCH_SIZE = 16
-    cfg.MODEL.VIT.EMBED_DIM = 768
-    cfg.MODEL.VIT.DEPTH = 12
-    cfg.MODEL.VIT.NUM_HEADS = 12
-    cfg.MODEL.VIT.DROP_PATH_RATE = 0.1
-    cfg.MODEL.VIT.WINDOW_SIZE = 14
-    cfg.MODEL.VIT.WINDOW_BLOCK_INDEXES = [0, 1, 3, 4, 6, 7, 9, 10]
-    cfg.MODEL.VIT.USE_REL_POS = True
-    cfg.MODEL.VIT.PRETRAIN_IMG_SIZE = 224
-    cfg.MODEL.VIT.OUT_CHANNELS = 256
 
     # Solver extras (AdamW with per-group multipliers).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -162,42 +184,28 @@ def add_clipzss_config(cfg):
     cfg.INPUT.COLOR_AUG_SSD = False
     cfg.INPUT.SIZE_DIVISIBILITY = -1
 
-    # Evaluation: also report detectron2 v0.6's averaging of classes absent from the ground truth.
-    cfg.TEST.REPORT_BOTH_CONVENTIONS = True
-
     # Users' own datasets: YAML/JSON dataset files (datasets/README.md), registered as
     # <name>_<split> by clipzss_d2.data.register_custom_datasets(cfg) once the config is merged.
     cfg.DATASETS.CUSTOM = []
+
     # Deterministic mode (clipzss_d2/reproducibility.py, docs/reproducibility.md#deterministic-mode):
     # needs SEED >= 0; a seeded data stream that resumes where it stopped, deterministic kernels.
     cfg.DETERMINISTIC = False
-    # Light students (configs/students/*.yaml). timm hierarchical backbone (MODEL.BACKBONE.NAME
-    # "build_clipzss_timm_backbone"): pvt_v2_b1 is SegFormer's MiT-B1; features "p2".."p5".
-    cfg.MODEL.TIMM = CN()
-    cfg.MODEL.TIMM.NAME = "pvt_v2_b1"
-    # ImageNet init: "" = random; a timm tag such as "pvt_v2_b1.in1k" (downloaded from the
-    # Hugging Face hub at build time); or a local weights file. Leave "" when MODEL.WEIGHTS
-    # holds a trained student.
-    cfg.MODEL.TIMM.PRETRAINED = ""
-    cfg.MODEL.TIMM.OUT_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.1
-    # Official Swin ImageNet checkpoint (e.g. swin_tiny_patch4_window7_224.pth) for detectron2's
-    # Swin; "" = random init.
-    cfg.MODEL.SWIN.PRETRAINED = ""
 
-    # SegFormer's all-MLP decode head (HEAD_NAME "MLPEmbeddingHead"): per level a linear map to
-    # CHANNELS, resize to OUTPUT_STRIDE, concat, fuse, project to EMBED_DIM. Embeddings and logits
-    # live at OUTPUT_STRIDE; logits are upsampled to the image once, after classification.
-    z.MLP_HEAD = CN()
-    z.MLP_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    z.MLP_HEAD.CHANNELS = 256
-    z.MLP_HEAD.OUTPUT_STRIDE = 8
-    z.MLP_HEAD.NORM = "SyncBN"
-    z.MLP_HEAD.DROPOUT = 0.1
-
+    # ---- Inference and evaluation ----------------------------------------------------------------
+    z.INFERENCE = CN()
+    z.INFERENCE.MODE = "whole"  # whole | slide
+    z.INFERENCE.SLIDE_CROP = 512
+    z.INFERENCE.SLIDE_STRIDE = 341
+    z.INFERENCE.FLIP = False  # test-time horizontal flip averaging
+    z.INFERENCE.SCALES = [1.0]  # test-time multi-scale factors
+    z.INFERENCE.SLIDE_BATCH_SIZE = 8  # windows per forward pass in slide mode; 0 = all at once
     # Test-time engineering of the student's forward (no effect on training).
     z.INFERENCE.PRECISION = "fp32"  # fp32 | bf16 | fp16: autocast of backbone + head + classify
     z.INFERENCE.CHANNELS_LAST = True  # NHWC images and logits (faster convs, upsampling, argmax)
+
+    # Evaluation: also report detectron2 v0.6's averaging of classes absent from the ground truth.
+    cfg.TEST.REPORT_BOTH_CONVENTIONS = True
 
 
 def get_clipzss_cfg():
