@@ -39,6 +39,15 @@ def image_tokens(model: open_clip.CLIP, images: torch.Tensor) -> tuple[torch.Ten
     return F.normalize(out.cls_embed, dim=-1), patches
 
 
+def nearest_names(
+    model: open_clip.CLIP, model_name: str, embeddings: torch.Tensor, names
+) -> np.ndarray:
+    """The teacher's zero-shot probe: for each normalised joint-space embedding (N x C: CLS or
+    patch tokens), the index of the name whose prompt embeds nearest."""
+    text = encode_names(model, model_name, names)
+    return (embeddings @ text.T).argmax(1).numpy()
+
+
 def _patch_labels(labels: np.ndarray, patch: int, purity: float) -> np.ndarray:
     """Majority class per patch (B x h x w), -1 where the patch is mixed or mostly ignored."""
     b, hh, ww = labels.shape
@@ -89,8 +98,7 @@ def evaluate_teacher(
         base, min_objects=1, max_objects=1, empty_prob=0.0, clutter_prob=0.0
     )
     rendered, cls, _ = run(single, 0)
-    text = encode_names(model, model_name, things)
-    pred = (cls @ text.T).argmax(1).numpy()
+    pred = nearest_names(model, model_name, cls, things)
     truth = np.array([things.index(r.scene.things[0].name) for r in rendered])
     results["thing_zero_shot_acc"] = float((pred == truth).mean())
     for split, members in (
@@ -117,8 +125,7 @@ def evaluate_teacher(
             base, max_objects=0, min_objects=0, second_stuff_prob=0.0, clutter_prob=0.0
         )
         rendered, cls, _ = run(plain, 10_000)
-        text = encode_names(model, model_name, stuff)
-        pred = (cls @ text.T).argmax(1).numpy()
+        pred = nearest_names(model, model_name, cls, stuff)
         truth = np.array([stuff.index(r.scene.stuff[0].name) for r in rendered])
         results["stuff_zero_shot_acc"] = float((pred == truth).mean())
 
@@ -127,11 +134,10 @@ def evaluate_teacher(
     patch = size // patches.shape[1]
     labels = _patch_labels(np.stack([r.label for r in rendered]), patch, purity=0.75)
     names = list(W.CLASSES)
-    text = encode_names(model, model_name, names)
     valid = labels >= 0
     tok = patches[torch.from_numpy(valid)]
     lab = labels[valid]
-    patch_pred = (tok @ text.T).argmax(1).numpy()
+    patch_pred = nearest_names(model, model_name, tok, names)
     results["patch_text_acc"] = float((patch_pred == lab).mean())
     results["patch_chance"] = 1.0 / len(names)
     unseen_ids = [W.CLASS_ID[c] for c in W.UNSEEN]
