@@ -40,18 +40,17 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tools"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 # fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
 # torch warns about it on every run: the script's own filter, so it comes before the imports.
 warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
 import torch  # noqa: E402
-from benchmark_measure import supports, vm_gib  # noqa: E402
-from benchmark_report import markdown  # noqa: E402
-from benchmark_sections import (  # noqa: E402
+from benchmarking.measure import supports, vm_gib  # noqa: E402
+from benchmarking.report import markdown  # noqa: E402
+from benchmarking.sections import (  # noqa: E402
     compile_cost,
     parameters_m,
     predictor_latency,

@@ -26,15 +26,15 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the package, and miniworld_tables beside us
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the package and train_net; tools/benchmarking
 
 # fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
 # torch warns about it on every run: the script's own filter, so it comes before the imports.
 warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
+from benchmarking.miniworld_tables import RUN_METRICS, results_table, tuning_table  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from miniworld_tables import RUN_METRICS, results_table, tuning_table  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.entry import run_main  # noqa: E402

@@ -6,10 +6,11 @@ from __future__ import annotations
 import open_clip
 import torch
 import torch.nn.functional as F
-from benchmark_measure import round_robin
 from torch import nn
 
 from clipzss_d2.modeling.inference import autocast
+
+from .measure import round_robin
 
 BASELINE_NAME = "CLIP-in-the-loop ViT-B/16"
 

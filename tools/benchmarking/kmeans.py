@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Micro-benchmark of PLM's batched multi-scale K-Means (+ mask fusion) against scikit-learn.
 
 PLM clusters every training image's teacher tokens at every iteration, so this must cost a
@@ -13,15 +12,11 @@ image by image and scale by scale; it has no fusion step, so the ratio compares 
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from clipzss_d2.modeling.training.plm.kmeans import kmeans, window_seeds
 from clipzss_d2.modeling.training.plm.pseudo_labels import PseudoLabeler
@@ -93,7 +88,7 @@ def _cases(x, labeler, args):
     )
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--grid", type=int, default=32)
@@ -105,7 +100,7 @@ def main():
     ap.add_argument("--noise", type=float, default=0.6, help="token noise (segment dirs ~1)")
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     ap.add_argument("--skip-sklearn", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     tokens = make_tokens(args.batch, args.grid, args.dim, args.segments, args.noise)
     ks = [((args.grid + w - 1) // w) ** 2 for w in args.windows]
@@ -155,7 +150,3 @@ def main():
         for dev in devices:
             ours = results[(dev.type, "K-Means only, euclidean")]
             print(f"ratio sklearn / ours [{dev.type}] (K-Means only, euclidean): {ms / ours:.1f}x")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,14 +12,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from benchmark_baseline import BASELINE_NAME, CLIPInTheLoop, pick_fastpath
-from benchmark_measure import measure_peak, peak_gib, reset_peak, round_robin, sync, vm_gib
 
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.predictor import OpenVocabularyPredictor
 from clipzss_d2.utils.config_loading import merge_config_file, merge_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+from .baseline import BASELINE_NAME, CLIPInTheLoop, pick_fastpath
+from .measure import measure_peak, peak_gib, reset_peak, round_robin, sync, vm_gib
+
+ROOT = Path(__file__).resolve().parents[2]
 # Everything random and offline; norms that need no process group (same cost on one device).
 OFFLINE = ["MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
            "MODEL.CLIPZSS.MLP_HEAD.NORM", "BN", "MODEL.CLIPZSS.CLIP.PRETRAINED", "none",
@@ -144,7 +145,7 @@ def predictor_latency(args, predictors: dict) -> list[dict]:
 
 def train_steps(args) -> list[dict]:
     """Baseline vs full step per student (and per teacher input size), with the breakdown."""
-    import benchmark_train as bt
+    from . import train as bt  # detectron2's trainer pieces: loaded only for this section
 
     rows = []
     for config in args.train_students:

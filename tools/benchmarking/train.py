@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Training-step cost of CLIP-ZSS versus the supervised baseline, measured in one run.
 
 The paper's practical claim is that the teacher-driven modules are cheap; this prints the step
@@ -15,27 +14,19 @@ weights, no dataset, no download. Examples:
 import argparse
 import contextlib
 import statistics
-import sys
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2.solver import build_optimizer
+from clipzss_d2.utils.config_loading import merge_config_file
 
-# fvcore (which detectron2 imports) scripts a loss with torch.jit at import time and recent
-# torch warns about it on every run: the script's own filter, so it comes before the imports.
-warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
-
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-
-from clipzss_d2 import get_clipzss_cfg  # noqa: E402
-from clipzss_d2.solver import build_optimizer  # noqa: E402
-from clipzss_d2.utils.config_loading import merge_config_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SYNTHETIC = "benchmark_synthetic_train"
 SEEN = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -195,7 +186,7 @@ def run_variant(args, variant):
     return statistics.median(times) * 1000, parts, peak
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config-file", default=str(ROOT / "configs" / "Base-CLIPZSS.yaml"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -205,7 +196,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--kmeans", action="store_true", help="also run tools/benchmark_kmeans.py")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     device_name = (
         torch.cuda.get_device_name()
@@ -227,12 +218,6 @@ def main():
     if args.device == "cuda":
         print(f"peak GPU memory: baseline {base_mem:.1f} GiB, full {full_mem:.1f} GiB")
     if args.kmeans:
-        sys.argv = [sys.argv[0], "--device", "all"]
-        sys.path.insert(0, str(ROOT / "tools"))
-        import benchmark_kmeans
+        from . import kmeans
 
-        benchmark_kmeans.main()
-
-
-if __name__ == "__main__":
-    main()
+        kmeans.main(["--device", "all"])

@@ -1,0 +1,11 @@
+"""The benchmark commands' modules (tools/README.md lists the commands).
+
+- `measure`: round-robin timing and peak memory; `baseline`: CLIP in the loop, the lower bound;
+  `sections`: the measurements of tools/benchmark.py; `report`: its Markdown tables.
+- `train`: the training-step cost (tools/benchmark_train.py); `kmeans`: PLM's K-Means against
+  scikit-learn (tools/benchmark_kmeans.py, or `tools/benchmark_train.py --kmeans`).
+- `miniworld_tables`: the miniature world's result tables (tools/run_miniworld.py).
+
+The commands in tools/ import this package from beside them; the modules import nothing from
+tools/ by path.
+"""
