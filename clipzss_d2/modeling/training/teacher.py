@@ -4,7 +4,8 @@ The student learns CLIP's joint space, so the teacher must give exactly CLIP's i
 for the CLS token, and patch tokens mapped the same way (``ln_post`` then ``proj``) so that both
 live in the space of the text embeddings. It re-runs open_clip's ``VisionTransformer`` forward
 step by step instead of calling it, because that forward cannot change the input size (we
-interpolate positional embeddings) and does not return projected patch tokens.
+interpolate positional embeddings) and does not return projected patch tokens; the steps that
+differ from it (padding masked out of attention, MaskCLIP's dense tokens) are in vit_blocks.py.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from ...utils.precision import autocast_disabled
+from .vit_blocks import check_supported, maskclip_tokens, masked_block
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +36,6 @@ class TeacherOutput(NamedTuple):
     cls_embed: torch.Tensor  # B x C, equals open_clip's encode_image at the native size
     patch_embed: torch.Tensor  # B x C x h' x w'
     token_valid: torch.Tensor | None = None  # B x h' x w' bool: patch wholly inside the image
-
-
-def _check_supported(visual: nn.Module) -> None:
-    """Fail loudly on open_clip variants whose token layout or pooling we do not reproduce."""
-    if not isinstance(visual, VisionTransformer):
-        raise NotImplementedError(
-            f"CLIPTeacher supports open_clip ViT image towers only, got {type(visual).__name__} "
-            "(ModifiedResNet / timm towers have no CLS + patch token layout to reuse)."
-        )
-    if getattr(visual, "attn_pool", None) is not None:
-        raise NotImplementedError(
-            "CLIPTeacher does not support open_clip towers with attentional pooling (CoCa-style "
-            "attn_pool): their image embedding is not a projected CLS token."
-        )
-    if getattr(visual, "pool_type", "tok") != "tok":
-        raise NotImplementedError(
-            f"CLIPTeacher needs pool_type='tok' (CLS token), got '{visual.pool_type}'."
-        )
-    if visual.proj is None:
-        raise NotImplementedError("CLIPTeacher needs the visual projection (visual.proj).")
 
 
 class CLIPTeacher(nn.Module):
@@ -85,11 +67,11 @@ class CLIPTeacher(nn.Module):
             pixel_mean, pixel_std: the student's normalisation (0..255 scale, in input_format
                 order); only used by ``forward(..., normalized=True)``.
             input_size: resize inputs to this square side first; 0 keeps the input size.
-            dense_mode: "plain" or "maskclip" (see ``_dense_tokens``).
+            dense_mode: "plain" or "maskclip" (see ``vit_blocks.maskclip_tokens``).
             precision: weights/activations dtype on GPU ("fp16", "bf16", "fp32").
         """
         super().__init__()
-        _check_supported(visual)
+        check_supported(visual)
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got '{input_format}'")
         if dense_mode not in DENSE_MODES:
@@ -210,26 +192,6 @@ class CLIPTeacher(nn.Module):
         self._pos_cache[key] = out
         return out
 
-    def _dense_tokens(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens after the last block, per TEACHER.DENSE_MODE.
-
-        "maskclip" (Zhou et al., ECCV 2022, "Extract Free Dense Labels from CLIP"): in the last
-        block each token skips query-key attention and keeps only its own value path,
-        ``v = x + out_proj(W_v ln_1(x))`` then ``v = v + mlp(ln_2(v))`` (layer scales kept when
-        present), which is what MaskCLIP's ViT backbone returns as ``v`` before its head applies
-        the final norm and projection. Real CLIP weights localise much better this way because
-        the last layer's attention is nearly global.
-        """
-        attn = block.attn
-        width = x.shape[-1]
-        w_v = attn.in_proj_weight[2 * width :]
-        b_v = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
-        v = F.linear(block.ln_1(x), w_v, b_v)
-        v = attn.out_proj(v)
-        v = x + block.ls_1(v)
-        v = v + block.ls_2(block.mlp(block.ln_2(v)))
-        return v
-
     @torch.no_grad()
     def forward(
         self,
@@ -277,22 +239,6 @@ class CLIPTeacher(nn.Module):
             canvas[same, :rows, :cols] = emb[1:].view(rows, cols, width)
         return pos
 
-    @staticmethod
-    def _masked_block(blk: nn.Module, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """One residual attention block in which padded tokens are no keys (open_clip's
-        ResidualAttentionBlock step by step, with a key padding mask)."""
-        if isinstance(blk, ResidualAttentionBlock) and not hasattr(blk, "ln_1_kv"):
-            h = blk.ln_1(x)
-            attn = blk.attn(h, h, h, need_weights=False, key_padding_mask=pad)[0]
-            x = x + blk.ls_1(attn)
-            return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-        heads = blk.attn.num_heads
-        mask = torch.zeros(pad.shape, dtype=x.dtype, device=x.device)
-        mask = mask.masked_fill(pad, float("-inf"))[:, None, None, :]
-        n = x.shape[1] if blk.attn.batch_first else x.shape[0]
-        mask = mask.expand(-1, heads, n, -1).reshape(-1, n, pad.shape[1])
-        return blk(x, attn_mask=mask)
-
     def _forward(self, images, normalized, image_sizes) -> TeacherOutput:
         x = self.preprocess(images, normalized).to(self.dtype)
         return self.encode(x, image_sizes, tuple(images.shape[-2:]))
@@ -336,11 +282,11 @@ class CLIPTeacher(nn.Module):
             x = x.transpose(0, 1)
         blocks = tr.resblocks
         for blk in blocks[:-1]:
-            x = blk(x) if pad is None else self._masked_block(blk, x, pad)
+            x = blk(x) if pad is None else masked_block(blk, x, pad)
         last = blocks[-1]
-        out = last(x) if pad is None else self._masked_block(last, x, pad)
+        out = last(x) if pad is None else masked_block(last, x, pad)
         # maskclip's value path is per token: padding cannot reach a valid token through it
-        dense = self._dense_tokens(last, x) if self.dense_mode == "maskclip" else out
+        dense = maskclip_tokens(last, x) if self.dense_mode == "maskclip" else out
         if not tr.batch_first:
             out, dense = out.transpose(0, 1), dense.transpose(0, 1)
 
