@@ -25,8 +25,7 @@ def prepared_root(shared_data, tmp_path_factory):
     """The real samples of every benchmark prepared and registered under a temporary root; the
     catalog is put back as the other tests expect it afterwards."""
     from clipzss_d2.data import register_all_zeroshot, registered_root
-
-    from .data_samples import prepare_all_samples
+    from tests.data_samples import prepare_all_samples
 
     root = tmp_path_factory.mktemp("datasets")
     prepare_all_samples(shared_data, root)
@@ -34,3 +33,14 @@ def prepared_root(shared_data, tmp_path_factory):
     register_all_zeroshot(str(root))
     yield root
     register_all_zeroshot(previous)
+
+
+def pytest_collection_modifyitems(items):
+    """Marks by the fixture a test needs, to select or skip them with -m: `real_data` (the real
+    samples) and `browser` (headless chromium)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "shared_data" in fixtures:
+            item.add_marker(pytest.mark.real_data)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)

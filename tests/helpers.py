@@ -1,57 +1,43 @@
-"""Tiny configs and toy data shared by the tests (CPU, random weights, a few MB)."""
+"""Tiny configs, toy data and the repository's paths, shared by the tests (CPU, random weights)."""
 
+import importlib.util
+import os
 from pathlib import Path
+from types import ModuleType
 
 import torch
+import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2.checkpoint import SafeCheckpointer
 
-BASE_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "Base-CLIPZSS.yaml")
-TINY_CLIP = "ClipZSS-Tiny-Test"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+BASE_CONFIG = str(CONFIGS / "Base-CLIPZSS.yaml")
+VOC_CONFIG = str(CONFIGS / "voc.yaml")
+MINIWORLD_FULL_CONFIG = str(CONFIGS / "miniworld" / "full.yaml")
+TINY_CLIP = "ClipZSS-Tiny-Test"  # the CLIP of tests/configs/tiny.yaml
 TOY_CLASSES = ["red square", "green square", "blue square", "yellow square"]
 TOY_UNSEEN = ["yellow square"]
 TOY_COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40)]
 
-# DeepLab ResNet-50 layout with tiny widths, DeepLabV3+ head, tiny CLIP: builds in < 1 s.
-TINY_MODEL_OPTS = [
-    "MODEL.WEIGHTS",
-    "",
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.DEPTH",
-    50,
-    "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    16,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    32,
-    "MODEL.RESNETS.WIDTH_PER_GROUP",
-    8,
-    "MODEL.RESNETS.NORM",
-    "BN",
-    "MODEL.SEM_SEG_HEAD.NORM",
-    "BN",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-    16,
-    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS",
-    16,
-    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS",
-    [8],
-    "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT",
-    0.0,
-    "MODEL.CLIPZSS.EMBED_DIM",
-    32,
-    "MODEL.CLIPZSS.CLIP.MODEL_NAME",
-    TINY_CLIP,
-    "MODEL.CLIPZSS.CLIP.PRETRAINED",
-    "none",
-    "MODEL.CLIPZSS.TEXT.TEMPLATES",
-    "single",
-    "MODEL.CLIPZSS.TEXT.CACHE_DIR",
-    "",
-    "SOLVER.AMP.ENABLED",
-    False,
-]
+TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+
+
+def _as_opts(tree: dict, prefix: str = "") -> list:
+    """A nested config mapping as detectron2's flat KEY VALUE list (lists stay lists)."""
+    opts = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            opts += _as_opts(value, f"{prefix}{key}.")
+        else:
+            opts += [f"{prefix}{key}", list(value) if isinstance(value, list) else value]
+    return opts
+
+
+# The tiny student (tests/configs/tiny.yaml) as opts, laid over any dataset or student config.
+TINY_MODEL_OPTS = _as_opts(yaml.safe_load(TINY_CONFIG.read_text()))
 
 
 def register_toy_dataset(name: str = "clipzss_toy") -> str:
@@ -96,3 +82,33 @@ def toy_batch(batch_size: int = 2, size: int = 64, seed: int = 0, seen_only: boo
             label[y : y + side, x : x + side] = cls
         batch.append({"image": image, "sem_seg": label, "height": size, "width": size})
     return batch
+
+
+def load_script(relative_path: str, name: str | None = None) -> ModuleType:
+    """Import a command-line script (train_net.py, demo/demo.py, tools/*.py) as a fresh module."""
+    path = ROOT / relative_path
+    name = name or "clipzss_script_" + relative_path.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_tiny_checkpoint(folder: Path, cfg, name: str = "model") -> Path:
+    """A random student of `cfg` (seed 0) saved as `{name}.pth` beside its `config.yaml`."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    SafeCheckpointer(build_model(cfg), save_dir=str(folder)).save(name)
+    (folder / "config.yaml").write_text(cfg.dump())
+    return folder / f"{name}.pth"
+
+
+class RunsACommand:
+    """Pickles into a call of os.system that creates `marker`: a hostile file's payload."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

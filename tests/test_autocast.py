@@ -8,7 +8,6 @@ moves every model and tensor there and makes autocast CUDA's (and the teacher fp
 
 import contextlib
 import os
-from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -24,10 +23,8 @@ from clipzss_d2.errors import UserInputError
 from clipzss_d2.modeling.text_classifier import build_text_classifier
 from clipzss_d2.modeling.training.plm import PixelLearningModule
 from clipzss_d2.modeling.training.teacher import TeacherOutput
+from tests.helpers import CONFIGS, TINY_MODEL_OPTS
 
-from .helpers import TINY_MODEL_OPTS
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEVICE = os.environ.get("CLIPZSS_TEST_DEVICE", "cpu")
 HALF = [torch.float16, torch.bfloat16]
 SHIPPED = [

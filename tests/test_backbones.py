@@ -4,7 +4,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from .helpers import TOY_CLASSES, tiny_cfg, toy_batch
+from tests.helpers import TOY_CLASSES, tiny_cfg, toy_batch
 
 BASELINE = ["MODEL.CLIPZSS.GLM.ENABLED", False, "MODEL.CLIPZSS.PLM.PSEUDO_LABELS", False,
             "MODEL.CLIPZSS.PLM.SYNTHESIZER", False]  # fmt: skip

@@ -4,13 +4,11 @@ the ratios it prints agree with the times in its own table."""
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from .helpers import TINY_CLIP
+from tests.helpers import ROOT, TINY_CLIP
 
-ROOT = Path(__file__).resolve().parent.parent
 STUDENTS = ["configs/Base-CLIPZSS.yaml", "configs/students/segformer-b0.yaml"]
 
 

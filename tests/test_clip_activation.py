@@ -7,7 +7,6 @@ open_clip's own QuickGELU model with those weights, and differ from the GELU one
 """
 
 import logging
-from pathlib import Path
 
 import open_clip
 import pytest
@@ -21,8 +20,8 @@ from clipzss_d2.modeling.clip_loading import (
 )
 from clipzss_d2.modeling.text_classifier import build_text_classifier
 from clipzss_d2.modeling.training.teacher import CLIPTeacher
+from tests.helpers import VOC_CONFIG
 
-VOC_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "voc.yaml")
 CLASSES = ["cat", "sofa", "potted plant"]
 
 

@@ -1,29 +1,25 @@
 """Every shipped YAML loads and builds a model (tiny widths, random CLIP: no downloads)."""
 
-from pathlib import Path
-
 import pytest
 from detectron2.modeling import build_model
 
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.modeling import CLIPZSS
+from tests.helpers import CONFIGS, TINY_MODEL_OPTS
 
-from .helpers import TINY_MODEL_OPTS
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml"))
+CONFIG_FILES = sorted(p for p in CONFIGS.rglob("*.yaml"))
 
 
 def test_configs_are_found():
-    names = {p.name for p in CONFIGS}
+    names = {p.name for p in CONFIG_FILES}
     assert {"Base-CLIPZSS.yaml", "voc.yaml", "coco_stuff.yaml", "pascal_context.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_config_loads_and_builds(path):
     cfg = get_clipzss_cfg()
-    if path.parent == CONFIG_DIR / "miniworld" / "students":  # run_miniworld.py --student FILE
-        cfg.merge_from_file(str(CONFIG_DIR / "miniworld" / "full.yaml"))  # deltas: no _BASE_
+    if path.parent == CONFIGS / "miniworld" / "students":  # run_miniworld.py --student FILE
+        cfg.merge_from_file(str(CONFIGS / "miniworld" / "full.yaml"))  # deltas: no _BASE_
     cfg.merge_from_file(str(path))
     published = (tuple(cfg.DATASETS.TRAIN), tuple(cfg.DATASETS.TEST), cfg.SOLVER.MAX_ITER)
     keep = cfg.MODEL.BACKBONE.NAME  # tiny widths for ResNets only; other backbones as configured
@@ -52,7 +48,7 @@ def _flat(node, prefix=""):
 
 def _load(*parts):
     cfg = get_clipzss_cfg()
-    cfg.merge_from_file(str(CONFIG_DIR.joinpath(*parts)))
+    cfg.merge_from_file(str(CONFIGS.joinpath(*parts)))
     return _flat(cfg)
 
 
@@ -78,14 +74,14 @@ def test_light_student_dataset_configs_change_only_the_student(dataset):
 )
 def test_published_schedules(name, iters, train, test):
     cfg = get_clipzss_cfg()
-    cfg.merge_from_file(str(CONFIG_DIR / name))
+    cfg.merge_from_file(str(CONFIGS / name))
     assert cfg.SOLVER.MAX_ITER == iters and cfg.SOLVER.IMS_PER_BATCH == 16
     assert tuple(cfg.INPUT.CROP.SIZE) == (512, 512) and cfg.SOLVER.OPTIMIZER == "ADAMW"
     assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR"
     assert cfg.DATASETS.TRAIN == (train,) and cfg.DATASETS.TEST == (test,)
 
 
-STUDENT_DIR = CONFIG_DIR / "students"
+STUDENT_DIR = CONFIGS / "students"
 NETWORK = ("MODEL.BACKBONE.", "MODEL.TIMM.", "MODEL.SWIN.", "MODEL.CLIPZSS.MLP_HEAD.")
 NETWORK_KEYS = ("MODEL.CLIPZSS.HEAD_NAME", "MODEL.WEIGHTS")
 DATASET_STUDENTS = sorted(

@@ -25,10 +25,8 @@ from clipzss_d2.data import (
 )
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.evaluation import GZSSSemSegEvaluator
+from tests.helpers import ROOT, TINY_MODEL_OPTS
 
-from .helpers import TINY_MODEL_OPTS
-
-ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["sky", "grass", "cow", "sheep"]
 UNSEEN = ["sheep"]
 COLORS = [(70, 130, 180), (60, 180, 60), (120, 70, 20), (240, 240, 240)]

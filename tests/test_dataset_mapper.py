@@ -15,9 +15,8 @@ from clipzss_d2.data import (
 )
 from clipzss_d2.data.dataset_mapper import DatasetConfigError
 from clipzss_d2.vocabulary import prompt_names
-
-from .data_samples import context_label_maps, read_png
-from .published_classes import (
+from tests.data_samples import context_label_maps, read_png
+from tests.published_classes import (
     COCO171,
     COCO171_UNSEEN,
     PC59,

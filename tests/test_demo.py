@@ -1,7 +1,6 @@
 """demo/demo.py on real photos and on every kind of bad input (in-process main(argv), plus two
 real subprocess runs for the exit codes)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,27 +10,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 from PIL import Image
 
-from .helpers import TOY_CLASSES, register_toy_dataset, tiny_cfg
+from tests.helpers import (
+    ROOT,
+    TOY_CLASSES,
+    load_script,
+    register_toy_dataset,
+    save_tiny_checkpoint,
+    tiny_cfg,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "demo.py"
 PHOTO = "voc/VOC2012/JPEGImages/2007_000129.jpg"  # 334 x 500
 CONFIG_VOCABULARY = ["sky", "tree|trees", "person"]  # used when no --vocab* flag is given
 
 
-def load_demo():
-    spec = importlib.util.spec_from_file_location("clipzss_demo_cli", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = load_demo()
+demo = load_script("demo/demo.py", "clipzss_demo_cli")
 # image reading, imported the way demo.py imports it (its folder is on sys.path once it is loaded)
 from image_io import read_image_rgb  # noqa: E402
 
@@ -52,9 +47,7 @@ def tiny(tmp_path_factory):
             CONFIG_VOCABULARY,
         ]
     )
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model")
-    (folder / "config.yaml").write_text(cfg.dump())
+    save_tiny_checkpoint(folder, cfg)
     other = cfg.clone()
     other.MODEL.CLIPZSS.EMBED_DIM = 16
     (folder / "other_config.yaml").write_text(other.dump())

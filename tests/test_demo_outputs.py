@@ -11,8 +11,9 @@ import sys
 import cv2
 import pytest
 
+from tests.test_demo import DEMO, args_for, rgb, run_demo, write_image
+
 from . import test_demo
-from .test_demo import DEMO, args_for, rgb, run_demo, write_image
 
 tiny = test_demo.tiny  # the same tiny model fixture (module-scoped: built again for this module)
 

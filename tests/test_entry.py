@@ -2,11 +2,9 @@
 checked through real commands (in-process main(argv), one subprocess) and the parser itself."""
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,18 +18,9 @@ from clipzss_d2.entry import (
     vocabulary_from_args,
 )
 from clipzss_d2.errors import UserInputError
+from tests.helpers import ROOT, TOY_CLASSES, TOY_COLORS, load_script, register_toy_dataset
 
-from .helpers import TOY_CLASSES, TOY_COLORS, register_toy_dataset
-
-ROOT = Path(__file__).resolve().parent.parent
 BASE = str(ROOT / "configs" / "Base-CLIPZSS.yaml")
-
-
-def load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def one_line(err: str) -> str:
@@ -71,13 +60,13 @@ def test_run_main_turns_user_errors_into_one_line_and_status_2(capsys):
     ],
 )  # fmt: skip
 def test_make_model_folder_bad_overrides(capsys, opts, message):
-    tool = load_script(ROOT / "tools" / "make_model_folder.py", "clipzss_entry_mmf")
+    tool = load_script("tools/make_model_folder.py", "clipzss_entry_mmf")
     assert tool.main(["--config-file", BASE, *opts]) == 2
     assert one_line(capsys.readouterr().err) == message
 
 
 def test_eval_open_vocab_bad_config_file(tmp_path, capsys):
-    tool = load_script(ROOT / "tools" / "eval_open_vocab.py", "clipzss_entry_eval")
+    tool = load_script("tools/eval_open_vocab.py", "clipzss_entry_eval")
     bad = tmp_path / "bad.yaml"
     bad.write_text("MODEL: !!python/object/apply:os.system ['true']\n")
     assert tool.main(["--config-file", str(bad)]) == 2

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +18,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from clipzss_d2 import get_clipzss_cfg
+from tests.data_samples import (
+    ADE_VAL,
+    CONTEXT_VAL,
+    context_label_maps,
+    prepare_all_samples,
+    read_png,
+)
+from tests.helpers import ROOT, TINY_MODEL_OPTS, RunsACommand
 
-from .data_samples import ADE_VAL, CONTEXT_VAL, context_label_maps, prepare_all_samples, read_png
-from .helpers import TINY_MODEL_OPTS
-
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/open_vocab/coco_stuff171.yaml"
 TEST_OPTS = [
     "INPUT.MIN_SIZE_TEST",
@@ -133,11 +136,7 @@ def test_a_hostile_weights_file_is_refused(prepared, tmp_path):
     root, _ = prepared
     marker, weights = tmp_path / "ran", tmp_path / "model.pkl"
 
-    class RunsACommand:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    weights.write_bytes(pickle.dumps({"model": {"w": RunsACommand()}}))
+    weights.write_bytes(pickle.dumps({"model": {"w": RunsACommand(marker)}}))
     proc = run_tool(root, "--datasets", "voc20_ov_val", "--output", str(tmp_path / "out"),
                     "MODEL.WEIGHTS", str(weights))  # fmt: skip
     assert proc.returncode == 2 and not marker.exists()

@@ -1,8 +1,6 @@
 """tools/export_model.py (clipzss_d2.export): TorchScript and ONNX artefacts reproduce PyTorch and hold no CLIP."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,39 +8,24 @@ import onnxruntime as ort
 import open_clip
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 from onnx import numpy_helper
 
 from clipzss_d2.export import check_no_clip, compare
 from clipzss_d2.predictor import OpenVocabularyPredictor
+from tests.helpers import TINY_CLIP, load_script, save_tiny_checkpoint, tiny_cfg
 
-from .helpers import TINY_CLIP, tiny_cfg
-
-ROOT = Path(__file__).resolve().parent.parent
 VOCAB = "cat,dog,sofa|couch,grass"
 CLIP_MARKERS = ("token_embedding", "transformer", "visual", "text_projection", "ln_final")
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "clipzss_export_tool", ROOT / "tools" / "export_model.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+tool = load_script("tools/export_model.py", "clipzss_export_tool")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     cfg = tiny_cfg(extra_opts=["DATASETS.TRAIN", (), "DATASETS.TEST", ()])
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model")
-    (folder / "config.yaml").write_text(cfg.dump())
+    save_tiny_checkpoint(folder, cfg)
     # The tiny CLIP is random at every build: the tool and the reference share embeddings
     # through the on-disk text cache, as a deployment would.
     opts = ["MODEL.WEIGHTS", str(folder / "model.pth")]

@@ -5,11 +5,11 @@ inputs, failures included."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 sys.path.insert(0, str(ROOT / "tools"))
 
 import gpu_check  # noqa: E402

@@ -7,8 +7,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from clipzss_d2.modeling.inference import TestTimeInference, slide_logits, window_starts
-
-from .helpers import tiny_cfg
+from tests.helpers import tiny_cfg
 
 
 def test_window_starts_cover_the_axis_and_end_at_the_border():

@@ -1,15 +1,11 @@
 """Light students (configs/students/*.yaml): timm backbone, SegFormer MLP head, fast inference."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.swin import SwinTransformer
@@ -18,10 +14,8 @@ from torch import nn
 from clipzss_d2.modeling.backbones import TimmBackbone, load_swin_imagenet
 from clipzss_d2.modeling.embedding_head import MLPEmbeddingHead
 from clipzss_d2.predictor import OpenVocabularyPredictor
+from tests.helpers import ROOT, TOY_CLASSES, load_script, save_tiny_checkpoint, tiny_cfg, toy_batch
 
-from .helpers import TOY_CLASSES, tiny_cfg, toy_batch
-
-ROOT = Path(__file__).resolve().parent.parent
 # the student deltas over Base-CLIPZSS (the <dataset>-segformer-b0.yaml training configs, which
 # name ImageNet weights to fetch, are checked in test_configs.py and test_train_net.py)
 STUDENTS = [
@@ -215,10 +209,7 @@ def test_channels_last_and_bf16_inference_match_the_plain_fp32_path():
 
 # -- export of the light student through tools/export_model.py ------------------------------
 def _export_tool():
-    spec = importlib.util.spec_from_file_location("export_tool", ROOT / "tools" / "export_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_model.py", "export_tool")
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +217,7 @@ def segformer_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("segformer_export")
     path = ROOT / "configs" / "students" / "segformer-b0.yaml"  # the light student to deploy
     cfg = tiny_cfg(str(path), extra_opts=CPU_OPTS + ["DATASETS.TRAIN", (), "DATASETS.TEST", ()])
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model")
-    (folder / "config.yaml").write_text(cfg.dump())
+    save_tiny_checkpoint(folder, cfg)
     opts = ["MODEL.WEIGHTS", str(folder / "model.pth")]
     opts += ["MODEL.CLIPZSS.TEXT.CACHE_DIR", str(folder / "text_cache")]  # shared text embeddings
     return folder, opts

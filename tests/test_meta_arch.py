@@ -3,8 +3,7 @@ import torch
 from detectron2.modeling import build_model
 
 from clipzss_d2.modeling import CLIPZSS
-
-from .helpers import TOY_CLASSES, TOY_UNSEEN, tiny_cfg, toy_batch
+from tests.helpers import TOY_CLASSES, TOY_UNSEEN, tiny_cfg, toy_batch
 
 
 @pytest.fixture

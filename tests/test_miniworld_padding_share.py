@@ -8,8 +8,6 @@ measured with the real training mapper on real files: a small generated world, a
 samples in the shared data.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog
@@ -17,8 +15,8 @@ from detectron2.data import DatasetCatalog
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.miniworld import generate_world, register_miniworld
+from tests.helpers import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DRAWS = 100  # per dataset; about 5 s for both
 
 

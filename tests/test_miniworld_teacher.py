@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -19,8 +18,7 @@ from clipzss_d2.miniworld import train_teacher as T
 from clipzss_d2.miniworld import world as W
 from clipzss_d2.miniworld.captions import make_caption
 from clipzss_d2.modeling.clip_loading import CLIPWeightsUnavailableError, create_clip_model
-
-FULL_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "miniworld" / "full.yaml")
+from tests.helpers import MINIWORLD_FULL_CONFIG
 
 QUICK = T.TeacherConfig(steps=2, batch_size=8, warmup_steps=1)
 
@@ -178,7 +176,7 @@ def miniworld_cfg(checkpoint, *opts):
     """configs/miniworld/full.yaml as tools/run_miniworld.py uses it: the trained file as
     MODEL.CLIPZSS.CLIP.PRETRAINED (no text cache on disk: every embedding is computed)."""
     cfg = get_clipzss_cfg()
-    cfg.merge_from_file(FULL_CONFIG)
+    cfg.merge_from_file(MINIWORLD_FULL_CONFIG)
     cfg.merge_from_list(
         ["MODEL.CLIPZSS.CLIP.PRETRAINED", checkpoint, "MODEL.CLIPZSS.TEXT.CACHE_DIR", ""]
         + list(opts)

@@ -8,7 +8,6 @@ folder is used from another place, without the CLIP weights file, through the pr
 demo and the export tool.
 """
 
-import importlib.util
 import math
 import re
 import shutil
@@ -32,24 +31,15 @@ from clipzss_d2.modeling.text_classifier import TextClassifier
 from clipzss_d2.predictor import OpenVocabularyPredictor
 from clipzss_d2.utils.config_loading import merge_config
 from clipzss_d2.vocabulary import get_training_vocabulary, prompt_names
+from tests.helpers import ROOT, TINY_CLIP, TINY_MODEL_OPTS, load_script
+from tests.test_train_net import LOSSES, run_train_net, voc_root  # noqa: F401  (fixture)
 
-from .helpers import TINY_CLIP, TINY_MODEL_OPTS
-from .test_train_net import LOSSES, run_train_net, voc_root  # noqa: F401  (fixture)
-
-ROOT = Path(__file__).resolve().parent.parent
 VOC = str(ROOT / "configs" / "voc.yaml")
 PHOTOS = ["2007_000129.jpg", "2007_001311.jpg"]
 # As run_train_net sets them: the test resize the reference predictor must share.
 TEST_SIZE = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
 
 pytestmark = pytest.mark.slow
-
-
-def load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +252,7 @@ def test_folder_needs_no_clip_weights_for_cached_vocabularies(
 
 
 def test_export_tool_takes_the_folder(run, reference, moved, no_clip_weights, tmp_path):
-    export = load_script(ROOT / "tools" / "export_model.py", "clipzss_export_from_folder")
+    export = load_script("tools/export_model.py", "clipzss_export_from_folder")
     out = tmp_path / "exported"
     argv = ["--model-folder", str(moved), "--vocab-dataset", "voc20_zs_val", "--output", str(out)]
     argv += ["--format", "torchscript", "--height", "64", "--width", "96"]
@@ -283,7 +273,7 @@ def test_export_tool_takes_the_folder(run, reference, moved, no_clip_weights, tm
 
 
 def test_bad_folder_is_one_line_exit_2(tmp_path, capsys):
-    demo = load_script(ROOT / "demo" / "demo.py", "clipzss_demo_folder")
+    demo = load_script("demo/demo.py", "clipzss_demo_folder")
     args = ["--input", "x.jpg", "--output", str(tmp_path / "o")]
     assert demo.main(["--model-folder", str(tmp_path / "nope"), *args]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -296,7 +286,7 @@ def test_bad_folder_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_make_model_folder_from_a_checkpoint_gives_the_same_folder(run, tmp_path, capsys):
-    tool = load_script(ROOT / "tools" / "make_model_folder.py", "clipzss_make_model_folder")
+    tool = load_script("tools/make_model_folder.py", "clipzss_make_model_folder")
     out = tmp_path / "packaged"
     # the config detectron2 saved with the run, and one of its checkpoints
     argv = ["--config-file", str(run["out"] / "config.yaml"), "--output", str(out)]
@@ -332,8 +322,7 @@ def test_make_model_folder_from_a_checkpoint_gives_the_same_folder(run, tmp_path
 # -- writing is all or nothing --------------------------------------------------------------------
 def test_interrupted_write_leaves_the_previous_folder(tmp_path, monkeypatch):
     from clipzss_d2 import model_folder
-
-    from .helpers import tiny_cfg
+    from tests.helpers import tiny_cfg
 
     cfg = tiny_cfg(extra_opts=["DATASETS.TEST", ()])
     cfg.MODEL.CLIPZSS.TEST_VOCABULARY = ["cat", "dog"]

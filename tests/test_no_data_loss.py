@@ -1,8 +1,8 @@
-"""No command deletes or overwrites a file it was not told to replace (README, "Reproducibility
-and safety"). Each command that writes runs against folders of planted user files, which must be
+"""No command deletes or overwrites a file it was not told to replace
+(docs/reproducibility.md#nothing-is-deleted-or-overwritten-that-a-command-was-not-told-to-replace).
+Each command that writes runs against folders of planted user files, which must be
 byte-identical afterwards unless the command was told to overwrite them."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -10,14 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from detectron2.modeling import build_model
 
-from clipzss_d2.checkpoint import SafeCheckpointer
-
-from .helpers import TINY_MODEL_OPTS, tiny_cfg
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, TINY_MODEL_OPTS, load_script, save_tiny_checkpoint, tiny_cfg
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -50,18 +44,12 @@ def checkpoint(tmp_path_factory):
     cfg = tiny_cfg(
         extra_opts=["DATASETS.TEST", (), "MODEL.CLIPZSS.TEST_VOCABULARY", ["sky", "tree"]]
     )
-    torch.manual_seed(0)
-    SafeCheckpointer(build_model(cfg), save_dir=str(folder)).save("model")
-    (folder / "config.yaml").write_text(cfg.dump())
+    save_tiny_checkpoint(folder, cfg)
     return folder
 
 
 def make_model_folder(checkpoint, output, *extra, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "clipzss_make_model_folder_safety", ROOT / "tools" / "make_model_folder.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/make_model_folder.py", "clipzss_make_model_folder_safety")
     argv = ["--config-file", str(checkpoint / "config.yaml"), "--output", str(output), *extra]
     code = tool.main([*argv, "MODEL.WEIGHTS", str(checkpoint / "model.pth")])
     return code, capsys.readouterr().err
@@ -152,17 +140,10 @@ def test_make_clean_keeps_trained_runs():
 
 
 # -- export and the web demo -----------------------------------------------------------------------
-def load_script(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_export_adds_its_files_beside_a_users_and_keeps_them(checkpoint, tmp_path, capsys):
     out = tmp_path / "exported"
     before = plant(out)
-    tool = load_script("clipzss_export_safety", ROOT / "tools" / "export_model.py")
+    tool = load_script("tools/export_model.py", "clipzss_export_safety")
     argv = ["--config-file", str(checkpoint / "config.yaml"), "--vocab", "sky,tree",
             "--format", "torchscript", "--height", "32", "--width", "32", "--output", str(out),
             "--opts", "MODEL.WEIGHTS", str(checkpoint / "model.pth")]  # fmt: skip
@@ -183,7 +164,7 @@ def test_the_web_demo_writes_nothing_into_a_model_folder(checkpoint, tmp_path):
     )
     folder = Path(write_model_folder(source.cfg, source.model, str(tmp_path / "model")))
     before = snapshot(folder)
-    web_demo = load_script("clipzss_web_demo_safety", ROOT / "demo" / "web_demo.py")
+    web_demo = load_script("demo/web_demo.py", "clipzss_web_demo_safety")
     app = web_demo.load(
         web_demo.get_parser().parse_args(["--model-folder", str(folder), "--vocab", "a,b"])
     )

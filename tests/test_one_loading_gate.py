@@ -1,12 +1,12 @@
-"""One gate for untrusted bytes (README, "Reproducibility and safety"): weights, checkpoints and
+"""One gate for untrusted bytes (docs/reproducibility.md#one-gate): weights, checkpoints and
 TorchScript archives are read only in clipzss_d2/checkpoint.py, config files only in
 clipzss_d2/utils/config_loading.py. A scan of every module a user's command runs fails on any
 other way of reading them, so a new `torch.load` or `merge_from_file` cannot slip in."""
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, RunsACommand
+
 GATES = {
     "clipzss_d2/checkpoint.py": "weights",
     "clipzss_d2/utils/config_loading.py": "configs",
@@ -74,16 +74,6 @@ def test_the_scan_finds_what_it_is_for():
 
 
 # -- through the routes users take ----------------------------------------------------------------
-class _RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_hostile_swin_imagenet_file_is_refused(tmp_path):
     import pytest
     import torch
@@ -92,7 +82,7 @@ def test_a_hostile_swin_imagenet_file_is_refused(tmp_path):
     from clipzss_d2.modeling.backbones import load_swin_imagenet
 
     marker, path = tmp_path / "ran", tmp_path / "swin_tiny_patch4_window7_224.pth"
-    torch.save({"model": _RunsACommand(marker)}, path)
+    torch.save({"model": RunsACommand(marker)}, path)
     with pytest.raises(UnsafeCheckpointError, match="asks to load posix.system|could run code"):
         load_swin_imagenet(None, str(path))  # MODEL.SWIN.PRETRAINED's loader
     assert not marker.exists()
@@ -121,8 +111,7 @@ def test_a_model_folder_reads_nothing_outside_itself(tmp_path):
     from clipzss_d2.errors import UserInputError
     from clipzss_d2.model_folder import CONFIG_FILE, write_model_folder
     from clipzss_d2.predictor import OpenVocabularyPredictor
-
-    from .helpers import tiny_cfg
+    from tests.helpers import tiny_cfg
 
     cfg = tiny_cfg(extra_opts=["DATASETS.TEST", (), "MODEL.CLIPZSS.TEST_VOCABULARY", ["a", "b"]])
     folder = tmp_path / "model"

@@ -7,8 +7,6 @@ URL gives. torch.jit.load is made to fail: the weights must come from reading th
 The text classifier and the teacher must equal open_clip's model with those weights.
 """
 
-from pathlib import Path
-
 import open_clip
 import pytest
 import torch
@@ -18,8 +16,8 @@ from clipzss_d2.checkpoint import UnsafeCheckpointError, read_torchscript_state_
 from clipzss_d2.modeling.clip_loading import resolve_pretrained
 from clipzss_d2.modeling.text_classifier import build_text_classifier
 from clipzss_d2.modeling.training.teacher import CLIPTeacher
+from tests.helpers import VOC_CONFIG
 
-VOC_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "voc.yaml")
 CLASSES = ["cat", "sofa", "potted plant"]
 
 

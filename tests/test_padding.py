@@ -8,8 +8,6 @@ every segmenter trained on padded crops does; its features in the padding are re
 here to prove that nothing reads them.)
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,10 +18,8 @@ from detectron2.modeling import build_model
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.modeling.clip_loading import create_clip_model
 from clipzss_d2.modeling.training.teacher import CLIPTeacher
+from tests.helpers import TINY_CLIP, VOC_CONFIG, tiny_cfg
 
-from .helpers import TINY_CLIP, tiny_cfg
-
-VOC_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "voc.yaml")
 SAMPLE = "2011_000006"  # 500 x 375, in the VOC train samples
 H, W = 192, 256  # the resized image: both sides multiples of the student's 32 and CLIP's 8
 CROP = 320

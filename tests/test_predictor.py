@@ -14,8 +14,7 @@ from clipzss_d2.modeling.clip_loading import CLIPWeightsUnavailableError
 from clipzss_d2.predictor import OpenVocabularyPredictor
 from clipzss_d2.utils.weights import WeightsUnavailableError
 from clipzss_d2.vocabulary import VocabularyError
-
-from .helpers import TINY_CLIP, TOY_CLASSES, tiny_cfg
+from tests.helpers import ROOT, TINY_CLIP, TOY_CLASSES, tiny_cfg
 
 SMALL = ["INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 128]
 
@@ -255,11 +254,10 @@ def test_a_large_image_with_many_classes_stays_within_memory(tmp_path):
     peaks far lower (peak RSS measured in a fresh process)."""
     import subprocess
     import sys
-    from pathlib import Path
 
     script = """
 import resource, sys, numpy as np, torch
-from tests.helpers import tiny_cfg
+from tests.helpers import ROOT, tiny_cfg
 from clipzss_d2.predictor import OpenVocabularyPredictor
 names = [f"class {i}" for i in range(171)]
 p = OpenVocabularyPredictor(tiny_cfg(extra_opts=["INPUT.MIN_SIZE_TEST", 64,
@@ -271,7 +269,7 @@ result = p(image)
 assert result.labels.shape == (2048, 2048)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 """
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
                           text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="2"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +10,9 @@ from PIL import Image
 
 from clipzss_d2.data.classes import ADE150_CLASSES, ADE150_FULL_NAMES
 from clipzss_d2.data.prepare import PrepareError, prepare_ade20k
+from tests.data_samples import ADE_TRAIN, ADE_VAL, read_png, stage_ade20k, temp_files
+from tests.helpers import ROOT
 
-from .data_samples import ADE_TRAIN, ADE_VAL, read_png, stage_ade20k, temp_files
-
-ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"workers": 1, "log": lambda *a: None}
 
 

@@ -7,9 +7,8 @@ import pytest
 from PIL import Image
 
 from clipzss_d2.data.prepare import PrepareError, prepare_coco_stuff
-
-from .data_samples import read_png, stage_coco, temp_files
-from .published_classes import COCO171, COCO_UNUSED
+from tests.data_samples import read_png, stage_coco, temp_files
+from tests.published_classes import COCO171, COCO_UNUSED
 
 QUIET = {"workers": 1, "log": lambda *a: None}
 VAL_IDS = [

@@ -12,8 +12,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from clipzss_d2.data.prepare import PrepareError, prepare_pascal_context
-
-from .data_samples import (
+from tests.data_samples import (
     CONTEXT_FILLER_IDS,
     CONTEXT_TRAIN,
     CONTEXT_VAL,
@@ -21,7 +20,8 @@ from .data_samples import (
     stage_context,
     temp_files,
 )
-from .published_classes import PC59, PC59_BY_459_ID
+from tests.helpers import ROOT
+from tests.published_classes import PC59, PC59_BY_459_ID
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 QUIET = {"workers": 1, "log": lambda *a: None}
@@ -202,13 +202,12 @@ def test_detail_masks_of_another_size_are_refused_before_decoding(shared_data, t
 def test_detail_category_ids_beyond_459_are_refused_in_one_line(shared_data, tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
     stage_context(shared_data, tmp_path, source="none")
     path = _detail_json(shared_data, tmp_path, lambda a: a.update(category_id=70000))
     with pytest.raises(PrepareError, match=r"has category_id 70000; PASCAL Context ids are 0..459"):
         prepare_pascal_context(str(tmp_path), detail_json=path, **QUIET)
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     proc = subprocess.run(
         [sys.executable, "datasets/prepare_pascal_context.py", "--root", str(tmp_path),
          "--detail-json", path],
@@ -222,7 +221,6 @@ def test_detail_category_ids_beyond_459_are_refused_in_one_line(shared_data, tmp
 def test_an_id_list_that_is_not_text_is_one_line(shared_data, tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
     stage_context(shared_data, tmp_path)
     ids = tmp_path / "ids.txt"
@@ -232,6 +230,6 @@ def test_an_id_list_that_is_not_text_is_one_line(shared_data, tmp_path):
     proc = subprocess.run(
         [sys.executable, "datasets/prepare_pascal_context.py", "--root", str(tmp_path),
          "--train-list", str(ids)],
-        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not UTF-8" in proc.stderr

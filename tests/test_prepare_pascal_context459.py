@@ -6,8 +6,7 @@ from PIL import Image
 
 from clipzss_d2.data.classes import PCONTEXT59_CLASSES, PCONTEXT459_CLASSES
 from clipzss_d2.data.prepare import PrepareError, prepare_pascal_context459
-
-from .data_samples import CONTEXT_VAL, stage_context, temp_files
+from tests.data_samples import CONTEXT_VAL, stage_context, temp_files
 
 QUIET = {"workers": 1, "log": lambda *a: None}
 

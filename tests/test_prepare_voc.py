@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from clipzss_d2.data.prepare import PrepareError, prepare_voc
+from tests.data_samples import VOC_SBD_ONLY, VOC_TRAIN, read_png, stage_voc, temp_files
+from tests.helpers import ROOT
+from tests.published_classes import VOC20
 
-from .data_samples import VOC_SBD_ONLY, VOC_TRAIN, read_png, stage_voc, temp_files
-from .published_classes import VOC20
-
-SCRIPT = Path(__file__).resolve().parent.parent / "datasets" / "prepare_voc.py"
+SCRIPT = ROOT / "datasets" / "prepare_voc.py"
 VOC_VAL = [
     "2007_000129", "2007_001311", "2007_001457", "2007_001763", "2007_002094", "2007_005107",
     "2007_005844", "2007_006449", "2007_008815", "2007_009346", "2008_000009", "2008_008469",

@@ -7,7 +7,6 @@ report (pseudo_label_diagnostics.json after training) is checked in tests/test_r
 """
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,8 +19,8 @@ from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.diagnostics import PseudoLabelProbe, format_summary, observe_batch
 from clipzss_d2.miniworld import generate_world, register_miniworld
 from clipzss_d2.miniworld import world as W
+from tests.helpers import MINIWORLD_FULL_CONFIG
 
-FULL_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "miniworld" / "full.yaml")
 SEEN = [c for c in W.CLASSES if c not in W.UNSEEN]
 UNSEEN_IDS = [W.CLASS_ID[c] for c in W.UNSEEN]
 
@@ -65,7 +64,7 @@ def raw_label(record) -> np.ndarray:
 
 def mapper_for(*opts, is_train=True):
     cfg = get_clipzss_cfg()
-    cfg.merge_from_file(FULL_CONFIG)
+    cfg.merge_from_file(MINIWORLD_FULL_CONFIG)
     cfg.merge_from_list(list(opts))
     return ZeroShotSemSegDatasetMapper(cfg, is_train=is_train)
 
@@ -250,7 +249,7 @@ def test_observe_batch_reads_each_inputs_hidden_labels():
 def model_cfg(*opts):
     """configs/miniworld/full.yaml with a random miniature CLIP (no trained teacher needed)."""
     cfg = get_clipzss_cfg()
-    cfg.merge_from_file(FULL_CONFIG)
+    cfg.merge_from_file(MINIWORLD_FULL_CONFIG)
     cfg.merge_from_list(
         ["MODEL.CLIPZSS.CLIP.PRETRAINED", "none", "MODEL.CLIPZSS.TEXT.CACHE_DIR", ""] + list(opts)
     )

@@ -13,9 +13,8 @@ from clipzss_d2.data import (
 )
 from clipzss_d2.data.classes import ADE150_CLASSES, PCONTEXT459_CLASSES
 from clipzss_d2.vocabulary import parse_vocabulary, prompt_names, seen_class_ids, unseen_class_ids
-
-from .data_samples import read_png
-from .published_classes import (
+from tests.data_samples import read_png
+from tests.published_classes import (
     COCO171,
     COCO171_UNSEEN,
     PC59,

@@ -21,10 +21,9 @@ from clipzss_d2.reproducibility import (
     capture_rng_state,
     isolated_rng,
 )
-
-from .data_samples import stage_voc
-from .helpers import TINY_CLIP
-from .train_runs import ROOT, run, train_env, train_net_command
+from tests.data_samples import stage_voc
+from tests.helpers import TINY_CLIP
+from tests.train_runs import ROOT, run, train_env, train_net_command
 
 
 def draw(record):
@@ -97,8 +96,7 @@ def test_ranks_of_the_real_loader_split_the_global_batch(shared_data, tmp_path, 
     from clipzss_d2.data import ZeroShotSemSegDatasetMapper
     from clipzss_d2.data.datasets import register_all_zeroshot, registered_root
     from clipzss_d2.data.prepare import prepare_voc
-
-    from .helpers import tiny_cfg
+    from tests.helpers import tiny_cfg
 
     lists = stage_voc(shared_data, tmp_path)
     prepare_voc(str(tmp_path), aug_list=lists["aug_list"], val_list=lists["val_list"], log=print)
@@ -237,9 +235,8 @@ def distance(a: dict, b: dict) -> float:
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_run(voc_root, clip_file, tmp_path):
     """Same global batch, same samples and augmentations, one set of BatchNorm statistics: the
-    2-process run stays close to the 1-process one. Not bit-identical (README: summation order);
-    measured here: the gap after iterations 2-3 was 0.036 of the distance the weights moved in
-    those iterations (0.13 with per-process loss normalisers, 1.5 without deterministic mode)."""
+    2-process run stays close to the 1-process one. Not bit-identical: the
+    summation order differs (docs/reproducibility.md#one-process-against-several)."""
     opts = deterministic_opts(clip_file, max_iter=4)
     one, two = tmp_path / "one", tmp_path / "two"
     run(voc_root, one, *opts)

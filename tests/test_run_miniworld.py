@@ -4,19 +4,16 @@ training with the inductive mapper, the generalized zero-shot evaluator on the t
 pseudo-label diagnostics, the demo script. The --tune search and the tables are checked without
 training (fake runs), in-process."""
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from clipzss_d2.evaluation.gzss_evaluation import PER_CLASS_FILE
 from clipzss_d2.miniworld import world
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, load_script
 
 
 def run_main_job(tmp_path, *extra):
@@ -155,12 +152,7 @@ def test_main_job_refuses_a_missing_student_file_before_any_work(tmp_path):
 
 # -- in-process, no training: the --tune search and the tables -------------------------------------
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "clipzss_run_miniworld", ROOT / "tools" / "run_miniworld.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/run_miniworld.py", "clipzss_run_miniworld")
 
 
 def fake_row(variant, seed, hiou, pseudo=None, **extra):

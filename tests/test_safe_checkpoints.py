@@ -20,10 +20,8 @@ from clipzss_d2.checkpoint import (
     UnsafeCheckpointError,
 )
 from clipzss_d2.predictor import OpenVocabularyPredictor
+from tests.helpers import ROOT, TINY_MODEL_OPTS, tiny_cfg
 
-from .helpers import TINY_MODEL_OPTS, tiny_cfg
-
-ROOT = Path(__file__).resolve().parent.parent
 VOCAB = ["sky", "tree", "person"]
 
 
@@ -187,7 +185,7 @@ import torch
 from detectron2.modeling import build_model
 from clipzss_d2.checkpoint import SafeCheckpointer, read_weights_file
 from clipzss_d2.errors import UserInputError
-from tests.helpers import tiny_cfg
+from tests.helpers import ROOT, tiny_cfg
 
 DEPTH = 200_000
 def deep(kind):  # protocol-2 opcodes only, no recursion when writing

@@ -3,8 +3,7 @@ import torch
 from detectron2.modeling import build_model
 
 from clipzss_d2.solver import build_optimizer, param_group_table
-
-from .helpers import tiny_cfg
+from tests.helpers import tiny_cfg
 
 
 def _groups_by_param(model, optimizer):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from detectron2.modeling import build_model
 
-from .helpers import tiny_cfg
+from tests.helpers import tiny_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 # the training-only package: teacher, GLM, PLM, criterion and their builder

@@ -10,8 +10,7 @@ from clipzss_d2.modeling import clip_loading
 from clipzss_d2.modeling.clip_loading import CLIPWeightsUnavailableError, create_clip_model
 from clipzss_d2.modeling.text_classifier import TEMPLATE_SETS, VILD_TEMPLATES, TextClassifier
 from clipzss_d2.vocabulary import VocabularyError
-
-from .helpers import TINY_CLIP
+from tests.helpers import TINY_CLIP
 
 CLASSES = ["cat", "sofa", "tv monitor", "grass"]
 
@@ -216,8 +215,7 @@ def test_a_loaded_cache_is_checked(tiny_weights, tmp_path):
     naming EMBED_DIM; one with NaN or a wrong shape is recomputed, as a corrupt one is."""
     from clipzss_d2.errors import UserInputError
     from clipzss_d2.modeling.text_classifier import build_text_classifier
-
-    from .helpers import tiny_cfg
+    from tests.helpers import tiny_cfg
 
     cfg = tiny_cfg(
         extra_opts=["MODEL.CLIPZSS.CLIP.PRETRAINED", tiny_weights,

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from .data_samples import stage_voc
-from .helpers import TINY_MODEL_OPTS
+from tests.data_samples import stage_voc
+from tests.helpers import ROOT, TINY_MODEL_OPTS
 
-ROOT = Path(__file__).resolve().parent.parent
 LOSSES = {"loss_ce", "loss_focal", "loss_dice", "loss_glm", "loss_bce"}
 
 pytestmark = pytest.mark.slow

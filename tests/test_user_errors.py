@@ -1,12 +1,10 @@
 """Inputs that used to end in a stack trace (issue 11, item 2) get one line and exit status 2
 (1 for a demo image that cannot be processed while the others can)."""
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,20 +13,9 @@ import torch
 from detectron2.modeling import build_model
 
 from clipzss_d2.checkpoint import SafeCheckpointer
+from tests.helpers import ROOT, TINY_MODEL_OPTS, RunsACommand, load_script, tiny_cfg
 
-from .helpers import TINY_MODEL_OPTS, tiny_cfg
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_demo():
-    spec = importlib.util.spec_from_file_location("clipzss_demo_errors", ROOT / "demo/demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = load_demo()
+demo = load_script("demo/demo.py", "clipzss_demo_errors")
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +114,6 @@ def test_weights_that_are_not_a_checkpoint(tiny, capsys, tmp_path, content, mess
     assert "weights_only" not in line  # torch's paragraph is not passed on
 
 
-class _RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -154,7 +133,7 @@ def test_clip_weights_that_are_not_clip(tiny, capsys, tmp_path, content, message
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
-        torch.save(_RunsACommand(marker) if content == "hostile" else content, path)
+        torch.save(RunsACommand(marker) if content == "hostile" else content, path)
     argv = ["--config-file", str(tiny / "config.yaml"), "--input", str(tiny / "ok.png"),
             "--output", str(tmp_path / "o"), "--vocab", "cat,dog", "--opts",
             "MODEL.WEIGHTS", str(tiny / "model.pth"), "MODEL.CLIPZSS.CLIP.PRETRAINED", str(path)]  # fmt: skip
@@ -233,16 +212,13 @@ def test_a_torch_built_for_a_newer_cuda_than_the_driver_is_named(monkeypatch):
 
 def test_train_net_says_why_it_finds_no_gpu(monkeypatch):
     """check_devices, as train_net.py runs it before any process starts (the query mocked)."""
-    import importlib.util
     from types import SimpleNamespace
 
     from clipzss_d2 import get_clipzss_cfg
     from clipzss_d2.errors import UserInputError
     from clipzss_d2.utils import cuda_check
 
-    spec = importlib.util.spec_from_file_location("clipzss_train_net", ROOT / "train_net.py")
-    train_net_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net_module)
+    train_net_module = load_script("train_net.py", "clipzss_train_net")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(cuda_check, "driver_version", lambda: (470, 57, 2))

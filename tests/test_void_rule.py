@@ -7,8 +7,6 @@ rule off, the ring around the seen person/chair takes the pseudo id of the regio
 with configs/voc.yaml it stays ignored, while the unseen sofa and the background keep theirs.
 """
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,10 +16,8 @@ from PIL import Image
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.modeling.training.plm import PixelLearningModule
 from clipzss_d2.modeling.training.teacher import TeacherOutput
+from tests.helpers import VOC_CONFIG, tiny_cfg
 
-from .helpers import tiny_cfg
-
-VOC_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "voc.yaml")
 SAMPLE = "2011_000006"  # person and chair (seen), sofa (unseen), background, void rings
 PATCH = 16
 

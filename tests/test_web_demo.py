@@ -1,7 +1,6 @@
 """demo/web_demo.py through the function the page's button calls (WebDemo.segment), checked
 against OpenVocabularyPredictor called directly; bad input; the start-up command."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -20,10 +19,8 @@ from PIL import Image
 from clipzss_d2.miniworld import world
 from clipzss_d2.miniworld.generate import render_item
 from clipzss_d2.predictor import OpenVocabularyPredictor
+from tests.helpers import ROOT, TINY_CLIP, load_script, tiny_cfg
 
-from .helpers import TINY_CLIP, tiny_cfg
-
-ROOT = Path(__file__).resolve().parent.parent
 WEB_DEMO = ROOT / "demo" / "web_demo.py"
 VOCAB = "disc, grass|lawn, water, brick"
 NAMES = ["disc", "grass", "water", "brick"]
@@ -38,14 +35,7 @@ MODEL_OPTS = [
 ]  # fmt: skip
 
 
-def load_module():
-    spec = importlib.util.spec_from_file_location("clipzss_web_demo", WEB_DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-web_demo = load_module()
+web_demo = load_script("demo/web_demo.py", "clipzss_web_demo")
 # the drawing code the demo reuses (demo/visualization.py), imported the way the demo imports it
 from visualization import MIN_DISPLAY_SIDE, class_colors, render  # noqa: E402
 

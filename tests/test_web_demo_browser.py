@@ -25,10 +25,8 @@ from PIL import Image
 
 from clipzss_d2.miniworld import world
 from clipzss_d2.miniworld.generate import render_item
+from tests.helpers import ROOT, tiny_cfg
 
-from .helpers import tiny_cfg
-
-ROOT = Path(__file__).resolve().parent.parent
 WEB_DEMO = ROOT / "demo" / "web_demo.py"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = [

@@ -6,11 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from .helpers import TINY_MODEL_OPTS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, TINY_MODEL_OPTS
 
 TINY_TRAIN_OPTS = [str(o) for o in TINY_MODEL_OPTS] + [
     "SOLVER.WARMUP_ITERS", "1",
