@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     from . import data, miniworld, modeling  # noqa: F401  (registration side effects)
 
 from .config import add_clipzss_config, get_clipzss_cfg
-from .data.custom import register_zeroshot_sem_seg
+from .data.custom import register_zeroshot_from_detectron2, register_zeroshot_sem_seg
 from .predictor import OpenVocabularyPredictor, SegmentationResult
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "SegmentationResult",
     "add_clipzss_config",
     "get_clipzss_cfg",
+    "register_zeroshot_from_detectron2",
     "register_zeroshot_sem_seg",
 ]

@@ -21,18 +21,16 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 import clipzss_d2
-from clipzss_d2 import get_clipzss_cfg
+from clipzss_d2 import get_clipzss_cfg, register_zeroshot_from_detectron2  # the public entry
 from clipzss_d2.data import (
     CustomDatasetError,
     read_label_map,
     register_custom_datasets,
     register_dataset_file,
-    register_zeroshot_from_detectron2,
 )
 from clipzss_d2.data.coco_json import compressed_rle_counts
 from clipzss_d2.errors import UserInputError
-
-from .test_custom_dataset import run
+from tests.test_custom_dataset import run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 COCO_STUFF = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "coco_stuff"
