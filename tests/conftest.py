@@ -5,10 +5,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Real dataset samples live beside the checkout in this project's workspace; users' clones lack
-# them, so tests that need them skip with this reason (CI sets CLIPZSS_REQUIRE_SHARED_DATA=1).
-SHARED_DATA = Path(os.environ.get("CLIPZSS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from tests.helpers import SHARED_DATA
 
 
 @pytest.fixture(scope="session")

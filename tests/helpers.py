@@ -13,6 +13,10 @@ from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.checkpoint import SafeCheckpointer
 
 ROOT = Path(__file__).resolve().parent.parent
+# Real dataset samples live beside the checkout in this project's workspace; users' clones lack
+# them, so tests that need them (the `shared_data` fixture) skip; CI sets
+# CLIPZSS_REQUIRE_SHARED_DATA=1 so that they fail instead.
+SHARED_DATA = Path(os.environ.get("CLIPZSS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CONFIGS = ROOT / "configs"
 BASE_CONFIG = str(CONFIGS / "Base-CLIPZSS.yaml")
 VOC_CONFIG = str(CONFIGS / "voc.yaml")

@@ -4,11 +4,11 @@ its main with arguments)."""
 
 import re
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 TOOLS = ROOT / "tools"
 
 

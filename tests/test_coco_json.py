@@ -30,10 +30,13 @@ from clipzss_d2.data import (
 )
 from clipzss_d2.data.coco_json import compressed_rle_counts
 from clipzss_d2.errors import UserInputError
+from tests.helpers import SHARED_DATA
 from tests.test_custom_dataset import run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-COCO_STUFF = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "coco_stuff"
+COCO_STUFF = SHARED_DATA / "coco_stuff"
+# Every test here reads genuine COCO files: without the samples the module skips (fails in CI).
+pytestmark = pytest.mark.usefixtures("shared_data")
 MAPS = COCO_STUFF / "stuffthingmaps_trainval2017"
 PERSONS_139 = FIXTURES / "coco_val2017_000000000139_persons.json"
 needs_samples = pytest.mark.skipif(not MAPS.is_dir(), reason="../shared/data samples absent")

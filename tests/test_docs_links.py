@@ -8,11 +8,10 @@ rule, and test files or test functions that the documentation names must exist.
 
 import re
 import unicodedata
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 # Where references to the docs may live in code and config files.
 CODE_SOURCES = ("clipzss_d2", "configs", "tools", "demo", "datasets", "scripts", "tests")

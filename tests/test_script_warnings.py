@@ -4,11 +4,10 @@ without touching the process's filters (tests/test_student_only.py checks that p
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 COMMANDS = [
     ["train_net.py", "--help"],

@@ -3,11 +3,9 @@ delta merged after a miniworld variant; a _BASE_ would bring Base-CLIPZSS.yaml b
 variant), so it repeats the network lines: check they are the shipped student's, at this world's
 width and with BatchNorm."""
 
-from pathlib import Path
-
 from clipzss_d2 import get_clipzss_cfg
+from tests.helpers import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 NETWORK = ("MODEL.BACKBONE.", "MODEL.TIMM.", "MODEL.CLIPZSS.MLP_HEAD.", "MODEL.CLIPZSS.HEAD_NAME")
 
 
