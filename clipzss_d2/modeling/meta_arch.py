@@ -69,7 +69,8 @@ class CLIPZSS(StudentForward, nn.Module):
                 the supervised baseline on the seen classes.
             teacher_factory: callable building the frozen CLIP teacher; called by
                 `build_teacher()` and only when GLM or PLM needs it.
-            criterion: every loss term and its weight (default: CE + ZegCLIP's NEL, weight 1).
+            criterion: every loss term (CE + ZegCLIP's NEL on the seen + pseudo classes) and its
+                ``weight_dict``, which ``losses`` applies.
             test_time: how inference computes logits (whole / sliding window, flip, scales);
                 default one whole-image pass.
             pseudo_label_probe: diagnostics.PseudoLabelProbe counting PLM's pseudo labels
@@ -261,9 +262,9 @@ class CLIPZSS(StudentForward, nn.Module):
             outputs["aux_losses"]["loss_glm"] = self.glm(
                 embeddings, teacher_out.cls_embed, image_valid
             )
-        # [seen text; prototypes]: the seen block is classified before PLM runs, so the
-        # gradients reaching the embeddings add up in one fixed order (autograd accumulates
-        # them in reverse order of creation)
+        # [seen text; prototypes]: the seen block is classified before PLM runs, the pseudo
+        # block after it. Autograd sums the gradients reaching the embeddings in an order set
+        # by when each use was recorded: moving either product changes the low bits of training.
         scale = self.logit_scale
         logits = class_logits(embeddings, text_seen, scale)
         if self.plm is not None:
