@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's chromium + chromedriver for the web demo's browser test (tests/test_web_demo_browser.py);
+# Debian's chromium + chromedriver for the web demo's browser test (tests/demo/test_web_demo_browser.py);
 # `make test` runs it, `make main` does not need it. Offline machines cannot download a browser
 # of their own, so the distribution's package is used. Quick when both are already there.
 #

@@ -174,13 +174,12 @@ def test_doc_references_in_code_and_configs_resolve():
 
 
 def test_no_code_comment_cites_a_readme_section():
-    """Comments in the package, configs, tools, demos, datasets and scripts point to
+    """Comments in the package, configs, tools, demos, datasets, scripts and tests point to
     docs/<page>.md#<anchor>, not to a README section by its title."""
     cited = re.compile(r"README[,:]?\s+(?:\"[A-Z]|[A-Z][a-z]+ [a-z])")
     found = [
         f"{rel(p)}:{n}: {line.strip()}"
         for p in code_files()
-        if rel(p).split("/")[0] != "tests"
         for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
         if cited.search(line)
     ]
@@ -188,7 +187,7 @@ def test_no_code_comment_cites_a_readme_section():
 
 
 def test_tests_named_in_the_documentation_exist():
-    test_sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("*.py"))
+    test_sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py"))
     missing = []
     for path in doc_files():
         text = path.read_text(encoding="utf-8")

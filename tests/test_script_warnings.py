@@ -1,6 +1,6 @@
 """The entry points print no third-party FutureWarning (fvcore's torch.jit call at import): each
 script sets its own filter before its imports, and `import clipzss_d2` keeps its own import quiet
-without touching the process's filters (tests/test_student_only.py checks that part)."""
+without touching the process's filters (tests/modeling/test_student_only.py checks that part)."""
 
 import subprocess
 import sys

@@ -3,7 +3,7 @@
 
 The CPU test suite emulates AMP with CPU autocast; this runs what a GPU user runs:
 
-1. numerics: tests/test_autocast.py on the GPU (CLIPZSS_TEST_DEVICE=cuda: CUDA fp16/bf16
+1. numerics: tests/modeling/training/test_autocast.py on the GPU (CLIPZSS_TEST_DEVICE=cuda: CUDA fp16/bf16
    autocast against fp32 for PLM on planted scenes and a real VOC sample, the teacher in its
    shipped fp16 on padded batches, the synthesizer, text embeddings, and the training step of
    each shipped config, slow ones included);
@@ -103,7 +103,7 @@ def junit_cases(xml_text: str) -> list[dict]:
 def numerics(device: str, cpu_mode: bool, workdir: Path) -> Section:
     report = workdir / "numerics.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "tests/test_autocast.py", f"--junitxml={report}", "-m",
+               "tests/modeling/training/test_autocast.py", f"--junitxml={report}", "-m",
                "not slow" if cpu_mode else "slow or not slow"]  # fmt: skip
     code, output, seconds = run(command, LIMITS_S["numerics"], {"CLIPZSS_TEST_DEVICE": device})
     lines = [f"`CLIPZSS_TEST_DEVICE={device} {shlex.join(command[1:])}`", ""]
@@ -116,7 +116,7 @@ def numerics(device: str, cpu_mode: bool, workdir: Path) -> Section:
     passed = code == 0 and bool(cases) and all(c["outcome"] == "passed" for c in cases)
     if not passed:
         lines += ["", f"pytest exited with {code}:", *tail(output)]
-    return Section("Numerics under autocast (tests/test_autocast.py)", passed, seconds, lines)
+    return Section("Numerics under autocast (tests/modeling/training/test_autocast.py)", passed, seconds, lines)
 
 
 # -- 2. training -----------------------------------------------------------------------------------

@@ -2,6 +2,6 @@
 
 This package is the line the deployable student does not cross: the predictor, demo, export
 and web demo build the model with MODEL.CLIPZSS.STUDENT_ONLY and never import anything below
-it (tests/test_student_only.py). ``CLIPZSS.from_config`` imports ``training_modules`` only
+it (tests/modeling/test_student_only.py). ``CLIPZSS.from_config`` imports ``training_modules`` only
 when it builds a model for training.
 """

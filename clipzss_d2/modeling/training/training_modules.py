@@ -2,7 +2,7 @@
 
 Imported only when a model is built for training (``CLIPZSS.from_config`` with
 ``MODEL.CLIPZSS.STUDENT_ONLY False``), so the deployable student (predictor, demo, export, web
-demo) never loads them; tests/test_student_only.py checks it.
+demo) never loads them; tests/modeling/test_student_only.py checks it.
 """
 
 from ...vocabulary import get_training_vocabulary, shared_metadata

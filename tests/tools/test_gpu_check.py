@@ -16,10 +16,10 @@ import gpu_check  # noqa: E402
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="3">
-<testcase classname="tests.test_autocast" name="test_a[fp16]" time="1.25"/>
-<testcase classname="tests.test_autocast" name="test_b" time="0.5">
+<testcase classname="tests.modeling.training.test_autocast" name="test_a[fp16]" time="1.25"/>
+<testcase classname="tests.modeling.training.test_autocast" name="test_b" time="0.5">
   <failure message="AssertionError: voc.yaml fp16 whole step: loss_ce 3.2 vs fp32 3.0&#10;more">trace</failure></testcase>
-<testcase classname="tests.test_autocast" name="test_c" time="0">
+<testcase classname="tests.modeling.training.test_autocast" name="test_c" time="0">
   <skipped message="no GPU"/></testcase>
 </testsuite></testsuites>"""
 

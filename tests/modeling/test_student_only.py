@@ -6,14 +6,12 @@ Checked in a fresh interpreter, since pytest itself imports everything."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from detectron2.modeling import build_model
 
-from tests.helpers import tiny_cfg
+from tests.helpers import ROOT, tiny_cfg
 
-REPO = Path(__file__).resolve().parent.parent
 # the training-only package: teacher, GLM, PLM, criterion and their builder
 TRAINING_ONLY = "clipzss_d2.modeling.training"
 # the miniature world's CLIP trainer and the open_clip training machinery it pulls in
@@ -35,7 +33,7 @@ after_import = {"filters_unchanged": warnings.filters == filters,
                 "trainer": [m for m in MINIWORLD_TRAINING if m in sys.modules]}
 import clipzss_d2.export
 from clipzss_d2 import OpenVocabularyPredictor
-from tests.helpers import tiny_cfg
+from tests.helpers import ROOT, tiny_cfg
 
 for name in ("demo/demo.py", "tools/export_model.py"):  # the entry points' own imports
     spec = importlib.util.spec_from_file_location(name.replace("/", "_")[:-3], name)
@@ -54,7 +52,7 @@ def test_predictor_demo_and_export_import_no_training_code():
     code = f"TRAINING_ONLY = {TRAINING_ONLY!r}\nMINIWORLD_TRAINING = {MINIWORLD_TRAINING!r}\n"
     code += PROBE
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -99,7 +97,7 @@ def test_miniworld_trainer_names_load_on_first_use():
         "print('ok')\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"

@@ -11,8 +11,8 @@ import sys
 import cv2
 import pytest
 
-from tests import test_demo
-from tests.test_demo import DEMO, args_for, rgb, run_demo, write_image
+from tests.demo import test_demo
+from tests.demo.test_demo import DEMO, args_for, rgb, run_demo, write_image
 
 tiny = test_demo.tiny  # the same tiny model fixture (module-scoped: built again for this module)
 

@@ -3,7 +3,7 @@ share / purity counts (clipzss_d2/diagnostics).
 
 The mapper is checked on files of a small generated world against label maps read here and put
 through the known geometry by hand; the probe against a case worked out by hand. The end-to-end
-report (pseudo_label_diagnostics.json after training) is checked in tests/test_run_miniworld.py.
+report (pseudo_label_diagnostics.json after training) is checked in tests/miniworld/test_run_miniworld.py.
 """
 
 import math

@@ -3,7 +3,7 @@
 configs/miniworld scales VOC's protocol (512 px crops of images resized to a short side of
 256..1024) to its 96 px crops, and the world's images have VOC-like sizes, so the share of each
 training crop that is padding (outside the mapper's `image_size`) must be VOC-like: that padding
-is where PLM, GLM and the teacher must not look (tests/test_padding.py). Both shares are
+is where PLM, GLM and the teacher must not look (tests/data/test_padding.py). Both shares are
 measured with the real training mapper on real files: a small generated world, and the VOC
 samples in the shared data.
 """

@@ -30,10 +30,10 @@ from clipzss_d2.data import (
 )
 from clipzss_d2.data.coco_json import compressed_rle_counts
 from clipzss_d2.errors import UserInputError
-from tests.helpers import SHARED_DATA
-from tests.test_custom_dataset import run
+from tests.data.test_custom_dataset import run
+from tests.helpers import ROOT, SHARED_DATA
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 COCO_STUFF = SHARED_DATA / "coco_stuff"
 # Every test here reads genuine COCO files: without the samples the module skips (fails in CI).
 pytestmark = pytest.mark.usefixtures("shared_data")

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests import test_demo
-from tests.test_demo import no_temp_files, rgb, run_demo
+from tests.demo import test_demo
+from tests.demo.test_demo import no_temp_files, rgb, run_demo
 
 tiny = test_demo.tiny  # the same tiny model fixture (module-scoped: built again for this module)
 
