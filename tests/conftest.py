@@ -17,6 +17,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def name(request):
+    """A dataset name of this test's own; it and every name it prefixes leave the catalogs after."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    n = f"{module}_{request.node.name}".replace("[", "_").replace("]", "")
+    yield n
+    for k in [k for k in DatasetCatalog.list() if k.startswith(n)]:
+        DatasetCatalog.remove(k)
+        MetadataCatalog.remove(k)
+
+
 @pytest.fixture(scope="module")
 def prepared_root(shared_data, tmp_path_factory):
     """The real samples of every benchmark prepared and registered under a temporary root; the

@@ -42,15 +42,6 @@ PERSONS_139 = FIXTURES / "coco_val2017_000000000139_persons.json"
 needs_samples = pytest.mark.skipif(not MAPS.is_dir(), reason="../shared/data samples absent")
 
 
-@pytest.fixture
-def name(request):
-    n = f"cocojson_{request.node.name}".replace("[", "_").replace("]", "")
-    yield n
-    for k in [k for k in DatasetCatalog.list() if k.startswith(n)]:
-        DatasetCatalog.remove(k)
-        MetadataCatalog.remove(k)
-
-
 def coco_stuff_names() -> dict[int, str]:
     """COCO category id -> name, from COCO-Stuff's official labels.txt (`1: person` ...)."""
     out = {}

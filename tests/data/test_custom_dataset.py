@@ -93,15 +93,6 @@ def make_dataset(root: Path, how: str = "plain", n: int = 2, scale: int = 1) -> 
     return str(images), str(labels)
 
 
-@pytest.fixture
-def name(request):
-    n = f"custom_{request.node.name}".replace("[", "_").replace("]", "")
-    yield n
-    for k in [k for k in DatasetCatalog.list() if k.startswith(n)]:
-        DatasetCatalog.remove(k)
-        MetadataCatalog.remove(k)
-
-
 @pytest.mark.parametrize("how", sorted(ENCODINGS))
 def test_declared_encodings_decode_to_the_same_ids(tmp_path, name, how):
     images, labels = make_dataset(tmp_path, how)
