@@ -22,8 +22,9 @@ from collections.abc import Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from . import coco_json
-from .coco_json import CocoSource, RasterRules
+from . import coco_json, coco_sem_seg
+from .coco_rasterise import RasterRules
+from .coco_sem_seg import CocoSource
 from .custom_checks import (
     CustomDatasetError,
     check_classes,
@@ -85,10 +86,10 @@ def register_zeroshot_sem_seg(
     check_labels: False skips decoding every image and label when the dataset is first loaded
         (sizes and files are still checked from the headers); for very large, already verified
         datasets.
-    rules: JSON only: how instances become a semantic map (`coco_json.RasterRules` or a dict of
-        overlap / crowd / unannotated / unknown_categories).
+    rules: JSON only: how instances become a semantic map (`coco_rasterise.RasterRules` or a
+        dict of overlap / crowd / unannotated / unknown_categories).
     cache_dir: JSON only: where the rasterised maps are written (default
-        `coco_json.default_cache_dir()`: $CLIPZSS_CACHE_DIR or ~/.cache/clipzss/sem_seg).
+        `coco_sem_seg.default_cache_dir()`: $CLIPZSS_CACHE_DIR or ~/.cache/clipzss/sem_seg).
     """
     if str(label_root).lower().endswith(".json"):
         if label_encoding is not None or image_ext is not None or label_ext != ".png":
@@ -154,7 +155,7 @@ def register_zeroshot_from_detectron2(
     in detectron2's catalog as COCO instances (register_coco_instances) or panoptic
     (register_coco_panoptic, register_coco_panoptic_separated). Its files are read where they
     are (nothing is copied); the maps are rasterised into the cache as for a JSON file."""
-    _register_coco(name, coco_json.source_from_detectron2(source), classes, unseen, prompts,
+    _register_coco(name, coco_sem_seg.source_from_detectron2(source), classes, unseen, prompts,
                    colors, rules, cache_dir, check_images)  # fmt: skip
     MetadataCatalog.get(name).set(detectron2_source=source)
 
@@ -176,7 +177,7 @@ def _register_coco(name, source, classes, unseen, prompts, colors, rules, cache_
         rules = RasterRules.create(rules)
     except CustomDatasetError as e:
         raise CustomDatasetError(f"Dataset {name}: {e}") from None
-    cache_dir = os.path.expanduser(cache_dir) if cache_dir else coco_json.default_cache_dir()
+    cache_dir = os.path.expanduser(cache_dir) if cache_dir else coco_sem_seg.default_cache_dir()
     signature = _signature(source, classes, unseen, prompts, colors, rules, cache_dir, check)
     if (
         signature is not None
@@ -224,7 +225,7 @@ def _register_coco(name, source, classes, unseen, prompts, colors, rules, cache_
         records = checked_records(name)
         if records is not None:
             return records
-        records, folder, plan = coco_json.load_coco_sem_seg(
+        records, folder, plan = coco_sem_seg.load_coco_sem_seg(
             name, source, (given,), rules, cache_dir, check, data=_pending.pop(name, None)
         )
         if plan.classes != all_classes:
@@ -245,7 +246,7 @@ def _register_coco(name, source, classes, unseen, prompts, colors, rules, cache_
         prompt_names=prompt_names,
         unseen_classes=unseen,
         stuff_colors=colors,
-        ignore_label=coco_json.ignore_value(len(all_classes)),
+        ignore_label=ignore_value(len(all_classes)),
         evaluator_type=EVALUATOR_TYPE,
         image_root=source.image_root,
         annotation_json=path,
