@@ -116,7 +116,9 @@ def numerics(device: str, cpu_mode: bool, workdir: Path) -> Section:
     passed = code == 0 and bool(cases) and all(c["outcome"] == "passed" for c in cases)
     if not passed:
         lines += ["", f"pytest exited with {code}:", *tail(output)]
-    return Section("Numerics under autocast (tests/modeling/training/test_autocast.py)", passed, seconds, lines)
+    return Section(
+        "Numerics under autocast (tests/modeling/training/test_autocast.py)", passed, seconds, lines
+    )
 
 
 # -- 2. training -----------------------------------------------------------------------------------
