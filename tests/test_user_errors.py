@@ -194,6 +194,75 @@ def test_train_net_user_errors_stop_before_any_process_starts(tiny, tmp_path):
     assert code == 2 and "junk.pth could not be read as a PyTorch checkpoint" in line
 
 
+# -- launch arguments and the other commands' arguments, in process ---------------------------------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-gpus", "-1"], "--num-gpus and --num-machines must be at least 1, got -1 and 1"),
+        (["--num-machines", "0"], "--num-gpus and --num-machines must be at least 1, got 1 and 0"),
+        (["--num-machines", "2", "--machine-rank", "2"], "--machine-rank 2 must be between 0 and"),
+        (["--num-machines", "2", "--machine-rank", "-1"], "--machine-rank -1 must be between 0"),
+        (
+            ["--num-gpus", "2", "--dist-url", "tcp://host"],
+            "'tcp://host' is not a rendezvous address",
+        ),
+        (["--num-machines", "2", "--dist-url", "auto"], "'auto' is not a rendezvous address"),
+        (["MODEL.DEVICE", "gpu"], "MODEL.DEVICE 'gpu' is not a device torch knows"),
+    ],
+)
+def test_train_net_refuses_bad_launch_arguments_before_any_process(argv, message, capsys, tmp_path):
+    from detectron2.engine import default_argument_parser
+
+    train_net_module = load_script("train_net.py", "clipzss_train_net_launch")
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(ROOT / "configs/voc.yaml"), *argv, "OUTPUT_DIR", str(tmp_path / "o")]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        train_net_module.check_before_launch(args)
+    assert exit_info.value.code == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_well_formed_launch_arguments_pass():
+    from argparse import Namespace
+
+    check = load_script("train_net.py", "clipzss_train_net_launch_ok").check_launch_arguments
+    for num_gpus, num_machines, rank, url in [
+        (1, 1, 0, "auto"),
+        (8, 1, 0, "auto"),
+        (8, 2, 1, "tcp://10.0.0.1:29500"),
+        (4, 2, 0, "env://"),
+        (2, 1, 0, "file:///tmp/rendezvous"),
+    ]:
+        check(
+            Namespace(num_gpus=num_gpus, num_machines=num_machines, machine_rank=rank, dist_url=url)
+        )
+
+
+@pytest.mark.parametrize("seeds", [["-1"], ["0", str(2**32)]])
+def test_run_miniworld_refuses_seeds_out_of_range(seeds, capsys, tmp_path):
+    tool = load_script("tools/run_miniworld.py", "clipzss_run_miniworld_seeds")
+    code = tool.run_main(tool.main, ["--seeds", *seeds, "--output", str(tmp_path / "out")])
+    assert code == 2 and "--seeds must be between 0 and 2**32 - 1" in one_line(
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_open_vocab_refuses_an_empty_dataset_list(capsys, tmp_path):
+    tool = load_script("tools/eval_open_vocab.py", "clipzss_eval_open_vocab_empty")
+    argv = [
+        "--config-file",
+        str(ROOT / "configs/open_vocab/coco_stuff171.yaml"),
+        "--datasets",
+        " , ",
+    ]
+    code = tool.main([*argv, "--output", str(tmp_path / "out")])
+    assert code == 2 and "names no dataset" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
 # -- why torch finds no GPU -----------------------------------------------------------------------
 def test_a_torch_built_for_a_newer_cuda_than_the_driver_is_named(monkeypatch):
     from clipzss_d2.utils import cuda_check
