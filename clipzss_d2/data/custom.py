@@ -125,6 +125,15 @@ def register_zeroshot_sem_seg(
     register_label_encoding(label_root, encoding, name)
     args = (name, image_root, label_root, encoding, classes, image_ext, label_ext, check_labels)
     DatasetCatalog.register(name, lambda: load_checked_pairs(*args))
+    _set_metadata(
+        name, classes, prompt_names, unseen, colors, image_root,
+        sem_seg_root=label_root, label_encoding=encoding.to_dict(),
+    )  # fmt: skip
+
+
+def _set_metadata(name, classes, prompt_names, unseen, colors, image_root, **source) -> None:
+    """The metadata every own dataset carries (class list, split, evaluator), plus `source`:
+    where its label maps come from (a PNG folder, or a COCO JSON with its rules and cache)."""
     MetadataCatalog.get(name).set(
         stuff_classes=classes,
         prompt_names=prompt_names,
@@ -133,9 +142,8 @@ def register_zeroshot_sem_seg(
         ignore_label=ignore_value(len(classes)),
         evaluator_type=EVALUATOR_TYPE,
         image_root=image_root,
-        sem_seg_root=label_root,
-        label_encoding=encoding.to_dict(),
         benchmark="custom",
+        **source,
     )
 
 
@@ -241,20 +249,11 @@ def _register_coco(name, source, classes, unseen, prompts, colors, rules, cache_
         return keep_checked(name, records)
 
     DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        stuff_classes=all_classes,
-        prompt_names=prompt_names,
-        unseen_classes=unseen,
-        stuff_colors=colors,
-        ignore_label=ignore_value(len(all_classes)),
-        evaluator_type=EVALUATOR_TYPE,
-        image_root=source.image_root,
-        annotation_json=path,
-        panoptic_root=source.panoptic_root,
-        raster_rules=rules.to_dict(),
-        label_cache_dir=cache_dir,
-        benchmark="custom",
-    )
+    _set_metadata(
+        name, all_classes, prompt_names, unseen, colors, source.image_root,
+        annotation_json=path, panoptic_root=source.panoptic_root,
+        raster_rules=rules.to_dict(), label_cache_dir=cache_dir,
+    )  # fmt: skip
 
 
 # ---- dataset files ---------------------------------------------------------------------------
