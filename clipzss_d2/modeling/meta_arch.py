@@ -229,6 +229,18 @@ class CLIPZSS(StudentForward, nn.Module):
         cols = torch.arange(width, device=device)[None] < extents[:, 1:]
         return rows[:, :, None] & cols[:, None, :]
 
+    def training_targets(self, images: ImageList, batched_inputs):
+        """The batch's seen-id targets padded like ``images`` (padding = ignore), each image's
+        extent (B x 2) and the B x H x W mask of real pixels: what every training module and
+        tools/check_teacher.py read, built one way."""
+        targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
+        targets = ImageList.from_tensors(
+            targets, self.size_divisibility, pad_value=self.ignore_value
+        ).tensor.long()
+        extents = self.image_extents(images, batched_inputs)
+        image_valid = self.extent_mask(extents, *targets.shape[-2:], self.device)
+        return targets.masked_fill(~image_valid, self.ignore_value), extents, image_valid
+
     def losses(self, images: ImageList, batched_inputs) -> dict[str, torch.Tensor]:
         """Weighted loss terms; padding is not image: no term, pseudo label, K-Means token,
         pooling weight or centroid comes from it.
@@ -243,13 +255,7 @@ class CLIPZSS(StudentForward, nn.Module):
                 "This CLIPZSS was built for inference only (MODEL.CLIPZSS.STUDENT_ONLY): it has "
                 "no criterion; build it from a config with STUDENT_ONLY False to train."
             )
-        targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
-        targets = ImageList.from_tensors(
-            targets, self.size_divisibility, pad_value=self.ignore_value
-        ).tensor.long()
-        extents = self.image_extents(images, batched_inputs)
-        image_valid = self.extent_mask(extents, *targets.shape[-2:], self.device)
-        targets = targets.masked_fill(~image_valid, self.ignore_value)
+        targets, extents, image_valid = self.training_targets(images, batched_inputs)
 
         crops = images.tensor
         if self.train_channels_last:
