@@ -165,6 +165,10 @@ def add_clipzss_config(cfg):
     # purity, per class (needs full labels of the training images; for calibrating PLM).
     z.DIAGNOSTICS = CN()
     z.DIAGNOSTICS.PSEUDO_LABELS = False
+    # ORACLE_TEACHER: the teacher's outputs replaced by ideal ones built from the hidden labels
+    # (clipzss_d2/modeling/training/oracle_teacher.py): the upper bound of what GLM + PLM can
+    # transfer. Refused outside the miniature world's datasets.
+    z.DIAGNOSTICS.ORACLE_TEACHER = False
 
     # ---- Training: engineering, solver, input pipeline, data, determinism ------------------------
     # Training-time engineering of the student's forward (the same network; floats round

@@ -83,9 +83,10 @@ class ZeroShotSemSegDatasetMapper:
     Output: image (CHW uint8 tensor in `image_format`), sem_seg (HW int64), height and width of
     the original image, file_name, and image_size: (height, width) of the image inside the
     (possibly padded) tensor, so the model can tell padding from image.
-    With `hidden_labels` (MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS), training outputs also carry
-    `hidden_sem_seg`: the full ids, unseen classes included, augmented and padded like sem_seg,
-    for diagnostics only (clipzss_d2/diagnostics); no loss reads them.
+    With `hidden_labels` (MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS or ORACLE_TEACHER), training
+    outputs also carry `hidden_sem_seg`: the full ids, unseen classes included, augmented and
+    padded like sem_seg, for diagnostics only (clipzss_d2/diagnostics, the miniature world's
+    oracle teacher); no loss of the method reads them.
     """
 
     @configurable
@@ -190,7 +191,8 @@ class ZeroShotSemSegDatasetMapper:
                 "pad_to": pad_to,
                 "size_divisibility": cfg.INPUT.get("SIZE_DIVISIBILITY", -1),
                 "pad_value": [int(round(v)) for v in mean] if len(mean) > 1 else int(mean[0]),
-                "hidden_labels": cfg.MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS,
+                "hidden_labels": cfg.MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS
+                or cfg.MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER,
             }
         augs = []
         if cfg.INPUT.MIN_SIZE_TEST > 0:

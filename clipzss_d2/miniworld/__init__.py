@@ -92,6 +92,7 @@ def register_miniworld(root: str | None = None, prefix: str = "miniworld") -> li
             stuff_colors=world.class_colors(),
             ignore_label=world.IGNORE_LABEL,
             evaluator_type=EVALUATOR_TYPE,
+            miniature_world=True,  # the diagnostics that read hidden labels check for it
             image_root=os.path.join(root, IMAGE_DIR, split),
             sem_seg_root=os.path.join(root, LABEL_DIR, split),
         )

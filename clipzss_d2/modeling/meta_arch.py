@@ -61,6 +61,7 @@ class CLIPZSS(StudentForward, nn.Module):
         criterion: "CLIPZSSCriterion | None" = None,
         test_time: TestTimeInference | None = None,
         pseudo_label_probe=None,
+        oracle_teacher=None,
         train_channels_last: bool = False,
     ):
         """
@@ -75,6 +76,9 @@ class CLIPZSS(StudentForward, nn.Module):
                 default one whole-image pass.
             pseudo_label_probe: diagnostics.PseudoLabelProbe counting PLM's pseudo labels
                 against hidden ground truth (MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS), or None.
+            oracle_teacher: training.oracle_teacher.OracleTeacher replacing the teacher's
+                outputs with ideal ones from hidden labels (MODEL.CLIPZSS.DIAGNOSTICS.
+                ORACLE_TEACHER, miniature world only), or None.
             train_channels_last: training crops enter the student NHWC
                 (MODEL.CLIPZSS.TRAINING.CHANNELS_LAST); inference has its own switch.
         """
@@ -98,6 +102,7 @@ class CLIPZSS(StudentForward, nn.Module):
         self.plm = plm
         self.criterion = criterion
         self.pseudo_label_probe = pseudo_label_probe
+        self.oracle_teacher = oracle_teacher
         self.train_channels_last = train_channels_last
         self._teacher_factory = teacher_factory
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
@@ -263,6 +268,8 @@ class CLIPZSS(StudentForward, nn.Module):
         embeddings = self.embed(crops)
         text_seen = self.text_embeddings(self.train_vocabulary)
         teacher_out = self.run_teacher(images, extents)
+        if self.oracle_teacher is not None:  # a diagnostic: reads hidden labels
+            teacher_out = self.oracle_teacher(self, teacher_out, batched_inputs, image_valid)
         outputs = {"aux_losses": {}}
         if self.glm is not None:
             outputs["aux_losses"]["loss_glm"] = self.glm(

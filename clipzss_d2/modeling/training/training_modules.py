@@ -5,7 +5,7 @@ Imported only when a model is built for training (``CLIPZSS.from_config`` with
 demo) never loads them; tests/modeling/test_student_only.py checks it.
 """
 
-from ...vocabulary import get_training_vocabulary, shared_metadata
+from ...vocabulary import get_training_vocabulary, prompt_names, shared_metadata
 from .criterion import CLIPZSSCriterion
 from .glm import GlobalLearningModule
 from .plm import PixelLearningModule
@@ -29,8 +29,17 @@ def build_training_modules(cfg) -> dict:
         probe = PseudoLabelProbe(
             meta.stuff_classes, meta.get("unseen_classes", []), cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         )
+    oracle = None
+    if z.DIAGNOSTICS.ORACLE_TEACHER:
+        from detectron2.data import MetadataCatalog
+
+        from .oracle_teacher import OracleTeacher, check_oracle_datasets
+
+        check_oracle_datasets(list(cfg.DATASETS.TRAIN), MetadataCatalog.get)
+        oracle = OracleTeacher(prompt_names(shared_metadata(cfg.DATASETS.TRAIN)))
     return {
         "pseudo_label_probe": probe,
+        "oracle_teacher": oracle,
         "glm": GlobalLearningModule(cfg) if z.GLM.ENABLED else None,
         "plm": PixelLearningModule(cfg) if plm_on else None,
         "teacher_factory": (lambda: CLIPTeacher(cfg)) if (z.GLM.ENABLED or plm_on) else None,
