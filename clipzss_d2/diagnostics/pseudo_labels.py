@@ -8,7 +8,12 @@ nothing here feeds a loss or the model; it counts, without gradients. Use it to 
 Per class c of the dataset (unseen classes are the interesting ones):
 - share[c]: of the unlabelled image pixels whose true class is c, the fraction given a pseudo label;
 - purity[c]: over the pseudo regions whose majority true class is c, the fraction of their pixels
-  that are c (a region = one pseudo class of one image; void pixels count against purity).
+  that are c (a region = one pseudo class of one image; void pixels count against purity);
+- with ``halo_radius`` > 0, halo_share: of the unlabelled image pixels within that many pixels of a
+  seen-labelled one (a seen object's rim: VOC's void ring, blurred edges), the fraction given a
+  pseudo label.
+
+tools/check_teacher.py counts with this same probe, so its figures and training's agree.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -30,10 +36,17 @@ REPORT_FILE = "pseudo_label_diagnostics.json"
 class PseudoLabelProbe:
     """Accumulates coverage and purity counts of the pseudo labels PLM trains with."""
 
-    def __init__(self, class_names: list[str], unseen_names: list[str], ignore_value: int):
+    def __init__(
+        self,
+        class_names: list[str],
+        unseen_names: list[str],
+        ignore_value: int,
+        halo_radius: int = 0,
+    ):
         self.class_names = list(class_names)
         self.unseen_names = [c for c in class_names if c in set(unseen_names)]
         self.ignore_value = ignore_value
+        self.halo_radius = int(halo_radius)
         self.reset()
 
     def reset(self) -> None:
@@ -42,6 +55,9 @@ class PseudoLabelProbe:
             k: torch.zeros(bins, dtype=torch.float64)
             for k in ("unlabelled", "covered", "region_pixels", "region_majority", "regions")
         }
+        # images; and unlabelled / covered pixels of the seen halo (halo_radius > 0)
+        self.counts["images"] = torch.zeros(1, dtype=torch.float64)
+        self.counts["halo"] = torch.zeros(2, dtype=torch.float64)
 
     @torch.no_grad()
     def update(
@@ -70,6 +86,12 @@ class PseudoLabelProbe:
         batch_covered = torch.bincount(truth[pseudo], minlength=k + 1).double().cpu()
         c["unlabelled"] += batch_unlabelled
         c["covered"] += batch_covered
+        c["images"] += len(truth)
+        if self.halo_radius > 0:
+            r = self.halo_radius
+            seen = (image_valid & (seen_targets != ignore)).unsqueeze(1).float()
+            halo = (F.max_pool2d(seen, 2 * r + 1, stride=1, padding=r)[:, 0] > 0) & unlabelled
+            c["halo"] += torch.tensor([halo.sum().item(), (halo & pseudo).sum().item()])
         if pseudo.any():
             q = int(fused_targets[pseudo].max().item()) - num_seen + 1
             b = torch.arange(len(truth), device=truth.device)[:, None, None].expand_as(truth)
@@ -112,10 +134,22 @@ class PseudoLabelProbe:
             for i, name in enumerate(names)
         }
         idx = [self.class_names.index(n) for n in self.unseen_names]
+        images = float(counts["images"][0])
         return {
             "unseen": self.unseen_names,
             "unseen_share": ratio(counts["covered"][idx].sum(), counts["unlabelled"][idx].sum()),
+            # over the regions whose majority is an unseen class
+            "unseen_purity": ratio(
+                counts["region_majority"][idx].sum(), counts["region_pixels"][idx].sum()
+            ),
             "all_purity": ratio(counts["region_majority"].sum(), counts["region_pixels"].sum()),
+            "void_share": per_class["(void)"]["share"],
+            "halo_share": ratio(counts["halo"][1], counts["halo"][0]) if self.halo_radius else None,
+            "halo_radius": self.halo_radius,
+            "images": int(images),
+            "regions_per_image": round(float(counts["regions"].sum()) / images, 2)
+            if images
+            else None,
             "per_class": per_class,
         }
 

@@ -20,7 +20,7 @@ from torch import nn
 from ....errors import UserInputError
 from ....utils.precision import without_autocast
 from ..criterion import mean_over_processes
-from .pseudo_labels import PseudoLabeler, fuse_labels
+from .pseudo_labels import FusedLabels, PseudoLabeler, PseudoRegions, fuse_labels
 from .synthesizer import PseudoWeightSynthesizer, region_centroids
 
 
@@ -33,6 +33,35 @@ def check_pseudo_ids(num_seen: int, max_regions: int, ignore_value: int) -> None
             f"would reach the ignore value {ignore_value}: set MODEL.CLIPZSS.PLM.MAX_REGIONS to "
             f"at most {ignore_value - num_seen}."
         )
+
+
+class PseudoTargets(NamedTuple):
+    regions: PseudoRegions  # the teacher's fused regions (region_map on the token grid)
+    fused: FusedLabels  # labels B x H x W: seen ids, S + pseudo id, ignore
+
+
+def drop_off_grid(
+    labels: torch.Tensor, num_seen: int, grid: tuple[int, int], ignore_value: int
+) -> torch.Tensor:
+    """Pseudo ids absent from ``labels`` resized to ``grid`` (nearest-exact, as the synthesizer's
+    centroids see them) -> ignore_value: such a region has no centroid, hence no prototype."""
+    b = labels.shape[0]
+    is_pseudo = (labels >= num_seen) & (labels != ignore_value)
+    if not bool(is_pseudo.any()):
+        return labels
+    small = F.interpolate(labels[:, None].float(), size=tuple(grid), mode="nearest-exact")
+    small = small[:, 0].long()
+    q = int(labels[is_pseudo].max().item()) - num_seen + 1
+    on_grid = (small >= num_seen) & (small != ignore_value)
+    slot = torch.where(on_grid, small - num_seen, q).flatten(1)
+    present = (
+        torch.zeros(b, q + 1, device=labels.device).scatter_add_(
+            1, slot, torch.ones_like(slot, dtype=torch.float)
+        )[:, :q]
+        > 0
+    )
+    kept = present.gather(1, (labels - num_seen).clamp(0, q - 1).flatten(1)).view_as(labels)
+    return torch.where(is_pseudo & ~kept, ignore_value, labels)
 
 
 class PLMOutput(NamedTuple):
@@ -134,6 +163,58 @@ class PixelLearningModule(nn.Module):
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
 
+    @torch.no_grad()
+    def teacher_clusters(self, teacher, window_sizes=None) -> list:
+        """K-Means on the teacher's patch tokens, one result per window size (default the
+        config's): what ``pseudo_targets`` fuses."""
+        tokens = teacher.patch_embed.detach().float()
+        token_valid = getattr(teacher, "token_valid", None)
+        return self.labeler.cluster_scales(tokens, token_valid, window_sizes)
+
+    @torch.no_grad()
+    def pseudo_targets(
+        self,
+        targets: torch.Tensor,
+        teacher,
+        valid: torch.Tensor,
+        num_seen: int,
+        grid: tuple[int, int] | None = None,
+        *,
+        clusters=None,
+        threshold: float | None = None,
+    ) -> PseudoTargets:
+        """The pseudo labels PLM trains with: teacher regions fused into the seen targets.
+
+        ``forward`` and tools/check_teacher.py both call this, so a calibration measures
+        exactly what training uses. targets: B x H x W seen ids / ignore (ignore on padding);
+        valid: B x H x W real pixels; grid: the student's embedding grid (h, w) when the
+        synthesizer is on: a pseudo id that no grid cell holds has no centroid, so its pixels
+        become ignore here rather than after the synthesizer. ``clusters`` (the K-Means results
+        of ``labeler.cluster_scales``, one per window size) and ``threshold`` (lambda) let a
+        sweep cluster once and re-fuse; by default both come from the config.
+        """
+        check_pseudo_ids(num_seen, self.labeler.max_regions, self.ignore_value)
+        tokens = teacher.patch_embed.detach().float()
+        token_valid = getattr(teacher, "token_valid", None)
+        if clusters is None:
+            clusters = self.teacher_clusters(teacher)
+        regions = self.labeler.regions_from_clusters(clusters, tokens, token_valid, threshold)
+        fused = fuse_labels(
+            targets,
+            regions.region_map,
+            num_seen,
+            valid,
+            num_regions=self.labeler.max_regions,
+            max_seen_fraction=self.max_seen_fraction,
+            ignore_value=self.ignore_value,
+            seen_halo_radius=self.seen_halo_radius,
+        )
+        if grid is not None:
+            fused = fused._replace(
+                labels=drop_off_grid(fused.labels, num_seen, grid, self.ignore_value)
+            )
+        return PseudoTargets(regions, fused)
+
     def forward(
         self,
         dense: torch.Tensor,
@@ -177,19 +258,8 @@ class PixelLearningModule(nn.Module):
         q = 0
         num_pseudo = torch.zeros(b, dtype=torch.long, device=device)
         if self.labeler is not None:
-            check_pseudo_ids(s, self.labeler.max_regions, ignore)
-            tokens = teacher.patch_embed.detach().float()
-            regions = self.labeler(tokens, token_valid)
-            fused = fuse_labels(
-                targets,
-                regions.region_map,
-                s,
-                valid,
-                num_regions=self.labeler.max_regions,
-                max_seen_fraction=self.max_seen_fraction,
-                ignore_value=ignore,
-                seen_halo_radius=self.seen_halo_radius,
-            )
+            grid = (h, w) if self.synthesizer is not None else None
+            regions, fused = self.pseudo_targets(targets, teacher, valid, s, grid)
             targets = fused.labels
             num_pseudo = fused.num_pseudo
             q = int(num_pseudo.max().item()) if b > 0 else 0

@@ -69,8 +69,12 @@ class PseudoLabeler:
 
     @torch.no_grad()
     @without_autocast
-    def cluster_scales(self, tokens: torch.Tensor, token_valid: torch.Tensor | None = None):
-        """K-Means per window size on B x C x h x w tokens -> list of KMeansResult."""
+    def cluster_scales(
+        self, tokens: torch.Tensor, token_valid: torch.Tensor | None = None, window_sizes=None
+    ):
+        """K-Means per window size on B x C x h x w tokens -> list of KMeansResult, one per
+        window size (default ``self.window_sizes``). Each scale depends on its window size
+        alone, so a sweep clusters every size once and re-fuses subsets of the results."""
         b, c, h, w = tokens.shape
         x = tokens.float()
         if self.metric == "cosine":
@@ -78,7 +82,7 @@ class PseudoLabeler:
         flat = x.flatten(2).transpose(1, 2).contiguous()  # once for all scales
         tv = None if token_valid is None else token_valid.reshape(b, h * w)
         results = []
-        for win in self.window_sizes:
+        for win in self.window_sizes if window_sizes is None else window_sizes:
             seeds, seed_valid = window_seeds(x, win, token_valid)
             results.append(kmeans(flat, seeds, seed_valid, tv, self.iters, self.metric))
         return results
@@ -89,11 +93,25 @@ class PseudoLabeler:
         self, tokens: torch.Tensor, token_valid: torch.Tensor | None = None
     ) -> PseudoRegions:
         """tokens: B x C x h x w teacher patch tokens; token_valid: B x h x w bool (padding)."""
+        return self.regions_from_clusters(
+            self.cluster_scales(tokens, token_valid), tokens, token_valid
+        )
+
+    @torch.no_grad()
+    @without_autocast
+    def regions_from_clusters(
+        self,
+        results,
+        tokens: torch.Tensor,
+        token_valid: torch.Tensor | None = None,
+        threshold: float | None = None,
+    ) -> PseudoRegions:
+        """Mask fusion at lambda = ``threshold`` (default ``self.threshold``) and the partition,
+        on the K-Means ``results`` of ``cluster_scales``: a sweep over lambda clusters once."""
         b, c, h, w = tokens.shape
-        results = self.cluster_scales(tokens, token_valid)
         fused = fuse_masks(
             [(r.centroids, r.counts, r.valid) for r in results],
-            self.threshold,
+            self.threshold if threshold is None else float(threshold),
             self.fusion_mode,
             self.metric,
         )
