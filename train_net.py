@@ -4,6 +4,8 @@
 python train_net.py --config-file configs/voc.yaml --num-gpus 8
 python train_net.py --config-file configs/voc.yaml --eval-only MODEL.WEIGHTS output/voc/model_final.pth
 python train_net.py --config-file configs/voc.yaml --num-gpus 8 --resume
+python train_net.py --config-file configs/voc.yaml --eval-only MODEL.META_ARCHITECTURE CLIPAlone
+    (CLIP alone, the training-free baseline: no student, MODEL.WEIGHTS not used)
 """
 
 import contextlib
@@ -48,6 +50,7 @@ from clipzss_d2.evaluation import (  # noqa: E402
     build_gzss_test_loader,
 )
 from clipzss_d2.model_folder import check_replaceable, write_model_folder  # noqa: E402
+from clipzss_d2.modeling.clip_alone import DESCRIPTION, is_clip_alone, refuse_clip_alone  # noqa: E402
 from clipzss_d2.reproducibility import (  # noqa: E402
     GatherRNGStates,
     GLMBankState,
@@ -287,6 +290,10 @@ def sync_batch_norms(module: torch.nn.Module, types: tuple[type, ...]) -> int:
     return replaced
 
 
+def check_trainable(cfg) -> None:
+    refuse_clip_alone(cfg, "there is nothing to train: evaluate it with --eval-only.")
+
+
 def setup(args):
     cfg = load_config(args)
     cfg.freeze()
@@ -305,7 +312,10 @@ def main(args):
     if args.eval_only:
         model = build_eval_student(cfg, resume=args.resume, build=Trainer.build_model)
         results = Trainer.test(cfg, model)
+        if is_clip_alone(cfg):
+            logger.warning("The results above are %s, not a trained student's.", DESCRIPTION)
     else:
+        check_trainable(cfg)
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
@@ -323,6 +333,7 @@ def check_before_launch(args) -> None:
     if config.DETERMINISTIC:
         check_deterministic_config(config)
     if not args.eval_only:  # the end of training writes OUTPUT_DIR/model (ModelFolderWriter)
+        check_trainable(config)
         check_replaceable(
             os.path.join(config.OUTPUT_DIR, "model"),
             what="OUTPUT_DIR/model,",

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import UserInputError
+from .modeling.clip_alone import refuse_clip_alone
 from .modeling.inference import TestTimeInference, dense_logits
 from .modeling.student import StudentForward
 from .predictor import OpenVocabularyPredictor
@@ -285,6 +286,7 @@ def export_student(
     PyTorch (empty when they match). Raises AssertionError if an artefact holds anything but
     the student (check_no_clip).
     """
+    refuse_clip_alone(cfg, "there is nothing to export: export a trained student.")
     options = options or ExportOptions()
     vocabulary = list(vocabulary)
     cfg = cfg.clone()

@@ -33,6 +33,7 @@ from detectron2.data import MetadataCatalog
 from .checkpoint import STUDENT_PREFIXES
 from .config import get_clipzss_cfg
 from .errors import UserInputError
+from .modeling.clip_alone import refuse_clip_alone
 from .modeling.text_classifier import TextClassifier
 from .utils.config_loading import merge_config, merge_overrides, use_cpu_without_gpu
 from .utils.io import atomic_write_text
@@ -149,7 +150,9 @@ def write_model_folder(
     overwrite: bool = False,
 ) -> str:
     """Write `folder` from the training config and trained model, replacing an older model
-    folder (anything else only with `overwrite`: ``check_replaceable``)."""
+    folder (anything else only with `overwrite`: ``check_replaceable``). CLIP alone is refused:
+    a model folder is what the predictor loads as a trained student."""
+    refuse_clip_alone(cfg, "a model folder packages a trained student only.")
     check_replaceable(folder, overwrite=overwrite)
     folder = os.path.abspath(folder)
     parent = os.path.dirname(folder)

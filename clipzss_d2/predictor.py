@@ -9,10 +9,16 @@ and weights that do not fit the config are an error instead of a warning.
 No dataset is needed on disk and no CLIP image encoder is built. Text embeddings come from the
 on-disk cache (MODEL.CLIPZSS.TEXT.CACHE_DIR) when present, else from the CLIP text tower, loaded
 once, on the first vocabulary that misses the cache.
+
+The same interface runs CLIP alone (MODEL.META_ARCHITECTURE CLIPAlone, or
+`OpenVocabularyPredictor.clip_alone(config_file)`): CLIP's dense patch tokens x text embeddings,
+the training-free baseline, with no student and no MODEL.WEIGHTS. Its results say so
+(`SegmentationResult.segmenter`), so they cannot pass for a trained student's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,10 +32,14 @@ from detectron2.modeling import build_model
 from .checkpoint import load_student_weights, skip_imagenet_init_for_trained_student
 from .config import get_clipzss_cfg
 from .errors import UserInputError
+from .modeling.clip_alone import META_ARCHITECTURE as CLIP_ALONE_ARCH
+from .modeling.clip_alone import NO_WEIGHTS_NOTE, CLIPAlone
 from .modeling.inference import TestTimeInference
-from .modeling.meta_arch import CLIPZSS
+from .modeling.open_vocabulary import STUDENT, OpenVocabularySegmenter
 from .utils.config_loading import merge_config
 from .vocabulary import display_name, parse_vocabulary
+
+logger = logging.getLogger(__name__)
 
 INPUT_FORMATS = ("BGR", "RGB")
 
@@ -41,11 +51,14 @@ class SegmentationResult:
     labels: H x W int64, index into `vocabulary`.
     scores: H x W float32, softmax probability of the predicted class over the vocabulary.
     vocabulary: the entries given to CLIP (synonyms joined by "|").
+    segmenter: what predicted it: "student" (a trained CLIP-ZSS student) or
+        "CLIP alone (no student)" (the training-free baseline); outputs carry it.
     """
 
     labels: np.ndarray
     scores: np.ndarray
     vocabulary: list[str]
+    segmenter: str = STUDENT
 
     @property
     def class_names(self) -> list[str]:
@@ -79,7 +92,7 @@ class SegmentationResult:
 
 
 class OpenVocabularyPredictor:
-    """Segment images over any vocabulary with a trained CLIP-ZSS student.
+    """Segment images over any vocabulary with a trained CLIP-ZSS student (or CLIP alone).
 
     Images are uint8 arrays H x W x 3 in BGR order by default (OpenCV's, like detectron2's
     DefaultPredictor); pass ``input_format="RGB"`` for PIL/matplotlib arrays. Grayscale (H x W)
@@ -94,6 +107,8 @@ class OpenVocabularyPredictor:
             "configs/coco_stuff.yaml", ["MODEL.WEIGHTS", "model_final.pth"])
         result = predictor(cv2.imread("street.jpg"), vocabulary="car,road,tree|trees,sky")
         result.labels, result.scores, result.class_names
+        # the training-free baseline, same interface, no student weights:
+        baseline = OpenVocabularyPredictor.clip_alone("configs/coco_stuff.yaml")
     """
 
     def __init__(
@@ -105,13 +120,17 @@ class OpenVocabularyPredictor:
         skip_imagenet_init_for_trained_student(self.cfg)
         self.cfg.freeze()
         self.model = build_model(self.cfg)
-        if not isinstance(self.model, CLIPZSS):
+        if not isinstance(self.model, OpenVocabularySegmenter):
             raise UserInputError(
                 f"MODEL.META_ARCHITECTURE is {self.cfg.MODEL.META_ARCHITECTURE!r}; the "
-                f"open-vocabulary predictor needs 'CLIPZSS'."
+                f"open-vocabulary predictor needs 'CLIPZSS' (a student) or "
+                f"'{CLIP_ALONE_ARCH}' (CLIP alone)."
             )
         self.model.eval()
-        load_student_weights(self.model, self.cfg.MODEL.WEIGHTS, config_name or "the config")
+        if isinstance(self.model, CLIPAlone):
+            logger.warning("%s.", NO_WEIGHTS_NOTE)
+        else:
+            load_student_weights(self.model, self.cfg.MODEL.WEIGHTS, config_name or "the config")
         min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
         self.aug = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
         self.model_format = self.cfg.INPUT.FORMAT
@@ -130,6 +149,23 @@ class OpenVocabularyPredictor:
     ) -> OpenVocabularyPredictor:
         cfg = merge_config(get_clipzss_cfg(), config_file, opts, "opts")
         return cls(cfg, vocabulary, config_name=config_file)
+
+    @classmethod
+    def clip_alone(
+        cls,
+        config_file: str,
+        opts: Sequence[str] = (),
+        vocabulary: str | Sequence[str] | None = None,
+    ) -> OpenVocabularyPredictor:
+        """CLIP alone with the CLIP, teacher and inference settings of `config_file` (the
+        training-free baseline): MODEL.META_ARCHITECTURE CLIPAlone; MODEL.WEIGHTS is not used."""
+        opts = [*opts, "MODEL.META_ARCHITECTURE", CLIP_ALONE_ARCH]
+        return cls.from_config_file(config_file, opts, vocabulary)
+
+    @property
+    def segmenter(self) -> str:
+        """What this predictor's results are: "student" or "CLIP alone (no student)"."""
+        return self.model.segmenter
 
     @classmethod
     def from_folder(
@@ -209,7 +245,7 @@ class OpenVocabularyPredictor:
             sizes = [(inputs[i].pop("height"), inputs[i].pop("width")) for i in idx]
             outputs = self.model([inputs[i] for i in idx])
             for i, out, size in zip(idx, outputs, sizes):
-                results[i] = _to_result(out["sem_seg"], entries, size)
+                results[i] = _to_result(out["sem_seg"], entries, size, segmenter=self.segmenter)
         return results
 
     def _prepare(self, image, input_format: str) -> dict:
@@ -254,7 +290,12 @@ UPSAMPLE_BUDGET = 1 << 24
 
 
 def _to_result(
-    logits: torch.Tensor, entries: list[str], size: tuple[int, int], budget: int = UPSAMPLE_BUDGET
+    logits: torch.Tensor,
+    entries: list[str],
+    size: tuple[int, int],
+    budget: int = UPSAMPLE_BUDGET,
+    *,
+    segmenter: str = STUDENT,
 ) -> SegmentationResult:
     """Labels and scores at `size` from K x h x w logits: what argmax / softmax-max of
     detectron2's `sem_seg_postprocess` (bilinear resize of all K planes) give, computed over
@@ -283,4 +324,5 @@ def _to_result(
         labels=labels.cpu().numpy(),
         scores=total.reciprocal().cpu().numpy(),  # softmax of the top class: exp(0) / total
         vocabulary=list(entries),
+        segmenter=segmenter,
     )

@@ -36,6 +36,7 @@ from clipzss_d2.data import register_custom_datasets  # noqa: E402
 from clipzss_d2.entry import add_config_arguments, load_config, run_main  # noqa: E402
 from clipzss_d2.errors import UserInputError  # noqa: E402
 from clipzss_d2.model_folder import check_replaceable, write_model_folder  # noqa: E402
+from clipzss_d2.modeling.clip_alone import refuse_clip_alone  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def run(args) -> int:
     cfg = load_config(args)
+    refuse_clip_alone(cfg, "a model folder packages a trained student's checkpoint only.")
     if not cfg.MODEL.WEIGHTS:
         raise UserInputError("MODEL.WEIGHTS is empty: name the checkpoint to package.")
     folder = args.output or os.path.join(cfg.OUTPUT_DIR, "model")

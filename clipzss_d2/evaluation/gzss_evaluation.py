@@ -145,7 +145,11 @@ class GZSSSemSegEvaluator(SemSegEvaluator):
         *,
         report_both_conventions: bool = False,
         sem_seg_loading_fn=read_label_map,
+        segmenter: str | None = None,
     ):
+        """segmenter: what predicts, when it is not a trained student ("CLIP alone (no
+        student)"): said in the log and in the per-class file, so that its numbers are never
+        taken for a student's."""
         super().__init__(
             dataset_name, distributed, output_dir, sem_seg_loading_fn=sem_seg_loading_fn
         )
@@ -154,6 +158,7 @@ class GZSSSemSegEvaluator(SemSegEvaluator):
         meta = MetadataCatalog.get(dataset_name)
         self._unseen_ids = unseen_class_ids(meta)
         self._report_both = report_both_conventions
+        self._segmenter = segmenter
 
     def process(self, inputs, outputs):
         n = self._num_classes
@@ -199,6 +204,11 @@ class GZSSSemSegEvaluator(SemSegEvaluator):
         )
         if conf[:n, :n].sum() == 0:
             self._logger.warning(f"{self._dataset_name}: no labelled pixel evaluated; all NaN.")
+        if self._segmenter:
+            self._logger.warning(
+                f"{self._dataset_name}: these results are {self._segmenter}'s, not a trained "
+                f"student's."
+            )
         self._log_tables(res)
         if self._output_dir:
             per_class.update(
@@ -209,6 +219,8 @@ class GZSSSemSegEvaluator(SemSegEvaluator):
                 # order of "classes" (ignored pixels left out)
                 confusion=conf[:n, :n].astype(np.int64).tolist(),
             )
+            if self._segmenter:
+                per_class["segmenter"] = self._segmenter
             os.makedirs(self._output_dir, exist_ok=True)
             atomic_write_text(
                 os.path.join(self._output_dir, PER_CLASS_FILE),

@@ -7,6 +7,7 @@ build their pieces here, so a number printed by any of them means the same thing
 
 from __future__ import annotations
 
+import logging
 import os
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader
@@ -15,23 +16,32 @@ from detectron2.modeling import build_model
 from ..checkpoint import SafeCheckpointer, skip_imagenet_init_for_trained_student
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper
 from ..errors import UserInputError
+from ..modeling.clip_alone import NO_WEIGHTS_NOTE, is_clip_alone
+from ..modeling.open_vocabulary import CLIP_ALONE
 from ..utils.weights import resolve_model_weights
 from ..vocabulary import prompt_names
 from .gzss_evaluation import GZSSSemSegEvaluator
 
 __all__ = ["build_eval_student", "build_gzss_evaluator", "build_gzss_test_loader"]
 
+logger = logging.getLogger(__name__)
+
 
 def build_eval_student(cfg, resume: bool = False, build=build_model):
     """The deployable student (no teacher, GLM or PLM) with MODEL.WEIGHTS (or, with `resume`,
     the last checkpoint in OUTPUT_DIR) read through the safe checkpointer. `build` lets the
-    trainer add its own steps (e.g. SyncBN conversion) to building."""
+    trainer add its own steps (e.g. SyncBN conversion) to building. CLIP alone
+    (MODEL.META_ARCHITECTURE CLIPAlone, the training-free baseline) has no weights to read: it
+    is built and said to be what it is."""
     student = cfg.clone()
     student.defrost()
     student.MODEL.CLIPZSS.STUDENT_ONLY = True
     skip_imagenet_init_for_trained_student(student)
     model = build(student)
     model.eval()
+    if is_clip_alone(cfg):
+        logger.warning("%s.", NO_WEIGHTS_NOTE)
+        return model
     SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
         resolve_model_weights(cfg.MODEL.WEIGHTS), resume=resume
     )
@@ -51,7 +61,8 @@ def build_gzss_test_loader(cfg, dataset_name: str):
 def build_gzss_evaluator(cfg, dataset_name: str, output_folder: str | None = None,
                          distributed: bool = True) -> GZSSSemSegEvaluator:  # fmt: skip
     """The evaluator of a dataset registered through clipzss_d2.data; per-class IoU and the
-    confusion matrix go to `output_folder` (default OUTPUT_DIR/inference/<dataset>)."""
+    confusion matrix go to `output_folder` (default OUTPUT_DIR/inference/<dataset>); CLIP
+    alone's results are labelled as such there and in the log."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type != "gzss_sem_seg":
         raise UserInputError(
@@ -65,4 +76,5 @@ def build_gzss_evaluator(cfg, dataset_name: str, output_folder: str | None = Non
         distributed=distributed,
         output_dir=output_folder,
         report_both_conventions=cfg.TEST.REPORT_BOTH_CONVENTIONS,
+        segmenter=CLIP_ALONE if is_clip_alone(cfg) else None,
     )

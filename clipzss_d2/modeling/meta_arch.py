@@ -1,10 +1,12 @@
 """The CLIP-ZSS meta-architecture: a closed-set segmenter classified by CLIP text embeddings.
 
-This module only wires parts together. In training a frozen CLIP image encoder (the teacher)
-feeds GLM and PLM; it is built on demand, kept off the module tree and never checkpointed. At
-inference nothing but the student runs (backbone, embedding head, a matrix product with cached
-text embeddings): no CLIP image encoder. With MODEL.CLIPZSS.STUDENT_ONLY (what the predictor,
-demo and export set) the training-only modules are neither built nor imported.
+This module only wires parts together; what it shares with CLIP alone (vocabulary,
+preprocessing, test-time inference) is open_vocabulary.py. In training a frozen CLIP image
+encoder (the teacher) feeds GLM and PLM; it is built on demand, kept off the module tree and
+never checkpointed. At inference nothing but the student runs (backbone, embedding head, a
+matrix product with cached text embeddings): no CLIP image encoder. With
+MODEL.CLIPZSS.STUDENT_ONLY (what the predictor, demo and export set) the training-only modules
+are neither built nor imported.
 """
 
 import logging
@@ -14,15 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..vocabulary import get_training_vocabulary, parse_vocabulary, prompt_names
+from ..vocabulary import get_training_vocabulary
 from .embedding_head import build_embedding_head
 from .inference import TestTimeInference
+from .open_vocabulary import OpenVocabularySegmenter, default_test_vocabulary
 from .student import StudentForward, class_logits
 from .text_classifier import TextClassifier, build_text_classifier
 
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
-class CLIPZSS(StudentForward, nn.Module):
+class CLIPZSS(StudentForward, OpenVocabularySegmenter):
     """Student segmenter whose classifier is the CLIP text embeddings of the active vocabulary."""
 
     @configurable
@@ -121,12 +122,6 @@ class CLIPZSS(StudentForward, nn.Module):
             from .training.training_modules import build_training_modules
 
             training = build_training_modules(cfg)
-        if z.TEST_VOCABULARY:
-            test_vocabulary = parse_vocabulary(list(z.TEST_VOCABULARY))
-        elif cfg.DATASETS.TEST:
-            test_vocabulary = prompt_names(MetadataCatalog.get(cfg.DATASETS.TEST[0]))
-        else:
-            test_vocabulary = None
         return {
             "backbone": backbone,
             "embedding_head": build_embedding_head(cfg, backbone.output_shape()),
@@ -134,7 +129,7 @@ class CLIPZSS(StudentForward, nn.Module):
             "train_vocabulary": (
                 get_training_vocabulary(cfg.DATASETS.TRAIN) if cfg.DATASETS.TRAIN else []
             ),
-            "test_vocabulary": test_vocabulary,
+            "test_vocabulary": default_test_vocabulary(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "logit_scale": z.LOGIT_SCALE,
@@ -148,12 +143,11 @@ class CLIPZSS(StudentForward, nn.Module):
         }
 
     @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    def dense_class_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.student_logits(images, text)
 
     # -- training-only teacher -----------------------------------------------------------------
     @property
@@ -180,33 +174,6 @@ class CLIPZSS(StudentForward, nn.Module):
         if next(teacher.parameters()).device != self.device:
             teacher.to(self.device)
         return teacher(images.tensor, normalized=True, image_sizes=image_sizes)
-
-    # -- vocabulary ----------------------------------------------------------------------------
-    @property
-    def vocabulary(self) -> list[str] | None:
-        return None if self._vocabulary is None else list(self._vocabulary)
-
-    def set_vocabulary(self, vocabulary: str | Sequence[str]) -> list[str]:
-        """Classes predicted at inference; "a,b" or a list, "a|b" entries are synonyms."""
-        self._vocabulary = parse_vocabulary(vocabulary)
-        return list(self._vocabulary)
-
-    def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:
-        """K x C on the model's device (read-only); the text classifier owns the caches."""
-        return self.text_classifier.on_device(vocabulary, self.device)
-
-    # -- forward (embed / classify / student_logits: StudentForward) ---------------------------
-    def preprocess_images(self, batched_inputs) -> ImageList:
-        images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.size_divisibility)
-
-    def forward(self, batched_inputs):
-        images = self.preprocess_images(batched_inputs)
-        if self.training:
-            return self.losses(images, batched_inputs)
-        return self.inference(images, batched_inputs)
 
     @staticmethod
     def image_extents(images: ImageList, batched_inputs) -> torch.Tensor:
@@ -299,46 +266,3 @@ class CLIPZSS(StudentForward, nn.Module):
         outputs["pred_logits"] = logits
         losses = self.criterion(outputs, {"sem_seg": targets, "image_valid": image_valid})
         return {name: self.criterion.weight_dict[name] * value for name, value in losses.items()}
-
-    @torch.no_grad()
-    def inference(self, images: ImageList, batched_inputs):
-        """Per-image K x height x width logits over each input's vocabulary (`sem_seg`).
-
-        The vocabulary travels with the request: an input's "vocabulary" (a list of entries,
-        "a|b" = synonyms) if given, else the model's default (set_vocabulary / config), so
-        concurrent callers with different vocabularies never share mutable state. So does the
-        inference mode: an input's "test_time" (a TestTimeInference: whole-image, sliding-window,
-        flip, multi-scale) if given, else `self.test_time` (MODEL.CLIPZSS.INFERENCE). Images with
-        the same vocabulary and mode share a forward pass; logits are resized to each input's
-        "height"/"width".
-        """
-        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
-        modes: dict[int, TestTimeInference] = {}
-        for i, x in enumerate(batched_inputs):
-            vocabulary = x.get("vocabulary", self._vocabulary)
-            if vocabulary is None:
-                raise ValueError(
-                    "No vocabulary to predict: pass inputs[i]['vocabulary'], set DATASETS.TEST "
-                    "or MODEL.CLIPZSS.TEST_VOCABULARY, or call model.set_vocabulary([...])."
-                )
-            test_time = x.get("test_time") or self.test_time
-            modes[id(test_time)] = test_time  # a dataclass, unhashable: grouped by identity
-            groups.setdefault((tuple(vocabulary), id(test_time)), []).append(i)
-        results: list[dict | None] = [None] * len(batched_inputs)
-        for (vocabulary, mode), idx in groups.items():
-            text = self.text_embeddings(vocabulary)
-
-            def logits_fn(x: torch.Tensor, text=text) -> torch.Tensor:
-                return self.student_logits(x, text)
-
-            subset = images
-            if len(idx) != len(batched_inputs):
-                subset = ImageList(images.tensor[idx], [images.image_sizes[i] for i in idx])
-            logits = modes[mode](logits_fn, subset, self.size_divisibility)
-            for i, logit, image_size in zip(idx, logits, subset.image_sizes):
-                height = batched_inputs[i].get("height", image_size[0])
-                width = batched_inputs[i].get("width", image_size[1])
-                if (height, width) != tuple(logit.shape[-2:]):
-                    logit = sem_seg_postprocess(logit, image_size, height, width)
-                results[i] = {"sem_seg": logit}
-        return results

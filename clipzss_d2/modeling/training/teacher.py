@@ -58,6 +58,7 @@ class CLIPTeacher(nn.Module):
         input_size: int = 0,
         dense_mode: str = "plain",
         precision: str = "fp16",
+        logit_scale: float = 100.0,
     ):
         """
         Args:
@@ -69,6 +70,8 @@ class CLIPTeacher(nn.Module):
             input_size: resize inputs to this square side first; 0 keeps the input size.
             dense_mode: "plain" or "maskclip" (see ``vit_blocks.maskclip_tokens``).
             precision: weights/activations dtype on GPU ("fp16", "bf16", "fp32").
+            logit_scale: CLIP's own trained temperature (exp of open_clip's logit_scale), read
+                while the model is loaded anyway; only CLIP alone (clip_alone.py) uses it.
         """
         super().__init__()
         check_supported(visual)
@@ -90,6 +93,7 @@ class CLIPTeacher(nn.Module):
         self.input_size = int(input_size)
         self.dense_mode = dense_mode
         self.gpu_dtype = _PRECISIONS[precision]
+        self.logit_scale = float(logit_scale)
         self.register_buffer("clip_mean", torch.tensor(clip_mean).view(1, 3, 1, 1), False)
         self.register_buffer("clip_std", torch.tensor(clip_std).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
@@ -113,6 +117,7 @@ class CLIPTeacher(nn.Module):
             cache_dir=z.CLIP.DOWNLOAD_DIR or None,
         )
         pp = open_clip.get_model_preprocess_cfg(model)
+        logit_scale = float(model.logit_scale.exp())
         visual = model.visual
         del model  # the text tower is not needed; drop our reference to it
         return {
@@ -125,6 +130,7 @@ class CLIPTeacher(nn.Module):
             "input_size": z.TEACHER.INPUT_SIZE,
             "dense_mode": z.TEACHER.DENSE_MODE,
             "precision": z.TEACHER.PRECISION,
+            "logit_scale": logit_scale,
         }
 
     # ----------------------------------------------------------------------------------------
