@@ -113,6 +113,31 @@ def config_name(args) -> str:
     return args.config_file
 
 
+def add_clip_alone_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clip-alone",
+        action="store_true",
+        help="segment with CLIP alone (the teacher's dense patch tokens x text embeddings, "
+        "MODEL.META_ARCHITECTURE CLIPAlone): the training-free baseline, no student, "
+        "MODEL.WEIGHTS not used; the outputs are labelled so",
+    )
+
+
+def apply_clip_alone(args) -> None:
+    """--clip-alone: MODEL.META_ARCHITECTURE CLIPAlone added to the overrides (before
+    `load_config`). A model folder is a trained student: the two are refused together."""
+    if not getattr(args, "clip_alone", False):
+        return
+    if getattr(args, "model_folder", None):
+        raise UserInputError(
+            "--clip-alone cannot be used with --model-folder (a trained student): pass the "
+            "--config-file whose CLIP and inference settings CLIP alone should use."
+        )
+    from .modeling.clip_alone import META_ARCHITECTURE
+
+    args.opts = [*args.opts, "MODEL.META_ARCHITECTURE", META_ARCHITECTURE]
+
+
 def build_predictor(cfg, args, vocabulary=None):
     """OpenVocabularyPredictor of `cfg`; config values the model refuses while it is built
     (e.g. MODEL.CLIPZSS.INFERENCE checks, ValueError) are user errors naming the config."""

@@ -5,6 +5,13 @@
         --input photo.jpg 'more/*.jpg' --output out/ --vocab "cat,sofa|couch,floor,wall" \\
         --opts MODEL.WEIGHTS output/coco_stuff/model_final.pth
     python demo/demo.py --model-folder output/coco_stuff/model --input photo.jpg --output out/
+    python demo/demo.py --config-file configs/coco_stuff.yaml --clip-alone --input photo.jpg \
+        --output out/ --vocab "cat,sofa|couch,floor,wall"
+
+--clip-alone segments with CLIP alone (the teacher's dense patch tokens x text embeddings, the
+training-free baseline; no student, MODEL.WEIGHTS not used): every overlay carries the caption
+"CLIP alone (no student)" and every JSON file "segmenter": "CLIP alone (no student)" (a
+student's say "student"), so its outputs cannot pass for a trained student's.
 
 Vocabulary: --vocab "a,b|c" (commas separate classes, "|" joins synonyms), --vocab-file (one
 class per line; blank lines and lines starting with "#" are skipped), or --vocab-dataset NAME
@@ -54,14 +61,17 @@ from video_loop import VIDEO_CODECS, run_video, run_webcam, video_output_path  #
 from visualization import class_colors  # noqa: E402
 
 from clipzss_d2.entry import (  # noqa: E402
+    add_clip_alone_argument,
     add_config_arguments,
     add_vocabulary_arguments,
+    apply_clip_alone,
     build_predictor,
     load_config,
     run_main,
     vocabulary_from_args,
 )
 from clipzss_d2.errors import UserInputError  # noqa: E402
+from clipzss_d2.modeling.open_vocabulary import STUDENT  # noqa: E402
 from clipzss_d2.vocabulary import Vocabulary  # noqa: E402
 
 logger = logging.getLogger("clipzss_demo")
@@ -91,6 +101,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--save-label-map", action="store_true", help="also write the class-id PNG")
     parser.add_argument("--no-legend", action="store_true", help="overlay without legend panel")
+    add_clip_alone_argument(parser)
     return parser
 
 
@@ -111,6 +122,7 @@ def run(args) -> int:
         )
     if (args.input or args.video_input) and not args.output:
         raise UserInputError("--output is required with --input and --video-input.")
+    apply_clip_alone(args)
     vocabulary = vocabulary_from_args(args)
     inputs, bad, paths = [], [], {}
     if args.input:
@@ -118,6 +130,11 @@ def run(args) -> int:
         paths = output_paths(args.output, inputs)
     check_output_plan(args, inputs, paths)  # before the model is loaded or anything is written
     predictor = build_predictor(load_config(args, cpu_fallback=True), args)
+    if predictor.segmenter != STUDENT:
+        print(
+            f"{PROG}: segmenting with {predictor.segmenter}: CLIP's dense patch tokens x text "
+            f"embeddings, not a trained student; the outputs are labelled so."
+        )
     if vocabulary is None:
         if predictor.vocabulary is None:
             raise UserInputError(

@@ -27,6 +27,7 @@ def process_image(segmenter: Segmenter, path: str, out: dict[str, str], save_lab
         "height": int(image.shape[0]),
         "width": int(image.shape[1]),
         "vocabulary": result.vocabulary,
+        "segmenter": result.segmenter,  # "student", or "CLIP alone (no student)"
         "confidence_threshold": segmenter.threshold,
         "classes": segmenter.fractions(labels, result.unlabelled_id),
         "overlay": os.path.basename(out["overlay"]),

@@ -7,12 +7,14 @@ import numpy as np
 from image_io import InputError
 from visualization import MIN_DISPLAY_SIDE, render
 
+from clipzss_d2.modeling.open_vocabulary import STUDENT
 from clipzss_d2.predictor import SegmentationResult
 
 
 class Segmenter:
     """Holds the predictor, the vocabulary's display names and colours, and how results are
-    drawn (confidence threshold, legend)."""
+    drawn (confidence threshold, legend). A predictor that is no trained student (CLIP alone)
+    has its name written as a caption above every drawing."""
 
     def __init__(self, predictor, names, colors, threshold: float, legend: bool):
         self.predictor = predictor
@@ -20,6 +22,8 @@ class Segmenter:
         self.colors = colors
         self.threshold = threshold
         self.legend = legend
+        segmenter = getattr(predictor, "segmenter", STUDENT)
+        self.caption = None if segmenter == STUDENT else segmenter
 
     def predict(self, image_rgb: np.ndarray) -> SegmentationResult:
         self.check_test_size(image_rgb)
@@ -50,6 +54,7 @@ class Segmenter:
             legend_width=legend_width,
             fit_height=fit,
             min_side=0 if fit else MIN_DISPLAY_SIDE,  # video frames keep the input's size
+            caption=self.caption,
         )
 
     def fractions(self, labels: np.ndarray, unlabelled_id: int) -> dict[str, float]:

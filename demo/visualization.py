@@ -135,12 +135,35 @@ def render(
     fit_height: bool = False,
     alpha: float = 0.5,
     min_side: int = MIN_DISPLAY_SIDE,
+    caption: str | None = None,
 ) -> np.ndarray:
     """Overlay (RGB uint8) with a legend of the classes present, to the right of the image.
 
     A legend longer than the image extends it downwards (up to 12 rows) unless fit_height; pass
     `legend_width` and fit_height=True for video frames, which must all have one size.
+    `caption`: a line written in a band above it all (what predicted, when not a student).
     """
+    drawing = _render(
+        image_rgb, labels, class_names, colors, unlabelled_id, legend, legend_width, fit_height,
+        alpha, min_side,
+    )  # fmt: skip
+    return drawing if caption is None else add_caption(drawing, caption)
+
+
+def add_caption(image_rgb: np.ndarray, text: str) -> np.ndarray:
+    """`image_rgb` with a white band above holding `text` (same width; the band's height
+    depends on the image's width only, so video frames of one size stay one size)."""
+    width = image_rgb.shape[1]
+    size = int(np.clip(round(width / 40), 11, 32))
+    band = Image.new("RGB", (width, int(size * 1.8)), LEGEND_BACKGROUND)
+    ImageDraw.Draw(band).text((size // 2, size // 3), text, fill=(0, 0, 0), font=_font(size))
+    return np.concatenate([np.asarray(band), image_rgb], axis=0)
+
+
+def _render(
+    image_rgb, labels, class_names, colors, unlabelled_id, legend, legend_width, fit_height,
+    alpha, min_side,
+) -> np.ndarray:  # fmt: skip
     image_rgb, labels = enlarge_for_display(image_rgb, labels, min_side)
     overlay = draw_overlay(image_rgb, labels, class_names, colors, unlabelled_id, alpha)
     if not legend:

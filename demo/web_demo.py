@@ -5,13 +5,16 @@
     python demo/web_demo.py --config-file configs/coco_stuff.yaml \\
         --opts MODEL.WEIGHTS output/coco_stuff/model_final.pth
     python demo/web_demo.py --host 127.0.0.1 --port 7860
+    python demo/web_demo.py --config-file configs/coco_stuff.yaml --clip-alone
 
 The page takes an image (upload, or one of the miniature world's test scenes), a vocabulary
 (commas separate classes, "|" joins synonyms) and the inference mode (whole image or sliding
 window), and shows the overlay with its legend and a table of the share of the image per class.
 Everything runs through OpenVocabularyPredictor and demo.py's reading and drawing
 (demo/image_io.py, demo/segmenter.py), on the CPU unless the config asks for an available GPU.
-Bad input is answered by a one-line message on the page.
+Bad input is answered by a one-line message on the page. With --clip-alone the page serves CLIP
+alone (the training-free baseline, no student) and says so in its heading, every status line and
+every overlay's caption.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ from visualization import class_colors  # noqa: E402
 
 from clipzss_d2 import get_clipzss_cfg  # noqa: E402
 from clipzss_d2.entry import (  # noqa: E402
+    add_clip_alone_argument,
     add_config_arguments,
     add_vocabulary_arguments,
+    apply_clip_alone,
     build_predictor,
     load_config,
     run_main,
@@ -58,6 +63,7 @@ from clipzss_d2.entry import (  # noqa: E402
 from clipzss_d2.errors import USER_ERRORS, UserInputError  # noqa: E402
 from clipzss_d2.miniworld import world  # noqa: E402
 from clipzss_d2.miniworld.generate import render_item  # noqa: E402
+from clipzss_d2.modeling.open_vocabulary import STUDENT  # noqa: E402
 from clipzss_d2.predictor import OpenVocabularyPredictor  # noqa: E402
 from clipzss_d2.utils.config_loading import merge_config_file  # noqa: E402
 from clipzss_d2.vocabulary import display_name, parse_vocabulary  # noqa: E402
@@ -150,17 +156,35 @@ class WebDemo:
         shares = drawer.fractions(result.label_map(threshold), result.unlabelled_id)
         height, width = image.shape[:2]
         status = (
-            f"Segmented a {width} x {height} image over {len(entries)} classes "
-            f"({mode}) in {seconds:.2f} s."
+            f"{self.label_prefix()}Segmented a {width} x {height} image over {len(entries)} "
+            f"classes ({mode}) in {seconds:.2f} s."
         )
         return overlay, shares_table(shares, names, drawer.colors), status
 
+    @property
+    def clip_alone(self) -> bool:
+        return getattr(self.predictor, "segmenter", STUDENT) != STUDENT
+
+    def label_prefix(self) -> str:
+        """What each status line starts with: nothing for a student, "**CLIP alone (no
+        student)**: " for the baseline, so no result on the page passes for a student's."""
+        return f"**{self.predictor.segmenter}**: " if self.clip_alone else ""
+
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title="CLIP-ZSS open-vocabulary segmentation") as page:
+        title = "CLIP-ZSS open-vocabulary segmentation"
+        heading = f"# {title}\n"
+        if self.clip_alone:
+            title = f"{title}: {self.predictor.segmenter}"
+            heading = (
+                f"# {title}\n**{self.predictor.segmenter}**: CLIP's dense patch tokens x text "
+                f"embeddings, the training-free baseline; this page runs no trained student.\n\n"
+            )
+        with gr.Blocks(title=title) as page:
             gr.Markdown(
-                "# CLIP-ZSS open-vocabulary segmentation\n"
-                "Upload an image or pick an example, type the classes to look for (commas "
-                "separate classes, `|` joins synonyms: `sofa|couch`), and press **Segment**."
+                heading + "Upload an image or pick an example, type the classes to look for "
+                "(commas separate classes, `|` joins synonyms: `sofa|couch`), and press "
+                "**Segment**.",
+                elem_id="heading",
             )
             with gr.Row():
                 with gr.Column():
@@ -314,6 +338,7 @@ def get_parser() -> argparse.ArgumentParser:
     add_vocabulary_arguments(parser)  # the vocabulary shown at start (default: the model's)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    add_clip_alone_argument(parser)
     return parser
 
 
@@ -342,6 +367,7 @@ def miniworld_model(output: str) -> tuple[str, list]:
 def load(args) -> WebDemo:
     """Everything that can fail before the server starts (UserInputError: exit 2)."""
     vocabulary = vocabulary_from_args(args)
+    apply_clip_alone(args)
     default_vocabulary = None
     if args.config_file is None and not args.model_folder:
         args.config_file, opts = miniworld_model(args.miniworld_output)
