@@ -172,3 +172,41 @@ def test_the_web_demo_writes_nothing_into_a_model_folder(checkpoint, tmp_path):
         overlay, _, status = app.segment(app.examples[0], f"thing {request}, other {request}")
         assert overlay is not None, status
     assert snapshot(folder) == before
+
+
+# -- tools/check_teacher.py --------------------------------------------------------------------------
+def test_the_teacher_check_adds_its_report_beside_a_users_files_and_replaces_it_only_when_told(
+    tmp_path, capsys
+):
+    """Its report goes beside the user's files; a second run is refused (nothing touched) until
+    --overwrite, which replaces the report only."""
+    from clipzss_d2.miniworld import generate_world, register_miniworld
+    from tests.helpers import MINIWORLD_FULL_CONFIG
+
+    generate_world(str(tmp_path / "mw"), seed=0, counts={"train": 2, "tune": 0, "test": 1},
+                   workers=1)  # fmt: skip
+    register_miniworld(str(tmp_path / "mw"))
+    tool = load_script("tools/check_teacher.py", "clipzss_check_teacher_safety")
+    out = tmp_path / "mine"
+    before = plant(out)
+    argv = ["--config-file", MINIWORLD_FULL_CONFIG, "--num-images", "2", "--num-val-images", "1",
+            "--num-pictures", "1", "--lambdas", "0.9", "--window-sets", "2,4,6", "--output",
+            str(out), "MODEL.CLIPZSS.CLIP.PRETRAINED", "none", "MODEL.CLIPZSS.TEXT.CACHE_DIR", "",
+            "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
+    try:
+        assert tool.main(argv) == 0, capsys.readouterr().err
+        first = snapshot(out)
+        assert {k: v for k, v in first.items() if k in before} == before
+        assert set(first) - set(before) == {
+            "teacher_check.md", "teacher_check.json", "teacher_check.png", "teacher_zero_shot",
+            "teacher_zero_shot/gzss_per_class_iou.json",
+        }  # fmt: skip
+        capsys.readouterr()
+        assert tool.main(argv) == 2
+        assert "pass --overwrite to replace it" in one_line(capsys.readouterr().err)
+        assert snapshot(out) == first
+        assert tool.main([*argv[:-6], "--overwrite", *argv[-6:]]) == 0
+        assert set(snapshot(out)) == set(first)
+        assert {k: v for k, v in snapshot(out).items() if k in before} == before
+    finally:
+        register_miniworld()
