@@ -15,7 +15,13 @@ download), for every student config given:
 3. the training step of the full method (teacher + GLM + PLM, optionally with the teacher at a
    smaller input) against the supervised baseline, with where the time goes
    (tools/benchmark_train.py's timers);
-4. peak memory of each measurement: CUDA ``max_memory_allocated``; on CPU the process's peak
+4. the floor of inference (``--floor-students``, SegFormer-B0 by default; fp32): the network's
+   FLOPs (fvcore, 2 FLOPs per multiply-add) over the machine's sustained fp32 throughput
+   (torch.mm and F.conv2d probes in the same process), the predictor's time at each batch size
+   as a multiple of that floor, where it goes stage by stage (decode, resize, normalise,
+   backbone, head, text classifier, upsampling, argmax, post-processing), and the exported
+   ONNX model under onnxruntime against PyTorch eager on the same images;
+5. peak memory of each measurement: CUDA ``max_memory_allocated``; on CPU the process's peak
    resident set size (Linux VmHWM, reset through /proc/self/clear_refs before each
    measurement) minus the RSS just before it, i.e. what the measurement adds to the resident
    models.
@@ -48,6 +54,7 @@ if str(ROOT) not in sys.path:
 warnings.filterwarnings("ignore", r".*torch\.jit\.script.*deprecated", FutureWarning)
 
 import torch  # noqa: E402
+from benchmarking.breakdown import floor_markdown, inference_floor  # noqa: E402
 from benchmarking.measure import supports, vm_gib  # noqa: E402
 from benchmarking.report import markdown  # noqa: E402
 from benchmarking.sections import (  # noqa: E402
@@ -84,7 +91,19 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed calls each (10 GPU, 2 CPU)")
     p.add_argument("--clip-model", default="ViT-B-16")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak memory")
-    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "predictor", "train"])
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["throughput", "predictor", "train", "floor", "onnx"],
+        help="sections not to run ('onnx': the floor section without the ONNX comparison)",
+    )
+    p.add_argument(
+        "--floor-students",
+        nargs="+",
+        default=["configs/students/segformer-b0.yaml"],
+        help="student configs of the floor section",
+    )
     p.add_argument("--train-students", nargs="+", default=None, help="default: --students")
     p.add_argument("--train-batch", type=int, default=None, help="16 GPU, 2 CPU")
     p.add_argument("--train-crop", type=int, default=None, help="512 GPU, 256 CPU")
@@ -129,7 +148,8 @@ def main(argv=None) -> int:
 
 def run(args, argv=None) -> int:
     compiled = [args.compile_student] if args.compile else []
-    for config in dict.fromkeys([*args.students, *args.train_students, *compiled]):
+    floored = [] if "floor" in args.skip else args.floor_students
+    for config in dict.fromkeys([*args.students, *args.train_students, *compiled, *floored]):
         student_cfg(args, config)  # a bad file or override stops here, not minutes later
     device = args.device
     torch.manual_seed(0)
@@ -153,8 +173,10 @@ def run(args, argv=None) -> int:
 
     vocabulary = [f"class number {i}" for i in range(args.num_classes)]
     predictors = {}
-    if not {"throughput", "predictor"} <= set(args.skip):
-        for config in args.students:  # one random text tower: the same text embeddings for all
+    inferred = [] if {"throughput", "predictor"} <= set(args.skip) else args.students
+    if inferred or floored:
+        # one random text tower: the same text embeddings for all
+        for config in dict.fromkeys([*inferred, *floored]):
             predictor = OpenVocabularyPredictor(student_cfg(args, config), vocabulary)
             if predictors:
                 first = next(iter(predictors.values())).model
@@ -166,15 +188,17 @@ def run(args, argv=None) -> int:
                 flush=True,
             )
 
-    tput = [] if "throughput" in args.skip else throughput(args, predictors)
-    pred = [] if "predictor" in args.skip else predictor_latency(args, predictors)
+    timed = {k: v for k, v in predictors.items() if k in inferred}
+    tput = [] if "throughput" in args.skip else throughput(args, timed)
+    pred = [] if "predictor" in args.skip else predictor_latency(args, timed)
+    floor = inference_floor(args, predictors, floored, "onnx" not in args.skip) if floored else {}
     predictors.clear()
     gc.collect()
     train = [] if "train" in args.skip else train_steps(args)
     comp = compile_cost(args, vocabulary) if args.compile else []
     header.append(f"Load average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}.")
     header.append(f"Command: `{command}`")
-    table = markdown(args, header, tput, pred, train, comp)
+    table = markdown(args, header, tput, pred, train, comp, floor_markdown(args, floor))
     print("\n" + table)
     if args.output:
         Path(args.output).write_text(table + "\n", encoding="utf-8")

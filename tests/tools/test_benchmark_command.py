@@ -31,12 +31,13 @@ def test_benchmark_runs_every_section_for_every_student(tmp_path):
         "--size", "64", "--batch-sizes", "1", "2", "--precisions", "fp32", "--iters", "2",
         "--warmup", "0", "--num-classes", "5", "--clip-model", TINY_CLIP,
         "--train-batch", "1", "--train-crop", "64", "--train-iters", "1", "--train-warmup", "0",
-        "--teacher-sizes", "0", "32", "--output", str(out),
+        "--teacher-sizes", "0", "32", "--output", str(out), "--skip", "floor",
         "--opts", "MODEL.CLIPZSS.CLIP.MODEL_NAME", TINY_CLIP, "MODEL.CLIPZSS.EMBED_DIM", "32",
     ]  # fmt: skip
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = out.read_text()
+    assert "machine's floor" not in report
     names = ["DeepLabV3+ R-101 (current default)", "segformer-b0"]
 
     rows = table_rows(report, "Throughput")
@@ -76,3 +77,44 @@ def test_training_step_breakdown_command():
     assert sum(float(rows[k]) for k in parts) == pytest.approx(float(full), abs=0.2)
     printed = float(re.search(r"full / baseline step time: ([0-9.]+)x", proc.stdout).group(1))
     assert printed == pytest.approx(float(full) / float(base), abs=0.01)
+
+
+STAGES = ["decode", "resize", "normalise", "backbone", "head", "text classifier", "upsampling",
+          "argmax", "post-processing"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_floor_section_prints_the_floor_the_multiples_and_the_breakdown(tmp_path):
+    out = tmp_path / "floor.md"
+    command = [
+        sys.executable, "tools/benchmark.py", "--device", "cpu",
+        "--students", "configs/students/segformer-b0.yaml",
+        "--skip", "throughput", "predictor", "train", "--size", "64", "--batch-sizes", "1", "2",
+        "--precisions", "fp32", "--iters", "1", "--warmup", "0", "--num-classes", "5",
+        "--output", str(out), "--opts", "MODEL.CLIPZSS.CLIP.MODEL_NAME", TINY_CLIP,
+        "MODEL.CLIPZSS.EMBED_DIM", "32", "INPUT.MIN_SIZE_TEST", "64",
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = out.read_text()
+    title = "Inference against the machine's floor"
+    header = report.split(title, 1)[1].split("\n|")[1]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:6] == ["student", "batch", "GFLOP", "floor ms", "predictor ms", "**x floor**"]
+    assert columns[6 : 6 + len(STAGES)] == STAGES
+    rows = table_rows(report, title)
+    assert [r[1] for r in rows] == ["1", "2"]
+    for r in rows:
+        assert r[0] == "segformer-b0" and r[-1] == "yes"  # staged labels = the predictor's
+        floor_ms, predictor_ms = float(r[3]), float(r[4])
+        assert ratio(r[5]) == pytest.approx(predictor_ms / floor_ms, rel=0.02)
+        stages = [float(c) for c in r[6 : 6 + len(STAGES)]]
+        assert sum(stages) == pytest.approx(float(r[6 + len(STAGES)]), abs=0.5)
+    assert float(rows[1][2]) == pytest.approx(2 * float(rows[0][2]), rel=0.01)  # GFLOP x batch
+    assert "1 multiply-add = 2 FLOPs" in report and "GFLOP/s" in report
+
+    onnx = table_rows(report, "Exported ONNX model")
+    assert {(r[1], r[2]) for r in onnx} == {(b, g) for b in "12" for g in ("labels", "logits")}
+    for r in onnx:
+        assert float(r[6]) < 0.1  # % of pixels whose label differs from PyTorch's
+        assert ratio(r[5]) == pytest.approx(float(r[3]) / float(r[4]), rel=0.05, abs=0.01)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def markdown(args, header: list[str], tput, pred, train, comp) -> str:
+def markdown(args, header: list[str], tput, pred, train, comp, floor=()) -> str:
     mem = (
         "peak GPU memory allocated beyond the resident models (GiB)"
         if args.device.startswith("cuda")
@@ -39,6 +39,7 @@ def markdown(args, header: list[str], tput, pred, train, comp) -> str:
                 f"{r['peak']:.2f} |"
             )
         out.append("")
+    out += list(floor)  # breakdown.floor_markdown: the floor, the multiples, the stages
     if train:
         names = sorted({k for r in train for k in r["parts"]})
         out += [

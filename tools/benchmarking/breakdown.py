@@ -1,0 +1,492 @@
+"""Where `OpenVocabularyPredictor`'s time goes, stage by stage, against the machine's floor.
+
+`staged_predict` runs what ``decode + predictor.predict_batch`` runs for the plain inference
+mode (whole image, no flip, one scale), through the same functions (ResizeShortestEdge's
+transform, ``preprocess_images``, ``pad_to_divisible``, the model's ``backbone``,
+``embedding_head`` and ``classify``, ``_to_result``'s chunked upsample / max / softmax
+denominator) with a timer around each stage, and returns the same results: the section checks
+that its labels equal the predictor's, so the breakdown cannot drift from the code it measures.
+
+`inference_floor` is tools/benchmark.py's section: for each batch size, the student's FLOPs,
+the machine's throughput (floor.py), the floor, the predictor's end-to-end time and the stages,
+timed round-robin; then, if asked, the exported ONNX model under onnxruntime against PyTorch
+eager on the same images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipzss_d2.modeling.inference import autocast, pad_to_divisible
+from clipzss_d2.predictor import (
+    UPSAMPLE_BUDGET,
+    SegmentationResult,
+    _as_uint8_image,
+    _to_result,
+)
+
+from . import floor
+from .measure import round_robin, sync
+
+STAGES = (
+    "decode",
+    "resize",
+    "normalise",
+    "backbone",
+    "head",
+    "text classifier",
+    "upsampling",
+    "argmax",
+    "post-processing",
+)
+
+
+class StageTimer:
+    """Accumulates wall time per stage (a stage may be entered several times per call)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        if stage not in STAGES:
+            raise KeyError(f"unknown stage {stage!r}")
+        sync(self.device)
+        start = time.perf_counter()
+        yield
+        sync(self.device)
+        self.totals[stage] += time.perf_counter() - start
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("cv2.imencode failed")
+    return buf.tobytes()
+
+
+def decode(jpegs: list[bytes]) -> list[np.ndarray]:
+    import cv2
+
+    return [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in jpegs]
+
+
+def staged_predict(
+    predictor, jpegs: list[bytes], vocabulary: list[str], timer: StageTimer
+) -> list[SegmentationResult]:
+    """decode + ``predictor.predict_batch(images, vocabulary)`` (BGR, one batch of equal-sized
+    images, plain inference mode), stage by stage under `timer`."""
+    model = predictor.model
+    mode = model.test_time
+    if not mode.is_plain:
+        raise ValueError(f"the breakdown times the plain inference mode, not {mode}")
+    with torch.no_grad():
+        with timer("decode"):
+            images = decode(jpegs)
+        with timer("resize"):  # predictor._prepare up to the tensor
+            sizes, resized = [], []
+            for image in images:
+                image = _as_uint8_image(image)
+                if predictor.model_format != "BGR":
+                    image = image[:, :, ::-1]
+                sizes.append(image.shape[:2])
+                if predictor.aug is not None:
+                    image = predictor.aug.get_transform(image).apply_image(image)
+                resized.append(image)
+        with timer("normalise"):  # the rest of _prepare, preprocess_images, dense_logits' pad
+            tensors = [
+                torch.as_tensor(np.ascontiguousarray(im.transpose(2, 0, 1))).float()
+                for im in resized
+            ]
+            if len({tuple(t.shape) for t in tensors}) != 1:
+                raise ValueError("the breakdown takes images of one (resized) size")
+            batch = model.preprocess_images([{"image": t} for t in tensors])
+            x = pad_to_divisible(batch.tensor, model.size_divisibility)
+            if mode.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        text = model.text_embeddings(vocabulary)
+        with autocast(x.device, mode.precision):
+            with timer("backbone"):
+                features = model.backbone(x)
+            with timer("head"):
+                embeddings = F.normalize(model.embedding_head(features), dim=1)
+            with timer("text classifier"):
+                logits = model.classify(embeddings, text)
+        with timer("upsampling"):  # dense_logits: fp32, NHWC, to the padded size, crop
+            logits = logits.float()
+            if mode.channels_last:
+                logits = logits.contiguous(memory_format=torch.channels_last)
+            h, w = batch.tensor.shape[-2:]
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            logits = logits[..., :h, :w]
+            per_image = [lg[:, :ih, :iw] for lg, (ih, iw) in zip(logits, batch.image_sizes)]
+        return [
+            _staged_to_result(lg, vocabulary, size, timer) for lg, size in zip(per_image, sizes)
+        ]
+
+
+def _staged_to_result(logits, entries, size, timer, budget: int = UPSAMPLE_BUDGET):
+    """predictor._to_result with a timer around each of its steps."""
+    height, width = size
+    logits = logits.float()
+    step = max(1, budget // max(1, height * width))
+    top = labels = total = None
+    for start in range(0, logits.shape[0], step):
+        planes = logits[start : start + step]
+        if tuple(planes.shape[-2:]) != (height, width):
+            with timer("upsampling"):
+                planes = F.interpolate(
+                    planes[None], size=(height, width), mode="bilinear", align_corners=False
+                )[0]
+        with timer("argmax"):
+            chunk_top, chunk_labels = planes.max(dim=0)
+        with timer("post-processing"):
+            if top is None:
+                top, labels = chunk_top, chunk_labels
+                total = torch.exp(planes - top).sum(dim=0)
+                continue
+        with timer("argmax"):
+            better = chunk_top > top
+            new_top = torch.maximum(top, chunk_top)
+            labels = torch.where(better, chunk_labels + start, labels)
+        with timer("post-processing"):
+            total = total * torch.exp(top - new_top) + torch.exp(planes - new_top).sum(dim=0)
+        top = new_top
+    with timer("post-processing"):
+        return SegmentationResult(
+            labels=labels.cpu().numpy(),
+            scores=total.reciprocal().cpu().numpy(),
+            vocabulary=list(entries),
+        )
+
+
+# -- the section ------------------------------------------------------------------------------
+def benchmark_images(size: int, batch: int, seed: int = 0) -> list[bytes]:
+    """`batch` JPEGs (quality 90) of random size x size BGR images."""
+    rng = np.random.default_rng(seed)
+    return [
+        encode_jpeg(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(batch)
+    ]
+
+
+def network_input(predictor, jpegs: list[bytes]) -> torch.Tensor:
+    """The normalised, padded batch the network sees (what the FLOPs are counted on)."""
+    timer = StageTimer()
+    model = predictor.model
+    images = [predictor._prepare(im, "BGR")["image"] for im in decode(jpegs)]
+    with timer("normalise"):
+        batch = model.preprocess_images([{"image": t} for t in images])
+    return pad_to_divisible(batch.tensor, model.size_divisibility)
+
+
+def stage_times(predictor, jpegs, vocabulary, device, warmup: int, iters: int, probes=()):
+    """End-to-end (decode + predict_batch) and staged calls timed round-robin, with one call of
+    each throughput probe (floor.Throughput) per round, so that all see the same load: the
+    end-to-end median, the staged median, the stage medians, and whether the staged labels
+    equal the predictor's."""
+    per_call: list[dict[str, float]] = []
+
+    def staged():
+        timer = StageTimer(device)
+        out = staged_predict(predictor, jpegs, vocabulary, timer)
+        per_call.append(dict(timer.totals))
+        return out
+
+    def end_to_end():
+        return predictor.predict_batch(decode(jpegs), vocabulary)
+
+    fns = {"end to end": end_to_end, "staged": staged}
+    fns.update({f"probe {i}": p.fn for i, p in enumerate(probes)})
+    with torch.inference_mode():
+        timings = round_robin(fns, device, warmup, iters)
+    for i, p in enumerate(probes):
+        p.times += timings[f"probe {i}"].times
+    per_call = per_call[warmup:]
+    stages = {s: float(np.median([c.get(s, 0.0) for c in per_call])) for s in STAGES}
+    same = all(np.array_equal(a.labels, b.labels) for a, b in zip(staged(), end_to_end()))
+    return timings["end to end"].median, timings["staged"].median, stages, same
+
+
+def postprocess_alternatives(predictor, jpegs, vocabulary, device, warmup: int, iters: int):
+    """The predictor's post-processing (``_to_result``: upsample if needed, max, softmax
+    denominator over class chunks) against clipzss_d2.dense_labels (row bands, every class at
+    once) on the model's own logits for the first image, round-robin: (today ms, bands ms,
+    labels identical)."""
+    from clipzss_d2.dense_labels import labels_and_scores
+
+    x = predictor._prepare(decode(jpegs[:1])[0], "BGR")
+    size = (x.pop("height"), x.pop("width"))
+    with torch.inference_mode():
+        logits = predictor.model([{**x, "vocabulary": vocabulary}])[0]["sem_seg"]
+        if tuple(logits.shape[-2:]) != size:
+            return None  # a resize is left: the row bands do not apply
+        timings = round_robin(
+            {
+                "today": lambda: _to_result(logits, vocabulary, size),
+                "bands": lambda: labels_and_scores(logits),
+            },
+            device,
+            warmup,
+            iters,
+        )
+        same = np.array_equal(
+            _to_result(logits, vocabulary, size).labels, labels_and_scores(logits)[0].cpu().numpy()
+        )
+    return timings["today"].median * 1000, timings["bands"].median * 1000, same
+
+
+def inference_floor(args, predictors: dict, configs: list[str], onnx: bool) -> dict:
+    """The floor section of tools/benchmark.py for `configs` (fp32)."""
+    from .sections import student_name
+
+    threads = torch.get_num_threads()
+    probes = floor.probe_throughput(repeats=max(3, args.iters * 2))
+    rows, onnx_rows = [], []
+    for config in configs:
+        predictor = predictors[config]
+        model = predictor.model
+        model.test_time.precision = "fp32"
+        vocabulary = predictor.vocabulary
+        text = model.text_embeddings(vocabulary)
+        for bs in args.batch_sizes:
+            jpegs = benchmark_images(args.size, bs)
+            count = floor.student_flops(model, network_input(predictor, jpegs), text)
+            total, staged_total, stages, same = stage_times(
+                predictor, jpegs, vocabulary, args.device, args.warmup, args.iters, probes
+            )
+            rows.append(
+                {
+                    "student": student_name(config),
+                    "batch": bs,
+                    "gflops": count.flops / 1e9,
+                    "operators": floor.operator_summary(count),
+                    "total_ms": total * 1000,
+                    "predictor_ms": (total - stages["decode"]) * 1000,
+                    "staged_ms": staged_total * 1000,
+                    "stages_ms": {k: v * 1000 for k, v in stages.items()},
+                    "labels_equal": same,
+                }
+            )
+        post = postprocess_alternatives(
+            predictor, benchmark_images(args.size, 1), vocabulary, args.device, args.warmup,
+            args.iters,
+        )  # fmt: skip
+        if post:
+            rows[-1]["post_alternative"] = post
+            print(
+                f"  post-processing of one image: today's _to_result {post[0]:.0f} ms, "
+                f"dense_labels row bands {post[1]:.0f} ms, labels "
+                + ("identical" if post[2] else "DIFFER"),
+                flush=True,
+            )
+        if onnx:
+            onnx_rows += onnx_against_eager(args, predictor, config)
+    for p in probes:
+        print(
+            f"  throughput {p.name}: {p.best_gflops:.1f} GFLOP/s best, "
+            f"{p.median_gflops:.1f} median ({threads} threads, {len(p.times)} calls)",
+            flush=True,
+        )
+    for row in rows:  # the floor from every probe call of the section
+        row["floor_ms"] = floor.floor_seconds(row["gflops"] * 1e9, probes) * 1000
+        row["multiple"] = row["predictor_ms"] / row["floor_ms"]
+        print(
+            f"  floor {row['student']} batch {row['batch']}: {row['gflops']:.1f} GFLOP "
+            f"({row['operators']}), floor {row['floor_ms']:.0f} ms, predictor "
+            f"{row['predictor_ms']:.0f} ms = {row['multiple']:.2f}x the floor; stages sum "
+            f"{sum(row['stages_ms'].values()):.0f} ms, staged run {row['staged_ms']:.0f} ms, "
+            f"decode + predictor {row['total_ms']:.0f} ms"
+            + ("" if row["labels_equal"] else "  (staged labels DIFFER from the predictor's)"),
+            flush=True,
+        )
+    return {"probes": probes, "threads": threads, "rows": rows, "onnx": onnx_rows}
+
+
+class OnnxRunner:
+    """An exported model (clipzss_d2.export) under onnxruntime (CPU EP) with the predictor's
+    contract: BGR uint8 H x W x 3 arrays of one size in, SegmentationResults out. Images are
+    resized as the predictor resizes them; a "labels" graph answers at the resized size, a
+    "logits" graph's logits go through the predictor's own ``_to_result`` (to the input size)."""
+
+    def __init__(self, path: str, predictor, vocabulary: list[str], output: str, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.predictor, self.vocabulary, self.output = predictor, vocabulary, output
+
+    def __call__(self, images: list[np.ndarray]) -> list[SegmentationResult]:
+        p = self.predictor
+        batch, sizes = [], []
+        for image in images:
+            image = image if p.model_format == "BGR" else image[:, :, ::-1]
+            sizes.append(image.shape[:2])
+            if p.aug is not None:
+                image = p.aug.get_transform(image).apply_image(image)
+            batch.append(image.transpose(2, 0, 1))
+        outputs = self.session.run(None, {"image": np.ascontiguousarray(np.stack(batch))})
+        if self.output == "labels":
+            return [
+                SegmentationResult(labels, scores, list(self.vocabulary))
+                for labels, scores in zip(*outputs)
+            ]
+        logits = torch.from_numpy(outputs[0])
+        return [_to_result(lg, self.vocabulary, size) for lg, size in zip(logits, sizes)]
+
+
+def export_fixed_batch(predictor, vocabulary, path: str, output: str, batch: int, size):
+    """clipzss_d2.export's segmenter and ONNX export (the default exporter) at a fixed batch:
+    a dynamic batch axis does not survive the export of every student (SegFormer-B0's graph
+    comes out fixed to the example's batch of 1)."""
+    from clipzss_d2.export import (
+        ExportOptions,
+        FixedVocabularySegmenter,
+        example_input,
+        export_onnx,
+        sync_bn_to_bn,
+    )
+
+    model = sync_bn_to_bn(predictor.model).eval()
+    segmenter = FixedVocabularySegmenter(model, vocabulary, output=output).eval()
+    height, width = size  # the network's input: the predictor's resized image
+    options = ExportOptions(formats=("onnx",), height=height, width=width, output_kind=output)
+    with torch.no_grad():
+        export_onnx(segmenter, example_input("uint8", batch, height, width), path, options)
+
+
+ONNX_OUTPUTS = ("labels", "logits")
+
+
+def onnx_against_eager(args, predictor, config: str) -> list[dict]:
+    """Export (clipzss_d2.export; labels + scores out, as export_model.py writes by default, and
+    logits out + the predictor's post-processing) to a temporary folder; time onnxruntime (CPU,
+    torch's thread count) against the PyTorch predictor on the same images, round-robin."""
+    import os
+
+    from .sections import student_name
+
+    rows = []
+    vocabulary = predictor.vocabulary
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as folder:
+        for bs in args.batch_sizes:
+            images = decode(benchmark_images(args.size, bs))
+            resized = tuple(predictor._prepare(images[0], "BGR")["image"].shape[-2:])
+            fns = {"eager": lambda im=images: predictor.predict_batch(im, vocabulary)}
+            export_s = {}
+            for output in ONNX_OUTPUTS:
+                path = os.path.join(folder, f"{output}-{bs}.onnx")
+                start = time.perf_counter()
+                export_fixed_batch(predictor, vocabulary, path, output, bs, resized)
+                export_s[output] = time.perf_counter() - start
+                fns[output] = OnnxRunner(path, predictor, vocabulary, output, threads)
+            timings = round_robin(
+                {k: (lambda f=f, im=images: f(im)) for k, f in fns.items()},
+                args.device,
+                args.warmup,
+                args.iters,
+            )
+            eager = predictor.predict_batch(images, vocabulary)
+            pixels = sum(a.labels.size for a in eager)
+            for output in ONNX_OUTPUTS:
+                got = fns[output](images)
+                differ = sum(int((a.labels != b.labels).sum()) for a, b in zip(eager, got))
+                row = {
+                    "student": student_name(config),
+                    "batch": bs,
+                    "graph": output,
+                    "eager_ms": timings["eager"].median * 1000,
+                    "onnx_ms": timings[output].median * 1000,
+                    "ratio": timings["eager"].median / timings[output].median,
+                    "label_mismatch": differ / pixels,
+                    "export_s": export_s[output],
+                }
+                rows.append(row)
+                print(
+                    f"  onnx {row['student']} batch {bs}, {output} graph: eager "
+                    f"{row['eager_ms']:.0f} ms, onnxruntime {row['onnx_ms']:.0f} ms (eager / "
+                    f"onnxruntime {row['ratio']:.2f}x), labels differ on "
+                    f"{100 * row['label_mismatch']:.4f}% of pixels",
+                    flush=True,
+                )
+    return rows
+
+
+def floor_markdown(args, floor_out: dict) -> list[str]:
+    """The floor section's tables."""
+    if not floor_out or not floor_out["rows"]:
+        return []
+    probes, rows = floor_out["probes"], floor_out["rows"]
+    best = max(probes, key=lambda p: p.best_gflops)
+    out = [
+        f"### Inference against the machine's floor, {args.size}², {args.num_classes} classes, "
+        "fp32",
+        "",
+        f"Throughput probes ({floor_out['threads']} threads, fp32, best / median of all their "
+        "calls: alone first, then one per round-robin round with the predictor): "
+        + "; ".join(
+            f"{p.name}: {p.best_gflops:.1f} / {p.median_gflops:.1f} GFLOP/s" for p in probes
+        )
+        + f". Floor = the network's FLOPs (fvcore, 1 multiply-add = {floor.FLOPS_PER_MAC} "
+        f"FLOPs; convolution, linear, einsum, attention) / {best.best_gflops:.1f} GFLOP/s "
+        f"({best.name}, the best probe). Predictor = `predict_batch` on decoded BGR images "
+        "(decode excluded); stages from a staged run of the same code (labels checked equal).",
+        "",
+        "| student | batch | GFLOP | floor ms | predictor ms | **x floor** | "
+        + " | ".join(STAGES)
+        + " | stage sum | staged run | decode + predictor | labels equal |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|---:|---|",
+    ]
+    for r in rows:
+        stages = " | ".join(f"{r['stages_ms'][s]:.1f}" for s in STAGES)
+        out.append(
+            f"| {r['student']} | {r['batch']} | {r['gflops']:.2f} | {r['floor_ms']:.1f} | "
+            f"{r['predictor_ms']:.1f} | **{r['multiple']:.2f}x** | {stages} | "
+            f"{sum(r['stages_ms'].values()):.1f} | {r['staged_ms']:.1f} | {r['total_ms']:.1f} | "
+            f"{'yes' if r['labels_equal'] else 'NO'} |"
+        )
+    out += ["", "GFLOP by operator: " + "; ".join(
+        f"{r['student']} batch {r['batch']}: {r['operators']}" for r in rows
+    ), ""]  # fmt: skip
+    for r in rows:
+        if "post_alternative" in r:
+            today, bands, same = r["post_alternative"]
+            out += [
+                f"Post-processing of one image ({r['student']}; argmax + softmax denominator on "
+                f"the model's {args.size}² logits): today's `_to_result` {today:.1f} ms, "
+                f"`clipzss_d2.dense_labels` (row bands, all classes at once) {bands:.1f} ms, "
+                f"labels {'identical' if same else 'DIFFERENT'}.",
+                "",
+            ]
+    if floor_out["onnx"]:
+        out += [
+            "#### Exported ONNX model (onnxruntime, CPU EP) against PyTorch eager",
+            "",
+            "`labels` graph: what `tools/export_model.py` writes by default (softmax and max "
+            "over the classes inside the graph); `logits` graph: the exported network and "
+            "upsampling, then the predictor's own `_to_result`. Both at a fixed batch.",
+            "",
+            "| student | batch | graph | PyTorch predictor ms | onnxruntime ms | "
+            "eager / onnxruntime | labels differ (% pixels) | export s |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in floor_out["onnx"]:
+            out.append(
+                f"| {r['student']} | {r['batch']} | {r['graph']} | {r['eager_ms']:.1f} | "
+                f"{r['onnx_ms']:.1f} | "
+                f"{r['ratio']:.2f}x | {100 * r['label_mismatch']:.4f} | {r['export_s']:.0f} |"
+            )
+        out.append("")
+    return out
