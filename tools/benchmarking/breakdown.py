@@ -16,6 +16,7 @@ eager on the same images.
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 import time
 from collections import defaultdict
@@ -315,7 +316,8 @@ def inference_floor(args, predictors: dict, configs: list[str], onnx: bool) -> d
 class OnnxRunner:
     """An exported model (clipzss_d2.export) under onnxruntime (CPU EP) with the predictor's
     contract: BGR uint8 H x W x 3 arrays of one size in, SegmentationResults out. Images are
-    resized as the predictor resizes them; a "labels" graph answers at the resized size, a
+    resized as the predictor resizes them; a "labels" graph answers at the resized size and is
+    brought to the input size by nearest neighbour (what a user of that export has to do), a
     "logits" graph's logits go through the predictor's own ``_to_result`` (to the input size)."""
 
     def __init__(self, path: str, predictor, vocabulary: list[str], output: str, threads: int):
@@ -339,11 +341,20 @@ class OnnxRunner:
         outputs = self.session.run(None, {"image": np.ascontiguousarray(np.stack(batch))})
         if self.output == "labels":
             return [
-                SegmentationResult(labels, scores, list(self.vocabulary))
-                for labels, scores in zip(*outputs)
+                SegmentationResult(*to_size(labels, scores, size), list(self.vocabulary))
+                for labels, scores, size in zip(*outputs, sizes)
             ]
         logits = torch.from_numpy(outputs[0])
         return [_to_result(lg, self.vocabulary, size) for lg, size in zip(logits, sizes)]
+
+
+def to_size(labels: np.ndarray, scores: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
+    """A labels graph's labels and scores (at the resized size) at the input size."""
+    if tuple(labels.shape) == tuple(size):
+        return labels, scores
+    stacked = torch.from_numpy(np.stack([labels.astype(np.float32), scores.astype(np.float32)]))
+    resized = F.interpolate(stacked[None], size=tuple(size), mode="nearest-exact")[0].numpy()
+    return resized[0].astype(labels.dtype), resized[1].astype(scores.dtype)
 
 
 def export_fixed_batch(predictor, vocabulary, path: str, output: str, batch: int, size):
@@ -424,6 +435,14 @@ def onnx_against_eager(args, predictor, config: str) -> list[dict]:
     return rows
 
 
+def three_digits(ms: float) -> str:
+    """A time with three significant digits (never in exponent form), so that a ratio of two
+    printed times is the printed ratio even for a tiny model's sub-millisecond floor."""
+    if ms <= 0 or not math.isfinite(ms):
+        return f"{ms:.1f}"
+    return f"{ms:.{max(0, 2 - math.floor(math.log10(ms)))}f}"
+
+
 def floor_markdown(args, floor_out: dict) -> list[str]:
     """The floor section's tables."""
     if not floor_out or not floor_out["rows"]:
@@ -452,8 +471,8 @@ def floor_markdown(args, floor_out: dict) -> list[str]:
     for r in rows:
         stages = " | ".join(f"{r['stages_ms'][s]:.1f}" for s in STAGES)
         out.append(
-            f"| {r['student']} | {r['batch']} | {r['gflops']:.2f} | {r['floor_ms']:.1f} | "
-            f"{r['predictor_ms']:.1f} | **{r['multiple']:.2f}x** | {stages} | "
+            f"| {r['student']} | {r['batch']} | {r['gflops']:.2f} | {three_digits(r['floor_ms'])} | "
+            f"{three_digits(r['predictor_ms'])} | **{r['multiple']:.2f}x** | {stages} | "
             f"{sum(r['stages_ms'].values()):.1f} | {r['staged_ms']:.1f} | {r['total_ms']:.1f} | "
             f"{'yes' if r['labels_equal'] else 'NO'} |"
         )
@@ -484,8 +503,8 @@ def floor_markdown(args, floor_out: dict) -> list[str]:
         ]
         for r in floor_out["onnx"]:
             out.append(
-                f"| {r['student']} | {r['batch']} | {r['graph']} | {r['eager_ms']:.1f} | "
-                f"{r['onnx_ms']:.1f} | "
+                f"| {r['student']} | {r['batch']} | {r['graph']} | {three_digits(r['eager_ms'])} | "
+                f"{three_digits(r['onnx_ms'])} | "
                 f"{r['ratio']:.2f}x | {100 * r['label_mismatch']:.4f} | {r['export_s']:.0f} |"
             )
         out.append("")

@@ -146,7 +146,7 @@ def build_step(args, variant, batch_size, crop):
     timers = Timers(args.device)
     if variant == "full":
         timers.wrap("teacher forward", model, "_teacher")
-        timers.wrap("K-Means + fusion", model.plm, "labeler")
+        timers.wrap("K-Means + fusion", model.plm, "pseudo_targets")
         timers.wrap("synthesizer", model.plm, "synthesizer")
         timers.wrap("GLM", model, "glm")
     batch = synthetic_batch(batch_size, crop)
