@@ -138,9 +138,52 @@ def apply_clip_alone(args) -> None:
     args.opts = [*args.opts, "MODEL.META_ARCHITECTURE", META_ARCHITECTURE]
 
 
+BACKENDS = ("pytorch", "onnx")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
+        help="pytorch (default): the student from the config's weights; onnx: an exported "
+        "student under onnxruntime (--export-folder), same labels, its export's fixed vocabulary",
+    )
+    parser.add_argument(
+        "--export-folder",
+        help="with --backend onnx: the --output folder of tools/export_model.py --format onnx "
+        "--output-kind logits",
+    )
+
+
+def check_backend(args) -> None:
+    """--backend / --export-folder / --clip-alone: the combinations that mean something."""
+    backend, folder = getattr(args, "backend", "pytorch"), getattr(args, "export_folder", None)
+    if backend == "onnx" and not folder:
+        raise UserInputError(
+            "--backend onnx needs --export-folder: the --output folder of tools/export_model.py "
+            "--format onnx --output-kind logits."
+        )
+    if folder and backend != "onnx":
+        raise UserInputError("--export-folder is read only with --backend onnx: add it.")
+    if backend == "onnx" and getattr(args, "clip_alone", False):
+        raise UserInputError(
+            "--clip-alone cannot run with --backend onnx: CLIP alone is not exported (drop one)."
+        )
+
+
 def build_predictor(cfg, args, vocabulary=None):
-    """OpenVocabularyPredictor of `cfg`; config values the model refuses while it is built
-    (e.g. MODEL.CLIPZSS.INFERENCE checks, ValueError) are user errors naming the config."""
+    """OpenVocabularyPredictor of `cfg`, or with --backend onnx the exported student under
+    onnxruntime (OnnxPredictor, resized as `cfg` says); config values the model refuses while
+    it is built (e.g. MODEL.CLIPZSS.INFERENCE checks, ValueError) are user errors naming the
+    config."""
+    if getattr(args, "backend", "pytorch") == "onnx":
+        from .onnx_backend import OnnxPredictor
+
+        predictor = OnnxPredictor.from_config(args.export_folder, cfg)
+        if vocabulary is not None:
+            predictor.set_vocabulary(vocabulary)
+        return predictor
     from .predictor import OpenVocabularyPredictor  # the model stack, only for commands using it
 
     name = config_name(args)

@@ -29,6 +29,7 @@ from detectron2.data import transforms as T
 
 from .errors import UserInputError
 from .export import SPEC_FILE
+from .modeling.open_vocabulary import STUDENT
 from .predictor import INPUT_FORMATS, SegmentationResult, _as_uint8_image, _to_result
 from .vocabulary import parse_vocabulary
 
@@ -88,6 +89,17 @@ class OnnxPredictor:
         predictor built from that config resizes."""
         return cls(folder, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, threads)
 
+    segmenter = STUDENT  # an export is always a trained student: CLIP alone is not exported
+
+    def set_vocabulary(self, vocabulary: str | Sequence[str]) -> list[str]:
+        """The export's vocabulary is fixed: it is accepted, any other is refused in one line."""
+        if parse_vocabulary(vocabulary) != self.vocabulary:
+            raise UserInputError(
+                "This ONNX model was exported for a fixed vocabulary "
+                f"({', '.join(self.class_names)}); export again for another one."
+            )
+        return list(self.vocabulary)
+
     @property
     def class_names(self) -> list[str]:
         return SegmentationResult(None, None, self.vocabulary).class_names
@@ -102,11 +114,8 @@ class OnnxPredictor:
     ) -> list[SegmentationResult]:
         """One result per image; images of one resized size share a run (up to the graph's
         fixed batch, if it has one)."""
-        if vocabulary is not None and parse_vocabulary(vocabulary) != self.vocabulary:
-            raise UserInputError(
-                "This ONNX model was exported for a fixed vocabulary "
-                f"({', '.join(self.class_names)}); export again for another one."
-            )
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}")
         prepared = [self._prepare(image, input_format) for image in images]

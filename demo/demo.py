@@ -5,8 +5,15 @@
         --input photo.jpg 'more/*.jpg' --output out/ --vocab "cat,sofa|couch,floor,wall" \\
         --opts MODEL.WEIGHTS output/coco_stuff/model_final.pth
     python demo/demo.py --model-folder output/coco_stuff/model --input photo.jpg --output out/
+    python demo/demo.py --config-file configs/coco_stuff.yaml --backend onnx \
+        --export-folder exported/ --input photo.jpg --output out/
     python demo/demo.py --config-file configs/coco_stuff.yaml --clip-alone --input photo.jpg \
         --output out/ --vocab "cat,sofa|couch,floor,wall"
+
+--backend onnx --export-folder EXPORT runs the student exported by tools/export_model.py --format
+onnx --output-kind logits under onnxruntime instead of PyTorch: the same labels (tested), faster
+on a CPU (docs/benchmarks.md), for the export's fixed vocabulary only; the config still gives the
+test-time resize.
 
 --clip-alone segments with CLIP alone (the teacher's dense patch tokens x text embeddings, the
 training-free baseline; no student, MODEL.WEIGHTS not used): every overlay carries the caption
@@ -61,11 +68,13 @@ from video_loop import VIDEO_CODECS, run_video, run_webcam, video_output_path  #
 from visualization import class_colors  # noqa: E402
 
 from clipzss_d2.entry import (  # noqa: E402
+    add_backend_arguments,
     add_clip_alone_argument,
     add_config_arguments,
     add_vocabulary_arguments,
     apply_clip_alone,
     build_predictor,
+    check_backend,
     load_config,
     run_main,
     vocabulary_from_args,
@@ -102,6 +111,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-label-map", action="store_true", help="also write the class-id PNG")
     parser.add_argument("--no-legend", action="store_true", help="overlay without legend panel")
     add_clip_alone_argument(parser)
+    add_backend_arguments(parser)
     return parser
 
 
@@ -122,6 +132,7 @@ def run(args) -> int:
         )
     if (args.input or args.video_input) and not args.output:
         raise UserInputError("--output is required with --input and --video-input.")
+    check_backend(args)
     apply_clip_alone(args)
     vocabulary = vocabulary_from_args(args)
     inputs, bad, paths = [], [], {}

@@ -30,7 +30,8 @@ class Segmenter:
         return self.predictor(image_rgb, input_format="RGB")
 
     def check_test_size(self, image: np.ndarray) -> None:
-        """An image so elongated that the test resize leaves a side of 0 px cannot be segmented."""
+        """An image so elongated that the test resize leaves a side of 0 px cannot be segmented,
+        nor one an ONNX export of fixed size cannot take: the image fails, the others go on."""
         if self.predictor.aug is None:
             return
         resize = self.predictor.aug.get_transform(image)
@@ -40,6 +41,12 @@ class Segmenter:
                 f"{image.shape[1]}x{image.shape[0]} px is too elongated: resized to the test size "
                 f"(INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) it would be {new_w}x{new_h} px; crop it "
                 f"into pieces first"
+            )
+        fixed = getattr(self.predictor, "fixed_size", None)  # an ONNX export without --dynamic
+        if fixed is not None and (new_h, new_w) != tuple(fixed):
+            raise InputError(
+                f"{image.shape[1]}x{image.shape[0]} px is resized to {new_w}x{new_h} px but the "
+                f"ONNX export takes {fixed[1]}x{fixed[0]} px only; export with --dynamic"
             )
 
     def draw(self, image_rgb, result: SegmentationResult, legend_width=None, fit=False):
