@@ -13,6 +13,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -315,3 +317,34 @@ def test_an_earlier_report_is_kept_without_overwrite(tmp_path, capsys):
     line = one_line(capsys.readouterr().err)
     assert "already holds a teacher check (teacher_zero_shot/gzss_per_class_iou.json)" in line
     assert (out / "teacher_zero_shot" / "gzss_per_class_iou.json").read_text() == "{}"
+
+
+@pytest.mark.slow
+def test_the_command_runs_on_a_custom_dataset_file(tmp_path):
+    """DATASETS.CUSTOM (a YAML dataset file with its own classes and unseen split), the tiny CLIP:
+    the user's own data, through the command line, with its exit status."""
+    from tests.data.test_custom_dataset import UNSEEN, write_dataset_file
+    from tests.helpers import BASE_CONFIG, ROOT, TINY_MODEL_OPTS
+
+    dataset = write_dataset_file(tmp_path, "coco")  # farm_train (4 images), farm_val (2)
+    out = tmp_path / "check"
+    command = [
+        sys.executable, "tools/check_teacher.py", "--config-file", BASE_CONFIG,
+        "--num-images", "4", "--num-val-images", "2", "--num-pictures", "2",
+        "--lambdas", "0.8", "--output", str(out), *[str(o) for o in TINY_MODEL_OPTS],
+        "DATASETS.CUSTOM", f"['{dataset}']", "DATASETS.TRAIN", "('farm_train',)",
+        "DATASETS.TEST", "('farm_val',)", "DATALOADER.NUM_WORKERS", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.CROP.SIZE", "(32, 32)",
+        "INPUT.SIZE_DIVISIBILITY", "32", "INPUT.MIN_SIZE_TEST", "32",
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "teacher_check.json").read_text())
+    check = results["pseudo_labels"]
+    assert check["images"] == 4
+    assert {r["threshold"] for r in check["sweep"]} == {0.8, 0.9}  # --lambdas and the config's
+    assert set(check["sweep"][0]["summary"]["per_class"]) >= set(UNSEEN)
+    assert results["teacher_zero_shot"]["dataset"] == "farm_val"
+    assert results["teacher_zero_shot"]["images"] == 2
+    assert (out / "teacher_check.png").is_file() and (out / "teacher_check.md").is_file()
+    assert "Use: MODEL.CLIPZSS.PLM.FUSION_THRESHOLD " in proc.stdout
