@@ -1,4 +1,4 @@
-"""`python -m clipzss_d2.miniworld {generate,train-teacher} ...`.
+"""`python -m clipzss_d2.miniworld {generate,train-teacher,probe-teacher} ...`.
 
 A dispatcher rather than `-m clipzss_d2.miniworld.generate`: importing `clipzss_d2` already imports
 those modules (dataset registration), and runpy warns when asked to re-run a loaded module.
@@ -8,9 +8,14 @@ import sys
 
 from ..entry import run_main
 from .generate import main as generate_main
+from .look_alikes import main as probe_teacher_main
 from .train_teacher import main as train_teacher_main
 
-COMMANDS = {"generate": generate_main, "train-teacher": train_teacher_main}
+COMMANDS = {
+    "generate": generate_main,
+    "train-teacher": train_teacher_main,
+    "probe-teacher": probe_teacher_main,
+}
 
 
 def main(argv=None) -> int:

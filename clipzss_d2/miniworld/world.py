@@ -33,6 +33,7 @@ CLASSES = THINGS + STUFF
 # Held out in the zero-shot protocol: three things and one stuff, each with a seen look-alike
 # (star/cross, diamond/square, crescent/ring, snow/sand) so transfer is not a colour trick.
 UNSEEN = ("star", "diamond", "crescent", "snow")
+LOOK_ALIKES = {"star": "cross", "diamond": "square", "crescent": "ring", "snow": "sand"}
 CLASS_ID = {name: i for i, name in enumerate(CLASSES)}
 IGNORE_LABEL = 255
 # Bump whenever a change alters what a seed renders (invalidates generated worlds and teachers).
