@@ -2,9 +2,9 @@
 
 What ``predictor._to_result`` computes when no resize is left to do (the model's logits are at
 the image's size): labels = argmax over the classes (ties to the first class), scores = softmax
-probability of that class = 1 / sum_j exp(l_j - l_max). ``_to_result`` bounds memory by taking
-the classes a few at a time, with a running max and a running, rescaled softmax denominator;
-here the pixels are taken a band of rows at a time, with every class at once:
+probability of that class = 1 / sum_j exp(l_j - l_max). The chunked route for logits that need a
+resize (``predictor.resized_labels_and_scores``) bounds memory by taking the classes a few at a
+time, with a running max and a running, rescaled softmax denominator; here the pixels are taken a band of rows at a time, with every class at once:
 
 - labels are identical: each pixel's max runs over all K classes in one reduction, whatever the
   band, so ties resolve as ``argmax`` does;
@@ -13,8 +13,9 @@ here the pixels are taken a band of rows at a time, with every class at once:
 - with channels-last logits (MODEL.CLIPZSS.INFERENCE.CHANNELS_LAST) a band is one contiguous
   block holding all classes of its pixels.
 
-Scores agree with ``_to_result``'s to float rounding (the denominator is summed in another
-order). Not yet called by the predictor: tools/benchmark.py's floor section measures it.
+Scores agree with the chunked route's to float rounding (the denominator is summed in another
+order). The predictor's route since 2026-12-06 whenever no resize is left (tools/benchmark.py's
+floor section times both routes).
 """
 
 from __future__ import annotations

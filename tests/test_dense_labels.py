@@ -1,12 +1,13 @@
-"""clipzss_d2.dense_labels: the row-band labels and scores equal predictor._to_result's (labels
-exactly, ties included; scores to rounding) for NCHW and channels-last logits."""
+"""clipzss_d2.dense_labels, the predictor's route for logits at the output size: labels equal
+torch's argmax over all classes and the chunked route's (ties included), scores torch's softmax to
+rounding, for NCHW and channels-last logits."""
 
 import numpy as np
 import pytest
 import torch
 
 from clipzss_d2.dense_labels import labels_and_scores
-from clipzss_d2.predictor import _to_result
+from clipzss_d2.predictor import _to_result, resized_labels_and_scores
 
 
 def logits(classes, height, width, seed=0, channels_last=False):
@@ -20,12 +21,15 @@ def logits(classes, height, width, seed=0, channels_last=False):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("budget", [1 << 24, 7 * 13 * 2, 1])  # one band, bands of 2 rows, of 1
-def test_labels_equal_to_result_and_scores_agree(channels_last, budget):
+def test_labels_equal_argmax_and_the_chunked_route(channels_last, budget):
     x = logits(13, 11, 7, channels_last=channels_last)
-    expected = _to_result(x, [str(i) for i in range(13)], (11, 7), budget=3 * 11 * 7)
+    chunked = resized_labels_and_scores(x, (11, 7), budget=3 * 11 * 7)
     labels, scores = labels_and_scores(x, budget=budget)
-    np.testing.assert_array_equal(labels.numpy(), expected.labels)
-    np.testing.assert_allclose(scores.numpy(), expected.scores, rtol=1e-6)
+    # torch.argmax returns the first maximal index, as the predictor promises for ties
+    np.testing.assert_array_equal(labels.numpy(), x.argmax(0).numpy())
+    np.testing.assert_array_equal(labels.numpy(), chunked[0].numpy())
+    np.testing.assert_allclose(scores.numpy(), x.softmax(0).max(0).values.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(scores.numpy(), chunked[1].numpy(), rtol=1e-6)
     assert labels.dtype == torch.int64 and scores.dtype == torch.float32
     top2 = torch.topk(x, 2, dim=0).values
     assert (top2[0] == top2[1]).any()  # the case covers ties
@@ -33,10 +37,29 @@ def test_labels_equal_to_result_and_scores_agree(channels_last, budget):
 
 def test_171_classes_at_full_size_match():
     x = logits(171, 64, 96, seed=1, channels_last=True)
-    expected = _to_result(x, [str(i) for i in range(171)], (64, 96))
     labels, scores = labels_and_scores(x, budget=171 * 96 * 5)
-    np.testing.assert_array_equal(labels.numpy(), expected.labels)
-    np.testing.assert_allclose(scores.numpy(), expected.scores, rtol=1e-5)
+    np.testing.assert_array_equal(labels.numpy(), x.argmax(0).numpy())
+    np.testing.assert_allclose(scores.numpy(), x.softmax(0).max(0).values.numpy(), rtol=1e-5)
+
+
+def test_the_predictor_takes_the_bands_when_no_resize_is_left(monkeypatch):
+    """_to_result at the logits' own size answers with the row bands (and the right values);
+    at another size with the chunked resize."""
+    import clipzss_d2.predictor as P
+
+    x = logits(17, 9, 12, seed=2)
+    calls = []
+    for name in ("labels_and_scores", "resized_labels_and_scores"):
+        original = getattr(P, name)
+        monkeypatch.setattr(
+            P, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k)
+        )
+    result = _to_result(x, [str(i) for i in range(17)], (9, 12))
+    assert calls == ["labels_and_scores"]
+    np.testing.assert_array_equal(result.labels, x.argmax(0).numpy())
+    np.testing.assert_allclose(result.scores, x.softmax(0).max(0).values.numpy(), rtol=1e-6)
+    _to_result(x, [str(i) for i in range(17)], (18, 24))
+    assert calls == ["labels_and_scores", "resized_labels_and_scores"]
 
 
 def test_bad_shape_is_refused():

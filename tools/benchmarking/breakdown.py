@@ -3,8 +3,8 @@
 `staged_predict` runs what ``decode + predictor.predict_batch`` runs for the plain inference
 mode (whole image, no flip, one scale), through the same functions (ResizeShortestEdge's
 transform, ``preprocess_images``, ``pad_to_divisible``, the model's ``backbone``,
-``embedding_head`` and ``classify``, ``_to_result``'s chunked upsample / max / softmax
-denominator) with a timer around each stage, and returns the same results: the section checks
+``embedding_head`` and ``classify``, ``_to_result``'s row bands or chunked upsample / max /
+softmax denominator) with a timer around each stage, and returns the same results: the section checks
 that its labels equal the predictor's, so the breakdown cannot drift from the code it measures.
 
 `inference_floor` is tools/benchmark.py's section: for each batch size, the student's FLOPs,
@@ -25,12 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipzss_d2.dense_labels import labels_and_scores
 from clipzss_d2.modeling.inference import autocast, pad_to_divisible
 from clipzss_d2.predictor import (
     UPSAMPLE_BUDGET,
     SegmentationResult,
     _as_uint8_image,
     _to_result,
+    resized_labels_and_scores,
 )
 
 from . import floor
@@ -140,6 +142,20 @@ def _staged_to_result(logits, entries, size, timer, budget: int = UPSAMPLE_BUDGE
     """predictor._to_result with a timer around each of its steps."""
     height, width = size
     logits = logits.float()
+    if tuple(logits.shape[-2:]) == (height, width):  # dense_labels.labels_and_scores
+        rows = max(1, budget // max(1, logits.shape[0] * width))
+        labels = torch.empty(height, width, dtype=torch.long)
+        scores = torch.empty(height, width, dtype=torch.float32)
+        for start in range(0, height, rows):
+            band = logits[:, start : start + rows]
+            with timer("argmax"):
+                top, labels[start : start + rows] = band.max(dim=0)
+            with timer("post-processing"):
+                scores[start : start + rows] = (band - top).exp_().sum(dim=0).reciprocal_()
+        with timer("post-processing"):
+            return SegmentationResult(
+                labels=labels.cpu().numpy(), scores=scores.cpu().numpy(), vocabulary=list(entries)
+            )
     step = max(1, budget // max(1, height * width))
     top = labels = total = None
     for start in range(0, logits.shape[0], step):
@@ -219,12 +235,12 @@ def stage_times(predictor, jpegs, vocabulary, device, warmup: int, iters: int, p
 
 
 def postprocess_alternatives(predictor, jpegs, vocabulary, device, warmup: int, iters: int):
-    """The predictor's post-processing (``_to_result``: upsample if needed, max, softmax
-    denominator over class chunks) against clipzss_d2.dense_labels (row bands, every class at
-    once) on the model's own logits for the first image, round-robin: (today ms, bands ms,
+    """The two post-processing routes of the predictor's ``_to_result`` on the model's own logits
+    for the first image, round-robin: chunks of classes with a running max and softmax
+    denominator (``resized_labels_and_scores``, the route for logits that need a resize, and for
+    all logits until 2026-12-06) against row bands with every class at once
+    (clipzss_d2.dense_labels, the route for logits at the output size): (chunks ms, bands ms,
     labels identical)."""
-    from clipzss_d2.dense_labels import labels_and_scores
-
     x = predictor._prepare(decode(jpegs[:1])[0], "BGR")
     size = (x.pop("height"), x.pop("width"))
     with torch.inference_mode():
@@ -233,17 +249,15 @@ def postprocess_alternatives(predictor, jpegs, vocabulary, device, warmup: int, 
             return None  # a resize is left: the row bands do not apply
         timings = round_robin(
             {
-                "today": lambda: _to_result(logits, vocabulary, size),
+                "chunks": lambda: resized_labels_and_scores(logits, size),
                 "bands": lambda: labels_and_scores(logits),
             },
             device,
             warmup,
             iters,
         )
-        same = np.array_equal(
-            _to_result(logits, vocabulary, size).labels, labels_and_scores(logits)[0].cpu().numpy()
-        )
-    return timings["today"].median * 1000, timings["bands"].median * 1000, same
+        same = torch.equal(resized_labels_and_scores(logits, size)[0], labels_and_scores(logits)[0])
+    return timings["chunks"].median * 1000, timings["bands"].median * 1000, same
 
 
 def inference_floor(args, predictors: dict, configs: list[str], onnx: bool) -> dict:
@@ -285,8 +299,8 @@ def inference_floor(args, predictors: dict, configs: list[str], onnx: bool) -> d
         if post:
             rows[-1]["post_alternative"] = post
             print(
-                f"  post-processing of one image: today's _to_result {post[0]:.0f} ms, "
-                f"dense_labels row bands {post[1]:.0f} ms, labels "
+                f"  post-processing of one image: class chunks {post[0]:.0f} ms, "
+                f"row bands (the predictor's route) {post[1]:.0f} ms, labels "
                 + ("identical" if post[2] else "DIFFER"),
                 flush=True,
             )
@@ -481,11 +495,12 @@ def floor_markdown(args, floor_out: dict) -> list[str]:
     ), ""]  # fmt: skip
     for r in rows:
         if "post_alternative" in r:
-            today, bands, same = r["post_alternative"]
+            chunks, bands, same = r["post_alternative"]
             out += [
                 f"Post-processing of one image ({r['student']}; argmax + softmax denominator on "
-                f"the model's {args.size}² logits): today's `_to_result` {today:.1f} ms, "
-                f"`clipzss_d2.dense_labels` (row bands, all classes at once) {bands:.1f} ms, "
+                f"the model's {args.size}² logits): chunks of classes "
+                f"(`predictor.resized_labels_and_scores`) {chunks:.1f} ms, row bands with all "
+                f"classes at once (`clipzss_d2.dense_labels`, the predictor's route) {bands:.1f} ms, "
                 f"labels {'identical' if same else 'DIFFERENT'}.",
                 "",
             ]
