@@ -28,6 +28,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
 from ..data.label_io import read_label_map
+from ..errors import UserInputError
 from . import register_miniworld
 from . import world as W
 from .teacher_config import DEFAULT_TEACHER_PATH, MODEL_NAME, TeacherConfig, model_image_size
@@ -85,6 +86,8 @@ def dataset_crops(dataset_name: str, size: int, max_images: int | None = None):
             interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_CUBIC
             crops.append(cv2.resize(crop, (size, size), interpolation=interp))
             ids.append(cid)
+    if not crops:
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64)
     return np.stack(crops), np.array(ids)
 
 
@@ -182,19 +185,30 @@ def main(argv=None) -> int:
         "--root", default=None, help="the world's folder (default: the registered one)"
     )
     parser.add_argument("--split", default="tune", choices=("train", "tune", "test"))
-    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument(
+        "--max-images", type=int, default=None, help="the split's first N images (default: all)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
+    if args.max_images is not None and args.max_images < 1:
+        parser.error(f"--max-images must be at least 1, got {args.max_images}")
     # one loading route for weights users receive
     from ..modeling.clip_loading import create_clip_model
     from .teacher_data import Batches
 
     if args.root:
         register_miniworld(args.root)
-    model = create_clip_model(MODEL_NAME, args.teacher, activation=TeacherConfig.activation)
+    model = create_clip_model(
+        MODEL_NAME, args.teacher, activation=TeacherConfig.activation, config_key="--teacher"
+    )
     crops, truth = dataset_crops(
         f"miniworld_{args.split}", model_image_size(MODEL_NAME), args.max_images
     )
+    if not len(truth):
+        raise UserInputError(
+            f"No object or stuff region of the {args.split} split is large enough to crop; "
+            "probe a split with more images."
+        )
     images = Batches(model, TeacherConfig()).to_tensor(list(crops))
     report = look_alike_report(model, MODEL_NAME, images, truth)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -109,7 +109,9 @@ def test_the_command_on_a_generated_world(tmp_path):
         py + ["probe-teacher", "--root", str(root), "--teacher", str(teacher)], **run
     )
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in missing.stderr
+    assert "Traceback" not in missing.stderr and "--teacher" in missing.stderr
+    none = subprocess.run(py + ["probe-teacher", "--root", str(root), "--max-images", "0"], **run)
+    assert none.returncode == 2 and "--max-images must be at least 1" in none.stderr
     train = subprocess.run(
         py
         + [
