@@ -302,7 +302,6 @@ def _to_result(
     detectron2's `sem_seg_postprocess` (bilinear resize of all K planes) give. Logits already at
     `size` are taken a band of rows at a time with every class at once (clipzss_d2.dense_labels,
     the faster route); others go through `resized_labels_and_scores`."""
-    logits = logits.float()
     if tuple(logits.shape[-2:]) == tuple(size):
         labels, scores = labels_and_scores(logits, budget)
     else:

@@ -29,9 +29,11 @@ from detectron2.data.detection_utils import read_image
 
 from ..data.label_io import read_label_map
 from ..errors import UserInputError
+from ..modeling.clip_loading import create_clip_model
 from . import register_miniworld
 from . import world as W
 from .teacher_config import DEFAULT_TEACHER_PATH, MODEL_NAME, TeacherConfig, model_image_size
+from .teacher_data import Batches
 from .teacher_eval import encode_names, image_tokens
 
 # A thing's crop is this many times its larger side (objects of the teacher's training images
@@ -192,10 +194,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images must be at least 1, got {args.max_images}")
-    # one loading route for weights users receive
-    from ..modeling.clip_loading import create_clip_model
-    from .teacher_data import Batches
-
     if args.root:
         register_miniworld(args.root)
     model = create_clip_model(

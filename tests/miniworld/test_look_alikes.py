@@ -85,55 +85,25 @@ def test_the_command_on_a_generated_world(tmp_path):
     """`probe-teacher` on a freshly generated world with a two-step teacher: one crop per thing
     instance and stuff region of the split's files; a missing teacher is one line, exit 2."""
     root, teacher = tmp_path / "world", tmp_path / "teacher.pt"
-    py = [sys.executable, "-m", "clipzss_d2.miniworld"]
-    run = dict(cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    gen = subprocess.run(
-        py
-        + [
-            "generate",
-            "--root",
-            str(root),
-            "--num-train",
-            "1",
-            "--num-tune",
-            "4",
-            "--num-test",
-            "1",
-            "--workers",
-            "0",
-        ],
-        **run,
-    )
+
+    def miniworld(args: str):
+        return subprocess.run(
+            [sys.executable, "-m", "clipzss_d2.miniworld", *args.split()],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    gen = miniworld(f"generate --root {root} --num-train 1 --num-tune 4 --num-test 1 --workers 0")
     assert gen.returncode == 0, gen.stderr
-    missing = subprocess.run(
-        py + ["probe-teacher", "--root", str(root), "--teacher", str(teacher)], **run
-    )
+    missing = miniworld(f"probe-teacher --root {root} --teacher {teacher}")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "Traceback" not in missing.stderr and "--teacher" in missing.stderr
-    none = subprocess.run(py + ["probe-teacher", "--root", str(root), "--max-images", "0"], **run)
+    none = miniworld(f"probe-teacher --root {root} --max-images 0")
     assert none.returncode == 2 and "--max-images must be at least 1" in none.stderr
-    train = subprocess.run(
-        py
-        + [
-            "train-teacher",
-            "--output",
-            str(teacher),
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--no-eval",
-            "--workers",
-            "0",
-            "--threads",
-            "1",
-        ],
-        **run,
+    train = miniworld(
+        f"train-teacher --output {teacher} --steps 2 --batch-size 4 --no-eval --workers 0 --threads 1"
     )
     assert train.returncode == 0, train.stderr
-    probe = subprocess.run(
-        py + ["probe-teacher", "--root", str(root), "--teacher", str(teacher), "--json"], **run
-    )
+    probe = miniworld(f"probe-teacher --root {root} --teacher {teacher} --json")
     assert probe.returncode == 0, probe.stderr
     report = json.loads(probe.stdout)
 
