@@ -104,6 +104,7 @@ def train_and_evaluate(variant, seed, args, teacher_path, extra=(), name=None):
     row["unseen_iou"] = {c: results.get(f"IoU-{c}", float("nan")) for c in world.UNSEEN}
     row["from_seen"] = {c: results.get(f"FromSeen-{c}", float("nan")) for c in world.UNSEEN}
     row["pseudo_labels"] = read_diagnostics(out_dir)
+    row["curve"] = read_curve(out_dir, cfg.SOLVER.MAX_ITER)
     row.update(
         variant=variant, seed=seed, train_minutes=minutes, output_dir=out_dir,
         test_set=list(cfg.DATASETS.TEST), overrides=[str(v) for v in extra],
@@ -127,6 +128,22 @@ def read_diagnostics(out_dir):
         "purity": {c: per[c]["purity"] for c in world.UNSEEN},
         "void_share": per["(void)"]["share"],
     }
+
+
+def read_curve(out_dir, max_iter):
+    """Every evaluation of the run (TEST.EVAL_PERIOD's and the final one) from detectron2's
+    metrics.json: [iterations done, mIoU(seen), mIoU(unseen), hIoU] per evaluation."""
+    keys = ("sem_seg/mIoU(seen)", "sem_seg/mIoU(unseen)", "sem_seg/hIoU")
+    curve = []
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        for line in f:
+            entry = json.loads(line)
+            if "sem_seg/hIoU" in entry:
+                # a periodic evaluation is stored at the index of the iteration just finished,
+                # the final one (never periodic: EvalHook skips max_iter) at max_iter
+                done = entry["iteration"] + (entry["iteration"] != max_iter)
+                curve.append([done] + [entry[k] for k in keys])
+    return curve
 
 
 def finished_run(out_dir, cfg):

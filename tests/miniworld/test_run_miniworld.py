@@ -33,7 +33,10 @@ def run_main_job(tmp_path, *extra):
 
 @pytest.mark.slow
 def test_short_main_job_runs_every_stage(tmp_path):
-    overrides = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"]
+    # an evaluation after 2 of the 3 iterations as well (the schedule's curve)
+    overrides = [
+        "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "2",
+    ]  # fmt: skip
     proc = run_main_job(tmp_path, "--teacher-patch-dropout", "0.25", *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -65,6 +68,10 @@ def test_short_main_job_runs_every_stage(tmp_path):
     s, u = result["mIoU(seen)"], result["mIoU(unseen)"]
     assert math.isclose(result["hIoU"], 2 * s * u / (s + u) if s + u else 0.0, abs_tol=1e-6)
     assert result["test_set"] == ["miniworld_test"]
+    # both evaluations, the last one the reported result
+    assert [point[0] for point in result["curve"]] == [2, 3]
+    assert result["curve"][-1][1:] == [result["mIoU(seen)"], result["mIoU(unseen)"], result["hIoU"]]
+    assert "| 2 | " in (out / "results.md").read_text()
     assert set(result["unseen_iou"]) == set(world.UNSEEN)
     # the full method trains with pseudo labels: the run wrote the diagnostics against the
     # hidden labels, one entry per class, and the results row carries the unseen classes' figures
@@ -228,3 +235,46 @@ def test_results_table_per_unseen_class_and_pseudo_labels():
     assert "| baseline | star | 0.0 | 10.0 | - | - |" in table  # no pseudo labels at all
     assert "evaluated on miniworld_test; mean ± std over seeds [0, 1]" in table
     assert "- baseline, seed 0: 30.0 / 15.0 / 20.0" in table
+
+
+def test_results_table_shows_each_run_against_iterations():
+    """Runs that evaluated on the way (TEST.EVAL_PERIOD) get one column each, an iteration per
+    line, a dash where a run has no evaluation; runs evaluated once add no section."""
+    tool = load_tool()
+    rows = [
+        fake_row("full", 0, 30.0, curve=[[200, 50.0, 20.0, 28.6], [400, 60.0, 30.0, 40.0]]),
+        fake_row("baseline", 0, 20.0, curve=[[200, 40.0, 10.0, 16.0]]),
+        fake_row("glm-only", 1, 25.0, curve=[[400, 55.0, 25.0, 34.4], [600, 56.0, 26.0, 35.5]]),
+    ]
+    table = tool.results_table(rows, [0, 1])
+    section = table.split(
+        "At every evaluation of the run (TEST.EVAL_PERIOD; seen / unseen / hIoU):"
+    )[1]
+    assert section.split("\n")[2:7] == [
+        "| iterations | full, seed 0 | glm-only, seed 1 |",
+        "|---:|---:|---:|",
+        "| 200 | 50.0 / 20.0 / 28.6 | - |",
+        "| 400 | 60.0 / 30.0 / 40.0 | 55.0 / 25.0 / 34.4 |",
+        "| 600 | - | 56.0 / 26.0 / 35.5 |",
+    ]
+    assert "At every evaluation" not in tool.results_table(rows[1:2], [0])
+
+
+def test_read_curve_counts_iterations_done(tmp_path):
+    """detectron2 stores a periodic evaluation at the index of the iteration just finished
+    (199 after 200 iterations) and the final one at MAX_ITER; lines without an evaluation and
+    other metrics are skipped. A hand-written metrics.json in detectron2's JSONWriter format."""
+    tool = load_tool()
+    lines = [
+        {"iteration": 19, "total_loss": 3.0},
+        {"iteration": 199, "total_loss": 1.0, "sem_seg/mIoU(seen)": 50.0,
+         "sem_seg/mIoU(unseen)": 20.0, "sem_seg/hIoU": 28.57, "sem_seg/mIoU": 40.0},
+        {"iteration": 219, "total_loss": 0.9},
+        {"iteration": 400, "sem_seg/mIoU(seen)": 60.0, "sem_seg/mIoU(unseen)": 30.0,
+         "sem_seg/hIoU": 40.0},
+    ]  # fmt: skip
+    (tmp_path / "metrics.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert tool.read_curve(str(tmp_path), 400) == [
+        [200, 50.0, 20.0, 28.57],
+        [400, 60.0, 30.0, 40.0],
+    ]

@@ -65,7 +65,29 @@ def results_table(rows, seeds):
     tested = sorted({d for r in rows for d in r.get("test_set", [])})
     note = f"\n\nevaluated on {', '.join(tested)}"
     note += f"; mean ± std over seeds {list(seeds)}" if len(seeds) > 1 else ""
-    return header + "\n".join(lines) + note + per_class + per_run + "\n"
+    return header + "\n".join(lines) + note + per_class + per_run + curves_table(rows) + "\n"
+
+
+def curves_table(rows):
+    """Markdown: seen / unseen / hIoU at every evaluation of each run (TEST.EVAL_PERIOD), so a
+    schedule can be checked for runs still climbing; empty when no run evaluated on the way."""
+    runs = [r for r in rows if len(r.get("curve") or ()) > 1]
+    if not runs:
+        return ""
+    iterations = sorted({point[0] for r in runs for point in r["curve"]})
+    cells = {(id(r), point[0]): point[1:] for r in runs for point in r["curve"]}
+    lines = [
+        "| iterations | " + " | ".join(f"{r['variant']}, seed {r['seed']}" for r in runs) + " |",
+        "|---:|" + "---:|" * len(runs),
+    ]
+    for it in iterations:
+        row = [cells.get((id(r), it)) for r in runs]
+        text = ["-" if c is None else " / ".join(f"{v:.1f}" for v in c) for c in row]
+        lines.append(f"| {it} | " + " | ".join(text) + " |")
+    return (
+        "\n\nAt every evaluation of the run (TEST.EVAL_PERIOD; seen / unseen / hIoU):\n\n"
+        + "\n".join(lines)
+    )
 
 
 def tuning_table(rows, chosen, seed):
