@@ -1,28 +1,34 @@
-"""Per-pixel labels and scores from K x H x W logits already at the output size, in row bands.
+"""Per-pixel labels and scores from K-class logits without holding K planes at full size.
 
-What ``predictor._to_result`` computes when no resize is left to do (the model's logits are at
-the image's size): labels = argmax over the classes (ties to the first class), scores = softmax
-probability of that class = 1 / sum_j exp(l_j - l_max). The chunked route for logits that need a
-resize (``predictor.resized_labels_and_scores``) bounds memory by taking the classes a few at a
-time, with a running max and a running, rescaled softmax denominator; here the pixels are taken a band of rows at a time, with every class at once:
+Labels = argmax over the classes (ties to the first class), scores = softmax probability of that
+class = 1 / sum_j exp(l_j - l_max), of the logits the model would give at the output size. Three
+routes, one per kind of input, each giving the labels of the K full-size planes exactly:
 
-- labels are identical: each pixel's max runs over all K classes in one reduction, whatever the
-  band, so ties resolve as ``argmax`` does;
-- one max, one subtraction, one in-place exp and one sum per band, no rescaling pass and no
-  K x H x W temporaries (a band's temporary is at most `budget` floats);
-- with channels-last logits (MODEL.CLIPZSS.INFERENCE.CHANNELS_LAST) a band is one contiguous
-  block holding all classes of its pixels.
+- `labels_and_scores`: logits already at the output size, a band of rows at a time with every
+  class at once (one max, one subtraction, one in-place exp and one sum per band; with
+  channels-last logits a band is one contiguous block holding all classes of its pixels);
+- `upsampled_labels_and_scores`: logits at the model's output stride, which the model would
+  upsample bilinearly to the padded size and crop. With channels-last logits and a whole-number
+  factor each band of source rows (with one row of margin either side) is upsampled on its own and
+  labelled at once, so the K x H x W planes never exist; the bands' values are the full resize's
+  bit for bit (tests/test_dense_labels.py), so the labels are the same and the scores differ by
+  float rounding at most (the sum over classes may be vectorised differently for another band);
+- `resized_labels_and_scores`: logits that need a resize to a size of no whole-number relation
+  (the predictor's image back to its original size), resized over chunks of classes with a
+  running max and a running, rescaled softmax denominator.
 
-Scores agree with the chunked route's to float rounding (the denominator is summed in another
-order). The predictor's route since 2026-12-06 whenever no resize is left (tools/benchmark.py's
-floor section times both routes).
+OpenVocabularySegmenter.inference answers with these when an input asks for labels
+(``"sem_seg_format": "labels"``), as the predictor does; tools/benchmark.py's floor section
+times them.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-# at most this many floats in a band's temporary (64 MB), as predictor.UPSAMPLE_BUDGET
+# at most this many floats in a band's or chunk's temporary (64 MB), so memory does not grow
+# with classes x pixels (171 classes at 4096^2 would be 11 GB)
 BAND_BUDGET = 1 << 24
 
 
@@ -38,9 +44,88 @@ def labels_and_scores(
     labels = torch.empty(height, width, dtype=torch.long, device=logits.device)
     scores = torch.empty(height, width, dtype=torch.float32, device=logits.device)
     for start in range(0, height, rows):
-        band = logits[:, start : start + rows]
-        top, band_labels = band.max(dim=0)
-        total = (band - top).exp_().sum(dim=0)  # exp(0) = 1 for the top class
-        labels[start : start + rows] = band_labels
-        scores[start : start + rows] = total.reciprocal_()
+        labels[start : start + rows], scores[start : start + rows] = _band(
+            logits[:, start : start + rows]
+        )
     return labels, scores
+
+
+def _band(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    top, labels = band.max(dim=0)
+    total = (band - top).exp_().sum(dim=0)  # exp(0) = 1 for the top class
+    return labels, total.reciprocal_()
+
+
+def upsampled_labels_and_scores(
+    logits: torch.Tensor,
+    upsampled_size: tuple[int, int],
+    size: tuple[int, int],
+    budget: int = BAND_BUDGET,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and scores of ``F.interpolate(logits, upsampled_size, bilinear)[:, :h, :w]`` for
+    K x h' x w' logits (`size` = (h, w)), without the K x `upsampled_size` tensor when the
+    logits are channels-last and `upsampled_size` a whole multiple of their size."""
+    if logits.dim() != 3:
+        raise ValueError(f"expected K x h x w logits, got shape {tuple(logits.shape)}")
+    logits = logits.float()
+    classes, low_h, low_w = logits.shape
+    (up_h, up_w), (height, width) = upsampled_size, size
+    factor = up_h // low_h
+    banded = (
+        up_h == factor * low_h
+        and up_w % low_w == 0
+        and logits[None].is_contiguous(memory_format=torch.channels_last)
+    )
+    if not banded:  # the full resize, then row bands
+        full = F.interpolate(
+            logits[None], size=upsampled_size, mode="bilinear", align_corners=False
+        )
+        return labels_and_scores(full[0, :, :height, :width], budget)
+    # A source row r feeds output rows factor*r ... factor*(r+1)-1 together with rows r-1 and
+    # r+1, so a band of source rows plus one row either side, resized by the same factor, gives
+    # those output rows exactly as the full resize does.
+    rows = max(1, budget // max(1, classes * up_w * factor))
+    labels = torch.empty(height, width, dtype=torch.long, device=logits.device)
+    scores = torch.empty(height, width, dtype=torch.float32, device=logits.device)
+    for first in range(0, -(-height // factor), rows):
+        last = min(low_h, first + rows)
+        lo, hi = max(0, first - 1), min(low_h, last + 1)
+        part = F.interpolate(
+            logits[None, :, lo:hi], size=((hi - lo) * factor, up_w), mode="bilinear",
+            align_corners=False,
+        )[0]  # fmt: skip
+        start, stop = first * factor, min(height, last * factor)
+        offset = (first - lo) * factor
+        labels[start:stop], scores[start:stop] = _band(
+            part[:, offset : offset + stop - start, :width]
+        )
+    return labels, scores
+
+
+def resized_labels_and_scores(
+    logits: torch.Tensor, size: tuple[int, int], budget: int = BAND_BUDGET
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, top-class softmax probability) at `size` of K x h x w logits, resized over chunks
+    of classes with a running max and a running softmax denominator, so no K x `size` tensor is
+    ever held."""
+    height, width = size
+    logits = logits.float()
+    step = max(1, budget // max(1, height * width))
+    top = labels = total = None
+    for start in range(0, logits.shape[0], step):
+        planes = logits[start : start + step]
+        if tuple(planes.shape[-2:]) != (height, width):
+            planes = F.interpolate(
+                planes[None], size=(height, width), mode="bilinear", align_corners=False
+            )[0]
+        chunk_top, chunk_labels = planes.max(dim=0)
+        if top is None:
+            top, labels = chunk_top, chunk_labels
+            total = torch.exp(planes - top).sum(dim=0)
+            continue
+        better = chunk_top > top  # strict: ties keep the earlier class, as argmax does
+        new_top = torch.maximum(top, chunk_top)
+        total = total * torch.exp(top - new_top) + torch.exp(planes - new_top).sum(dim=0)
+        labels = torch.where(better, chunk_labels + start, labels)
+        top = new_top
+    return labels, total.reciprocal()  # softmax of the top class: exp(0) / total

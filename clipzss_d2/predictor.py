@@ -25,13 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from .checkpoint import load_student_weights, skip_imagenet_init_for_trained_student
 from .config import get_clipzss_cfg
-from .dense_labels import labels_and_scores
+from .dense_labels import BAND_BUDGET, labels_and_scores, resized_labels_and_scores
 from .errors import UserInputError
 from .modeling.clip_alone import META_ARCHITECTURE as CLIP_ALONE_ARCH
 from .modeling.clip_alone import NO_WEIGHTS_NOTE, CLIPAlone
@@ -239,14 +238,18 @@ class OpenVocabularyPredictor:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(inputs):
             groups.setdefault(tuple(x["image"].shape), []).append(i)
+            # labels and scores at the input size, not K logit planes (clipzss_d2.dense_labels)
+            x["sem_seg_format"] = "labels"
         results: list[SegmentationResult | None] = [None] * len(inputs)
         for idx in groups.values():
-            # the model answers at the resized size; _to_result brings labels (not K logit
-            # planes) back to the input size
-            sizes = [(inputs[i].pop("height"), inputs[i].pop("width")) for i in idx]
             outputs = self.model([inputs[i] for i in idx])
-            for i, out, size in zip(idx, outputs, sizes):
-                results[i] = _to_result(out["sem_seg"], entries, size, segmenter=self.segmenter)
+            for i, out in zip(idx, outputs):
+                results[i] = SegmentationResult(
+                    labels=out["sem_seg_labels"].cpu().numpy(),
+                    scores=out["sem_seg_scores"].cpu().numpy(),
+                    vocabulary=list(entries),
+                    segmenter=self.segmenter,
+                )
         return results
 
     def _prepare(self, image, input_format: str) -> dict:
@@ -285,9 +288,8 @@ def _as_uint8_image(image) -> np.ndarray:
     return image[:, :, :3]
 
 
-# Logits brought to the input size a few classes at a time: at most this many floats at once
-# (64 MB), so memory does not grow with classes x pixels (171 classes at 4096^2 would be 11 GB).
-UPSAMPLE_BUDGET = 1 << 24
+# at most this many floats held at once by the label routes (dense_labels.BAND_BUDGET)
+UPSAMPLE_BUDGET = BAND_BUDGET
 
 
 def _to_result(
@@ -312,32 +314,3 @@ def _to_result(
         vocabulary=list(entries),
         segmenter=segmenter,
     )
-
-
-def resized_labels_and_scores(
-    logits: torch.Tensor, size: tuple[int, int], budget: int = UPSAMPLE_BUDGET
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels, top-class softmax probability) at `size` of K x h x w logits, resized over chunks
-    of classes with a running max and a running softmax denominator, so no K x `size` tensor is
-    ever held."""
-    height, width = size
-    logits = logits.float()
-    step = max(1, budget // max(1, height * width))
-    top = labels = total = None
-    for start in range(0, logits.shape[0], step):
-        planes = logits[start : start + step]
-        if tuple(planes.shape[-2:]) != (height, width):
-            planes = F.interpolate(
-                planes[None], size=(height, width), mode="bilinear", align_corners=False
-            )[0]
-        chunk_top, chunk_labels = planes.max(dim=0)
-        if top is None:
-            top, labels = chunk_top, chunk_labels
-            total = torch.exp(planes - top).sum(dim=0)
-            continue
-        better = chunk_top > top  # strict: ties keep the earlier class, as argmax does
-        new_top = torch.maximum(top, chunk_top)
-        total = total * torch.exp(top - new_top) + torch.exp(planes - new_top).sum(dim=0)
-        labels = torch.where(better, chunk_labels + start, labels)
-        top = new_top
-    return labels, total.reciprocal()  # softmax of the top class: exp(0) / total

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from clipzss_d2.dense_labels import labels_and_scores
-from clipzss_d2.predictor import _to_result, resized_labels_and_scores
+from clipzss_d2.dense_labels import (
+    labels_and_scores,
+    resized_labels_and_scores,
+    upsampled_labels_and_scores,
+)
+from clipzss_d2.predictor import _to_result
 
 
 def logits(classes, height, width, seed=0, channels_last=False):
@@ -65,3 +69,47 @@ def test_the_predictor_takes_the_bands_when_no_resize_is_left(monkeypatch):
 def test_bad_shape_is_refused():
     with pytest.raises(ValueError, match="K x H x W"):
         labels_and_scores(torch.zeros(1, 2, 3, 4))
+
+
+@pytest.mark.parametrize(
+    "low, factor, crop",
+    [((128, 128), 4, (512, 512)), ((17, 23), 4, (65, 90)), ((33, 47), 8, (260, 376)),
+     ((5, 7), 2, (9, 14))],
+)  # fmt: skip
+@pytest.mark.parametrize("budget", [1 << 24, 1])  # one band or one source row per band
+def test_upsampled_route_equals_the_full_resize(low, factor, crop, budget):
+    """What the model's dense_logits does (bilinear to the padded size, crop), then torch.argmax
+    and torch.softmax: equal labels (ties included: integer logits and 1/8 weights tie exactly),
+    scores to float rounding, for channels-last logits at the model's output stride."""
+    x = logits(21, *low, seed=3, channels_last=True)
+    padded = (low[0] * factor, low[1] * factor)
+    full = torch.nn.functional.interpolate(x[None], size=padded, mode="bilinear")[0]
+    full = full[:, : crop[0], : crop[1]]
+    labels, scores = upsampled_labels_and_scores(x, padded, crop, budget)
+    np.testing.assert_array_equal(labels.numpy(), full.argmax(0).numpy())
+    np.testing.assert_allclose(scores.numpy(), full.softmax(0).max(0).values.numpy(), rtol=1e-6)
+    reference = labels_and_scores(full, budget)  # the route on the full-size planes
+    assert torch.equal(labels, reference[0])
+    np.testing.assert_allclose(scores.numpy(), reference[1].numpy(), rtol=1e-6)
+    top2 = torch.topk(full, 2, dim=0).values
+    assert (top2[0] == top2[1]).any()
+
+
+def test_upsampled_route_never_holds_the_full_size_planes(monkeypatch):
+    """Every resize the route runs covers a band of rows (at most the budget's), never the K x
+    H x W planes; NCHW logits or a size of no whole-number factor take the full resize."""
+    import clipzss_d2.dense_labels as D
+
+    sizes = []
+    interpolate = D.F.interpolate
+    monkeypatch.setattr(
+        D.F, "interpolate", lambda x, size, **k: sizes.append(size) or interpolate(x, size, **k)
+    )
+    x = logits(50, 32, 32, channels_last=True)
+    upsampled_labels_and_scores(x, (128, 128), (120, 128), budget=50 * 128 * 4 * 4)
+    # 120 rows = 30 source rows, 4 a band (the budget), each with a margin row either side
+    assert len(sizes) == 8 and all(rows <= (4 + 2) * 4 for rows, _ in sizes)
+    sizes.clear()
+    upsampled_labels_and_scores(x.contiguous(), (128, 128), (120, 128))
+    upsampled_labels_and_scores(x, (100, 100), (100, 100))
+    assert sizes == [(128, 128), (100, 100)]

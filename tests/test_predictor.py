@@ -82,8 +82,29 @@ def test_output_is_at_input_size_and_model_sees_the_test_resize(predictor, monke
     assert ((result.scores > 0) & (result.scores <= 1)).all()
     # ResizeShortestEdge(64, max 128), as detectron2's DefaultPredictor does
     assert tuple(seen[0]["image"].shape) == (3, 64, 92)
-    # the model answers at that size; the predictor brings labels back to 37 x 53 itself
-    assert "height" not in seen[0] and "width" not in seen[0]
+    # the model answers with labels and scores (not K logit planes) at the input's 37 x 53
+    assert (seen[0]["height"], seen[0]["width"], seen[0]["sem_seg_format"]) == (37, 53, "labels")
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_labels_equal_the_argmax_of_detectron2s_sem_seg(channels_last):
+    """The predictor's labels (model asked for labels) against detectron2's route: the model's
+    K x H x W `sem_seg` logits at the input size (sem_seg_postprocess), torch.argmax and
+    torch.softmax. At the test size (no resize: the row bands of the upsampling) and at another
+    (the chunked resize), channels-last logits and not."""
+    p = OpenVocabularyPredictor(cfg_with("MODEL.CLIPZSS.INFERENCE.CHANNELS_LAST", channels_last))
+    vocabulary = ",".join(TOY_CLASSES)
+    for h, w in ((64, 64), (64, 96), (37, 53)):
+        img = image(h, w, seed=h + w)
+        result = p(img, vocabulary=vocabulary)
+        x = p._prepare(img, "BGR")  # the resized image, its input size in height / width
+        with torch.no_grad():
+            logits = p.model([dict(x, vocabulary=result.vocabulary)])[0]["sem_seg"]
+        assert logits.shape[-2:] == (h, w)
+        np.testing.assert_array_equal(result.labels, logits.argmax(0).numpy())
+        np.testing.assert_allclose(
+            result.scores, logits.softmax(0).max(0).values.numpy(), rtol=1e-5
+        )
 
 
 def test_bgr_and_rgb_inputs_agree_when_declared(predictor):

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import ImageList
 
+from ..dense_labels import labels_and_scores, resized_labels_and_scores, upsampled_labels_and_scores
+
 # normalised N x 3 x h x w batch (h, w divisible by the model's size divisibility)
 #   -> N x K x h' x w' logits at the model's output stride
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -64,6 +66,24 @@ def dense_logits(
     per-pixel max/argmax over classes reads contiguous memory (4x faster on CPU at 512^2).
     """
     h, w = images.shape[-2:]
+    logits, padded_size = stride_logits(
+        logits_fn, images, size_divisibility, precision=precision, channels_last=channels_last
+    )
+    logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
+    return logits[..., :h, :w]
+
+
+def stride_logits(
+    logits_fn: LogitsFn,
+    images: torch.Tensor,
+    size_divisibility: int = 0,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """`dense_logits` before its upsampling: (N x K x h' x w' fp32 logits at the model's output
+    stride, the padded size they are upsampled to). For callers that want labels, not K planes
+    at full size (dense_labels.upsampled_labels_and_scores)."""
     padded = pad_to_divisible(images, size_divisibility)
     if channels_last:
         padded = padded.contiguous(memory_format=torch.channels_last)
@@ -72,8 +92,7 @@ def dense_logits(
     logits = logits.float()
     if channels_last:
         logits = logits.contiguous(memory_format=torch.channels_last)
-    logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-    return logits[..., :h, :w]
+    return logits, tuple(padded.shape[-2:])
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -222,6 +241,40 @@ class TestTimeInference:
             return [logit[:, :h, :w] for logit, (h, w) in zip(logits, sizes)]
         unpadded = [img[:, :h, :w] for img, (h, w) in zip(images.tensor, sizes)]
         return self.augmented(logits_fn, unpadded, size_divisibility)
+
+    def labels_and_scores(
+        self,
+        logits_fn: LogitsFn,
+        images: ImageList,
+        size_divisibility: int = 0,
+        out_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(labels, top-class softmax probability) per image at `out_sizes` (default: each
+        image's unpadded size): the argmax and softmax of the logits `__call__` gives, resized
+        to the out size as sem_seg_postprocess would, never holding K planes at full size where
+        clipzss_d2.dense_labels can avoid it."""
+        sizes = [tuple(s) for s in images.image_sizes]
+        out_sizes = sizes if out_sizes is None else [tuple(o) for o in out_sizes]
+        if not self.is_plain:
+            logits = self(logits_fn, images, size_divisibility)
+        else:
+            logits, padded_size = stride_logits(
+                logits_fn, images.tensor, size_divisibility, **self.dense_kwargs
+            )
+        answers = []
+        for logit, size, out in zip(logits, sizes, out_sizes):
+            if self.is_plain and out == size:
+                answers.append(upsampled_labels_and_scores(logit, padded_size, size))
+                continue
+            if self.is_plain:  # dense_logits for this image alone
+                logit = F.interpolate(
+                    logit[None], size=padded_size, mode="bilinear", align_corners=False
+                )[0, :, : size[0], : size[1]]
+            if out == size:
+                answers.append(labels_and_scores(logit))
+            else:
+                answers.append(resized_labels_and_scores(logit, out))
+        return answers
 
     def augmented(
         self, logits_fn: LogitsFn, images: Sequence[torch.Tensor], size_divisibility: int = 0

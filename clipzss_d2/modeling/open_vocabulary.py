@@ -24,6 +24,8 @@ from .inference import TestTimeInference
 # SegmentationResult.segmenter): a CLIP-alone result must never pass for the trained student's.
 STUDENT = "student"
 CLIP_ALONE = "CLIP alone (no student)"
+# what an input may ask inference for: K x H x W logits (detectron2's sem_seg) or labels + scores
+SEM_SEG_FORMATS = ("logits", "labels")
 
 
 def default_test_vocabulary(cfg) -> list[str] | None:
@@ -96,6 +98,11 @@ class OpenVocabularySegmenter(nn.Module):
         flip, multi-scale) if given, else `self.test_time` (MODEL.CLIPZSS.INFERENCE). Images with
         the same vocabulary and mode share a forward pass; logits are resized to each input's
         "height"/"width".
+
+        An input with ``"sem_seg_format": "labels"`` gets ``sem_seg_labels`` (H x W int64, the
+        argmax of those logits) and ``sem_seg_scores`` (H x W, the top class's softmax
+        probability) instead, computed without the K x H x W logits where possible
+        (TestTimeInference.labels_and_scores): what the predictor asks for.
         """
         groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
         modes: dict[int, TestTimeInference] = {}
@@ -108,9 +115,15 @@ class OpenVocabularySegmenter(nn.Module):
                 )
             test_time = x.get("test_time") or self.test_time
             modes[id(test_time)] = test_time  # a dataclass, unhashable: grouped by identity
-            groups.setdefault((tuple(vocabulary), id(test_time)), []).append(i)
+            output = x.get("sem_seg_format", "logits")
+            if output not in SEM_SEG_FORMATS:
+                raise ValueError(
+                    f"inputs[{i}]['sem_seg_format'] must be one of {SEM_SEG_FORMATS}, got "
+                    f"{output!r}."
+                )
+            groups.setdefault((tuple(vocabulary), id(test_time), output), []).append(i)
         results: list[dict | None] = [None] * len(batched_inputs)
-        for (vocabulary, mode), idx in groups.items():
+        for (vocabulary, mode, output), idx in groups.items():
             text = self.text_embeddings(vocabulary)
 
             def logits_fn(x: torch.Tensor, text=text) -> torch.Tensor:
@@ -119,6 +132,17 @@ class OpenVocabularySegmenter(nn.Module):
             subset = images
             if len(idx) != len(batched_inputs):
                 subset = ImageList(images.tensor[idx], [images.image_sizes[i] for i in idx])
+            if output == "labels":
+                out_sizes = [
+                    (batched_inputs[i].get("height", h), batched_inputs[i].get("width", w))
+                    for i, (h, w) in zip(idx, subset.image_sizes)
+                ]
+                answers = modes[mode].labels_and_scores(
+                    logits_fn, subset, self.size_divisibility, out_sizes
+                )
+                for i, (labels, scores) in zip(idx, answers):
+                    results[i] = {"sem_seg_labels": labels, "sem_seg_scores": scores}
+                continue
             logits = modes[mode](logits_fn, subset, self.size_divisibility)
             for i, logit, image_size in zip(idx, logits, subset.image_sizes):
                 height = batched_inputs[i].get("height", image_size[0])

@@ -115,3 +115,20 @@ def test_flops_of_the_student_are_counted_on_its_network_input(bench, predictor)
     assert {"conv", "einsum"} <= set(one.by_operator)
     two = floor.student_flops(predictor.model, torch.cat([x, x]), text)
     assert two.flops == pytest.approx(2 * one.flops)
+
+
+def test_post_processing_routes_are_timed_with_equal_labels(bench, predictor):
+    """The section's comparison of the predictor's label routes: every route, labels equal;
+    nothing when a resize is left (the routes without a resize do not apply)."""
+    _, breakdown = bench
+    times, same = breakdown.postprocess_alternatives(
+        predictor, breakdown.benchmark_images(64, 1), TOY_CLASSES, "cpu", warmup=0, iters=1
+    )
+    assert tuple(times) == breakdown.POST_ROUTES and same
+    assert all(ms > 0 for ms in times.values())
+    assert (
+        breakdown.postprocess_alternatives(
+            predictor, breakdown.benchmark_images(48, 1), TOY_CLASSES, "cpu", warmup=0, iters=1
+        )
+        is None
+    )

@@ -3,8 +3,9 @@
 `staged_predict` runs what ``decode + predictor.predict_batch`` runs for the plain inference
 mode (whole image, no flip, one scale), through the same functions (ResizeShortestEdge's
 transform, ``preprocess_images``, ``pad_to_divisible``, the model's ``backbone``,
-``embedding_head`` and ``classify``, ``_to_result``'s row bands or chunked upsample / max /
-softmax denominator) with a timer around each stage, and returns the same results: the section checks
+``embedding_head`` and ``classify``, the label routes of ``TestTimeInference.labels_and_scores``:
+row bands of the upsampling, or the chunked upsample / max / softmax denominator) with a timer
+around each stage, and returns the same results: the section checks
 that its labels equal the predictor's, so the breakdown cannot drift from the code it measures.
 
 `inference_floor` is tools/benchmark.py's section: for each batch size, the student's FLOPs,
@@ -25,15 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipzss_d2.dense_labels import labels_and_scores
-from clipzss_d2.modeling.inference import autocast, pad_to_divisible
-from clipzss_d2.predictor import (
-    UPSAMPLE_BUDGET,
-    SegmentationResult,
-    _as_uint8_image,
-    _to_result,
+from clipzss_d2.dense_labels import (
+    BAND_BUDGET,
+    labels_and_scores,
     resized_labels_and_scores,
+    upsampled_labels_and_scores,
 )
+from clipzss_d2.modeling.inference import autocast, pad_to_divisible, stride_logits
+from clipzss_d2.predictor import SegmentationResult, _as_uint8_image, _to_result
 
 from . import floor
 from .measure import round_robin, sync
@@ -125,25 +125,58 @@ def staged_predict(
                 embeddings = F.normalize(model.embedding_head(features), dim=1)
             with timer("text classifier"):
                 logits = model.classify(embeddings, text)
-        with timer("upsampling"):  # dense_logits: fp32, NHWC, to the padded size, crop
+        with timer("upsampling"):  # stride_logits' end: fp32, NHWC
             logits = logits.float()
             if mode.channels_last:
                 logits = logits.contiguous(memory_format=torch.channels_last)
-            h, w = batch.tensor.shape[-2:]
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            logits = logits[..., :h, :w]
-            per_image = [lg[:, :ih, :iw] for lg, (ih, iw) in zip(logits, batch.image_sizes)]
+        padded = tuple(x.shape[-2:])
         return [
-            _staged_to_result(lg, vocabulary, size, timer) for lg, size in zip(per_image, sizes)
+            _staged_labels(lg, padded, tuple(image_size), out, vocabulary, timer)
+            for lg, image_size, out in zip(logits, batch.image_sizes, sizes)
         ]
 
 
-def _staged_to_result(logits, entries, size, timer, budget: int = UPSAMPLE_BUDGET):
-    """predictor._to_result with a timer around each of its steps."""
+def _staged_labels(logits, padded, size, out, entries, timer, budget: int = BAND_BUDGET):
+    """TestTimeInference.labels_and_scores (plain mode) for one image, with a timer around each
+    step: the row bands of dense_labels.upsampled_labels_and_scores when no resize is left, else
+    the full upsampling and the chunked resize of dense_labels.resized_labels_and_scores."""
+    classes, low_h, low_w = logits.shape
     height, width = size
-    logits = logits.float()
-    if tuple(logits.shape[-2:]) == (height, width):  # dense_labels.labels_and_scores
-        rows = max(1, budget // max(1, logits.shape[0] * width))
+    factor = padded[0] // low_h
+    banded = (
+        out == size
+        and padded[0] == factor * low_h
+        and padded[1] % low_w == 0
+        and logits[None].is_contiguous(memory_format=torch.channels_last)
+    )
+    if banded:
+        labels = torch.empty(height, width, dtype=torch.long)
+        scores = torch.empty(height, width, dtype=torch.float32)
+        rows = max(1, budget // max(1, classes * padded[1] * factor))
+        for first in range(0, -(-height // factor), rows):
+            last = min(low_h, first + rows)
+            lo, hi = max(0, first - 1), min(low_h, last + 1)
+            with timer("upsampling"):
+                part = F.interpolate(
+                    logits[None, :, lo:hi], size=((hi - lo) * factor, padded[1]),
+                    mode="bilinear", align_corners=False,
+                )[0]  # fmt: skip
+            start, stop = first * factor, min(height, last * factor)
+            band = part[:, (first - lo) * factor :][:, : stop - start, :width]
+            with timer("argmax"):
+                top, labels[start:stop] = band.max(dim=0)
+            with timer("post-processing"):
+                scores[start:stop] = (band - top).exp_().sum(dim=0).reciprocal_()
+        with timer("post-processing"):
+            return SegmentationResult(
+                labels=labels.cpu().numpy(), scores=scores.cpu().numpy(), vocabulary=list(entries)
+            )
+    with timer("upsampling"):  # dense_logits for this image
+        logits = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)
+        logits = logits[0, :, :height, :width]
+    height, width = out
+    if out == size:  # dense_labels.labels_and_scores
+        rows = max(1, budget // max(1, classes * width))
         labels = torch.empty(height, width, dtype=torch.long)
         scores = torch.empty(height, width, dtype=torch.float32)
         for start in range(0, height, rows):
@@ -156,15 +189,14 @@ def _staged_to_result(logits, entries, size, timer, budget: int = UPSAMPLE_BUDGE
             return SegmentationResult(
                 labels=labels.cpu().numpy(), scores=scores.cpu().numpy(), vocabulary=list(entries)
             )
-    step = max(1, budget // max(1, height * width))
+    step = max(1, budget // max(1, height * width))  # dense_labels.resized_labels_and_scores
     top = labels = total = None
-    for start in range(0, logits.shape[0], step):
+    for start in range(0, classes, step):
         planes = logits[start : start + step]
-        if tuple(planes.shape[-2:]) != (height, width):
-            with timer("upsampling"):
-                planes = F.interpolate(
-                    planes[None], size=(height, width), mode="bilinear", align_corners=False
-                )[0]
+        with timer("upsampling"):
+            planes = F.interpolate(
+                planes[None], size=(height, width), mode="bilinear", align_corners=False
+            )[0]
         with timer("argmax"):
             chunk_top, chunk_labels = planes.max(dim=0)
         with timer("post-processing"):
@@ -234,30 +266,44 @@ def stage_times(predictor, jpegs, vocabulary, device, warmup: int, iters: int, p
     return timings["end to end"].median, timings["staged"].median, stages, same
 
 
+# the routes from the model's logits at its output stride to labels and scores, in the order the
+# predictor took them: chunks of classes with a running max and softmax denominator on the
+# full-size planes (until 2026-12-06), row bands of the full-size planes (2026-12-06), row bands
+# of the upsampling itself (clipzss_d2.dense_labels.upsampled_labels_and_scores, since 2026-12-07)
+POST_ROUTES = ("class chunks", "row bands", "upsampled row bands")
+
+
 def postprocess_alternatives(predictor, jpegs, vocabulary, device, warmup: int, iters: int):
-    """The two post-processing routes of the predictor's ``_to_result`` on the model's own logits
-    for the first image, round-robin: chunks of classes with a running max and softmax
-    denominator (``resized_labels_and_scores``, the route for logits that need a resize, and for
-    all logits until 2026-12-06) against row bands with every class at once
-    (clipzss_d2.dense_labels, the route for logits at the output size): (chunks ms, bands ms,
-    labels identical)."""
+    """The routes of POST_ROUTES on the model's own logits for the first image (plain mode, no
+    resize left), round-robin, each from the logits at the output stride (upsampling included):
+    ({route: ms}, labels identical across the routes), or None when a resize is left."""
     x = predictor._prepare(decode(jpegs[:1])[0], "BGR")
-    size = (x.pop("height"), x.pop("width"))
+    model, mode = predictor.model, predictor.model.test_time
+    text = model.text_embeddings(vocabulary)
     with torch.inference_mode():
-        logits = predictor.model([{**x, "vocabulary": vocabulary}])[0]["sem_seg"]
-        if tuple(logits.shape[-2:]) != size:
-            return None  # a resize is left: the row bands do not apply
-        timings = round_robin(
-            {
-                "chunks": lambda: resized_labels_and_scores(logits, size),
-                "bands": lambda: labels_and_scores(logits),
-            },
-            device,
-            warmup,
-            iters,
-        )
-        same = torch.equal(resized_labels_and_scores(logits, size)[0], labels_and_scores(logits)[0])
-    return timings["chunks"].median * 1000, timings["bands"].median * 1000, same
+        batch = model.preprocess_images([x])
+        size = tuple(batch.image_sizes[0])
+        if size != (x["height"], x["width"]) or not mode.is_plain:
+            return None
+        logits, padded = stride_logits(
+            lambda t: model.dense_class_logits(t, text), batch.tensor, model.size_divisibility,
+            **mode.dense_kwargs,
+        )  # fmt: skip
+        logits = logits[0]
+
+        def full():
+            up = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)
+            return up[0, :, : size[0], : size[1]]
+
+        routes = {
+            "class chunks": lambda: resized_labels_and_scores(full(), size),
+            "row bands": lambda: labels_and_scores(full()),
+            "upsampled row bands": lambda: upsampled_labels_and_scores(logits, padded, size),
+        }
+        timings = round_robin(routes, device, warmup, iters)
+        labels = [fn()[0] for fn in routes.values()]
+    same = all(torch.equal(labels[0], other) for other in labels[1:])
+    return {name: timings[name].median * 1000 for name in routes}, same
 
 
 def inference_floor(args, predictors: dict, configs: list[str], onnx: bool) -> dict:
@@ -299,9 +345,10 @@ def inference_floor(args, predictors: dict, configs: list[str], onnx: bool) -> d
         if post:
             rows[-1]["post_alternative"] = post
             print(
-                f"  post-processing of one image: class chunks {post[0]:.0f} ms, "
-                f"row bands (the predictor's route) {post[1]:.0f} ms, labels "
-                + ("identical" if post[2] else "DIFFER"),
+                "  upsampling + post-processing of one image: "
+                + ", ".join(f"{name} {ms:.0f} ms" for name, ms in post[0].items())
+                + " (the predictor's route: the last), labels "
+                + ("identical" if post[1] else "DIFFER"),
                 flush=True,
             )
         if onnx:
@@ -495,13 +542,13 @@ def floor_markdown(args, floor_out: dict) -> list[str]:
     ), ""]  # fmt: skip
     for r in rows:
         if "post_alternative" in r:
-            chunks, bands, same = r["post_alternative"]
+            times, same = r["post_alternative"]
             out += [
-                f"Post-processing of one image ({r['student']}; argmax + softmax denominator on "
-                f"the model's {args.size}² logits): chunks of classes "
-                f"(`predictor.resized_labels_and_scores`) {chunks:.1f} ms, row bands with all "
-                f"classes at once (`clipzss_d2.dense_labels`, the predictor's route) {bands:.1f} ms, "
-                f"labels {'identical' if same else 'DIFFERENT'}.",
+                f"Upsampling + post-processing of one image ({r['student']}; from the model's "
+                f"logits at its output stride to labels and top-class softmax at {args.size}²): "
+                + ", ".join(f"{name} {ms:.1f} ms" for name, ms in times.items())
+                + " (`clipzss_d2.dense_labels`; the predictor's route is the last), labels "
+                + ("identical." if same else "DIFFERENT."),
                 "",
             ]
     if floor_out["onnx"]:
