@@ -30,7 +30,7 @@ from detectron2.modeling import build_model
 
 from .checkpoint import load_student_weights, skip_imagenet_init_for_trained_student
 from .config import get_clipzss_cfg
-from .dense_labels import BAND_BUDGET, labels_and_scores, resized_labels_and_scores
+from .dense_labels import BAND_BUDGET, CHUNK_BUDGET, labels_and_scores, resized_labels_and_scores
 from .errors import UserInputError
 from .modeling.clip_alone import META_ARCHITECTURE as CLIP_ALONE_ARCH
 from .modeling.clip_alone import NO_WEIGHTS_NOTE, CLIPAlone
@@ -288,15 +288,11 @@ def _as_uint8_image(image) -> np.ndarray:
     return image[:, :, :3]
 
 
-# at most this many floats held at once by the label routes (dense_labels.BAND_BUDGET)
-UPSAMPLE_BUDGET = BAND_BUDGET
-
-
 def _to_result(
     logits: torch.Tensor,
     entries: list[str],
     size: tuple[int, int],
-    budget: int = UPSAMPLE_BUDGET,
+    budget: int | None = None,
     *,
     segmenter: str = STUDENT,
 ) -> SegmentationResult:
@@ -305,9 +301,9 @@ def _to_result(
     `size` are taken a band of rows at a time with every class at once (clipzss_d2.dense_labels,
     the faster route); others go through `resized_labels_and_scores`."""
     if tuple(logits.shape[-2:]) == tuple(size):
-        labels, scores = labels_and_scores(logits, budget)
+        labels, scores = labels_and_scores(logits, budget or BAND_BUDGET)
     else:
-        labels, scores = resized_labels_and_scores(logits, size, budget)
+        labels, scores = resized_labels_and_scores(logits, size, budget or CHUNK_BUDGET)
     return SegmentationResult(
         labels=labels.cpu().numpy(),
         scores=scores.cpu().numpy(),

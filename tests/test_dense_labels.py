@@ -96,19 +96,25 @@ def test_upsampled_route_equals_the_full_resize(low, factor, crop, budget):
 
 
 def test_upsampled_route_never_holds_the_full_size_planes(monkeypatch):
-    """Every resize the route runs covers a band of rows (at most the budget's), never the K x
-    H x W planes; NCHW logits or a size of no whole-number factor take the full resize."""
+    """Every resize the route runs covers a band of rows (at most the budget's), channels-last,
+    never the K x H x W planes; NCHW logits or a size of no whole-number factor take the full resize."""
     import clipzss_d2.dense_labels as D
 
-    sizes = []
-    interpolate = D.F.interpolate
-    monkeypatch.setattr(
-        D.F, "interpolate", lambda x, size, **k: sizes.append(size) or interpolate(x, size, **k)
-    )
+    sizes, layouts = [], []
+
+    def interpolate(x, size, _f=D.F.interpolate, **k):
+        sizes.append(size)
+        out = _f(x, size, **k)
+        layouts.append(out.is_contiguous(memory_format=torch.channels_last))
+        return out
+
+    monkeypatch.setattr(D.F, "interpolate", interpolate)
     x = logits(50, 32, 32, channels_last=True)
     upsampled_labels_and_scores(x, (128, 128), (120, 128), budget=50 * 128 * 4 * 4)
     # 120 rows = 30 source rows, 4 a band (the budget), each with a margin row either side
     assert len(sizes) == 8 and all(rows <= (4 + 2) * 4 for rows, _ in sizes)
+    # each band is resized NHWC, like the whole (an NCHW band is several times slower)
+    assert all(layouts)
     sizes.clear()
     upsampled_labels_and_scores(x.contiguous(), (128, 128), (120, 128))
     upsampled_labels_and_scores(x, (100, 100), (100, 100))

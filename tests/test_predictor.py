@@ -1,5 +1,6 @@
 """OpenVocabularyPredictor: vocabulary per call, cache without CLIP, sizes, colour order, weights."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -91,13 +92,18 @@ def test_labels_equal_the_argmax_of_detectron2s_sem_seg(channels_last):
     """The predictor's labels (model asked for labels) against detectron2's route: the model's
     K x H x W `sem_seg` logits at the input size (sem_seg_postprocess), torch.argmax and
     torch.softmax. At the test size (no resize: the row bands of the upsampling) and at another
-    (the chunked resize), channels-last logits and not."""
+    (the chunked resize), channels-last logits and not, and with flip + two scales (the model's
+    augmented logits, then the same label routes)."""
     p = OpenVocabularyPredictor(cfg_with("MODEL.CLIPZSS.INFERENCE.CHANNELS_LAST", channels_last))
     vocabulary = ",".join(TOY_CLASSES)
-    for h, w in ((64, 64), (64, 96), (37, 53)):
+    augmented = dataclasses.replace(p.model.test_time, flip=True, scales=(1.0, 0.75))
+    for (h, w), mode in (((64, 64), None), ((64, 96), None), ((37, 53), None),
+                         ((64, 64), augmented), ((37, 53), augmented)):  # fmt: skip
         img = image(h, w, seed=h + w)
-        result = p(img, vocabulary=vocabulary)
+        result = p(img, vocabulary=vocabulary, test_time=mode)
         x = p._prepare(img, "BGR")  # the resized image, its input size in height / width
+        if mode is not None:
+            x["test_time"] = mode
         with torch.no_grad():
             logits = p.model([dict(x, vocabulary=result.vocabulary)])[0]["sem_seg"]
         assert logits.shape[-2:] == (h, w)

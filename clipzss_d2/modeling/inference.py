@@ -262,13 +262,13 @@ class TestTimeInference:
                 logits_fn, images.tensor, size_divisibility, **self.dense_kwargs
             )
         answers = []
-        for logit, size, out in zip(logits, sizes, out_sizes):
+        for i, (logit, size, out) in enumerate(zip(logits, sizes, out_sizes)):
             if self.is_plain and out == size:
                 answers.append(upsampled_labels_and_scores(logit, padded_size, size))
                 continue
-            if self.is_plain:  # dense_logits for this image alone
+            if self.is_plain:  # dense_logits for this image alone (a 4-d slice keeps NHWC)
                 logit = F.interpolate(
-                    logit[None], size=padded_size, mode="bilinear", align_corners=False
+                    logits[i : i + 1], size=padded_size, mode="bilinear", align_corners=False
                 )[0, :, : size[0], : size[1]]
             if out == size:
                 answers.append(labels_and_scores(logit))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from clipzss_d2.dense_labels import (
     BAND_BUDGET,
+    CHUNK_BUDGET,
     labels_and_scores,
     resized_labels_and_scores,
     upsampled_labels_and_scores,
@@ -136,7 +137,7 @@ def staged_predict(
         ]
 
 
-def _staged_labels(logits, padded, size, out, entries, timer, budget: int = BAND_BUDGET):
+def _staged_labels(logits, padded, size, out, entries, timer):
     """TestTimeInference.labels_and_scores (plain mode) for one image, with a timer around each
     step: the row bands of dense_labels.upsampled_labels_and_scores when no resize is left, else
     the full upsampling and the chunked resize of dense_labels.resized_labels_and_scores."""
@@ -150,15 +151,16 @@ def _staged_labels(logits, padded, size, out, entries, timer, budget: int = BAND
         and logits[None].is_contiguous(memory_format=torch.channels_last)
     )
     if banded:
+        batch = logits.permute(1, 2, 0)[None].permute(0, 3, 1, 2)  # NHWC strides, as there
         labels = torch.empty(height, width, dtype=torch.long)
         scores = torch.empty(height, width, dtype=torch.float32)
-        rows = max(1, budget // max(1, classes * padded[1] * factor))
+        rows = max(1, BAND_BUDGET // max(1, classes * padded[1] * factor))
         for first in range(0, -(-height // factor), rows):
             last = min(low_h, first + rows)
             lo, hi = max(0, first - 1), min(low_h, last + 1)
             with timer("upsampling"):
                 part = F.interpolate(
-                    logits[None, :, lo:hi], size=((hi - lo) * factor, padded[1]),
+                    batch[:, :, lo:hi], size=((hi - lo) * factor, padded[1]),
                     mode="bilinear", align_corners=False,
                 )[0]  # fmt: skip
             start, stop = first * factor, min(height, last * factor)
@@ -176,7 +178,7 @@ def _staged_labels(logits, padded, size, out, entries, timer, budget: int = BAND
         logits = logits[0, :, :height, :width]
     height, width = out
     if out == size:  # dense_labels.labels_and_scores
-        rows = max(1, budget // max(1, classes * width))
+        rows = max(1, BAND_BUDGET // max(1, classes * width))
         labels = torch.empty(height, width, dtype=torch.long)
         scores = torch.empty(height, width, dtype=torch.float32)
         for start in range(0, height, rows):
@@ -189,7 +191,7 @@ def _staged_labels(logits, padded, size, out, entries, timer, budget: int = BAND
             return SegmentationResult(
                 labels=labels.cpu().numpy(), scores=scores.cpu().numpy(), vocabulary=list(entries)
             )
-    step = max(1, budget // max(1, height * width))  # dense_labels.resized_labels_and_scores
+    step = max(1, CHUNK_BUDGET // max(1, height * width))  # dense_labels.resized_labels_and_scores
     top = labels = total = None
     for start in range(0, classes, step):
         planes = logits[start : start + step]
@@ -289,10 +291,10 @@ def postprocess_alternatives(predictor, jpegs, vocabulary, device, warmup: int, 
             lambda t: model.dense_class_logits(t, text), batch.tensor, model.size_divisibility,
             **mode.dense_kwargs,
         )  # fmt: skip
-        logits = logits[0]
+        batch, logits = logits, logits[0]
 
-        def full():
-            up = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)
+        def full():  # dense_logits' resize, of the NHWC batch as there
+            up = F.interpolate(batch, size=padded, mode="bilinear", align_corners=False)
             return up[0, :, : size[0], : size[1]]
 
         routes = {
