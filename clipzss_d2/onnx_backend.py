@@ -8,10 +8,9 @@ graph gives the logits at the resized size (normalisation, padding, network, tex
 upsampling, as the PyTorch model computes them) and the predictor's own ``_to_result`` brings
 labels and scores to the input size, so the post-processing is the same code as the predictor's.
 
-Why: in a development run of tools/benchmark.py's floor section on a 2-core CPU (under load,
-timed round-robin), onnxruntime with SegFormer-B0's exported logits graph + ``_to_result`` took
-one 512² image in 2.6 s against 6.1 s for the PyTorch predictor (2.3x), labels identical; the
-idle figure is docs/benchmarks.md's to give.
+Why: on a 2-core CPU it is faster than the PyTorch predictor for batches (1.6x at 16 images of
+512², SegFormer-B0), but no longer for one image, since the PyTorch predictor stopped holding
+the full-size logits that this graph still returns (docs/benchmarks.md#figures-cpu-2026-12-07).
 A `labels` export (softmax + max inside the graph, the exporter's default) is refused: its
 softmax over the class axis at full resolution is slower in onnxruntime than the whole PyTorch
 predictor, and it answers at the resized size, not the input's.

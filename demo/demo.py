@@ -12,8 +12,8 @@
 
 --backend onnx --export-folder EXPORT runs the student exported by tools/export_model.py --format
 onnx --output-kind logits under onnxruntime instead of PyTorch: the same labels (tested), faster
-on a CPU (docs/benchmarks.md), for the export's fixed vocabulary only; the config still gives the
-test-time resize.
+on a CPU for batches but not for one image (docs/benchmarks.md), for the export's fixed
+vocabulary only; the config still gives the test-time resize.
 
 --clip-alone segments with CLIP alone (the teacher's dense patch tokens x text embeddings, the
 training-free baseline; no student, MODEL.WEIGHTS not used): every overlay carries the caption
