@@ -18,11 +18,16 @@ routes, one per kind of input, each giving the labels of the K full-size planes 
   running max and a running, rescaled softmax denominator.
 
 OpenVocabularySegmenter.inference answers with these when an input asks for labels
-(``"sem_seg_format": "labels"``), as the predictor does; tools/benchmark.py's floor section
-times them.
+(``"sem_seg_format": "labels"``), as the predictor does. Each takes an optional ``stage``: a
+callable giving a context manager per step ("upsampling", "argmax", "post-processing"), through
+which tools/benchmark.py's floor section times these very routes.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +39,15 @@ import torch.nn.functional as F
 BAND_BUDGET = 1 << 21
 CHUNK_BUDGET = 1 << 24
 
+Stage = Callable[[str], AbstractContextManager]
+
+
+def _no_stage(_name: str) -> AbstractContextManager:
+    return contextlib.nullcontext()
+
 
 def labels_and_scores(
-    logits: torch.Tensor, budget: int = BAND_BUDGET
+    logits: torch.Tensor, budget: int = BAND_BUDGET, stage: Stage = _no_stage
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(H x W int64 labels, H x W float32 top-class softmax probability) of K x H x W logits."""
     if logits.dim() != 3:
@@ -48,15 +59,17 @@ def labels_and_scores(
     scores = torch.empty(height, width, dtype=torch.float32, device=logits.device)
     for start in range(0, height, rows):
         labels[start : start + rows], scores[start : start + rows] = _band(
-            logits[:, start : start + rows]
+            logits[:, start : start + rows], stage
         )
     return labels, scores
 
 
-def _band(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    top, labels = band.max(dim=0)
-    total = (band - top).exp_().sum(dim=0)  # exp(0) = 1 for the top class
-    return labels, total.reciprocal_()
+def _band(band: torch.Tensor, stage: Stage) -> tuple[torch.Tensor, torch.Tensor]:
+    with stage("argmax"):
+        top, labels = band.max(dim=0)
+    with stage("post-processing"):
+        total = (band - top).exp_().sum(dim=0)  # exp(0) = 1 for the top class
+        return labels, total.reciprocal_()
 
 
 def upsampled_labels_and_scores(
@@ -64,6 +77,7 @@ def upsampled_labels_and_scores(
     upsampled_size: tuple[int, int],
     size: tuple[int, int],
     budget: int = BAND_BUDGET,
+    stage: Stage = _no_stage,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and scores of ``F.interpolate(logits, upsampled_size, bilinear)[:, :h, :w]`` for
     K x h' x w' logits (`size` = (h, w)), without the K x `upsampled_size` tensor when the
@@ -79,8 +93,9 @@ def upsampled_labels_and_scores(
     # and a resize then answers in NCHW, several times slower to resize and reduce over classes
     batch = logits.permute(1, 2, 0)[None].permute(0, 3, 1, 2) if channels_last else logits[None]
     if not (channels_last and up_h == factor * low_h and up_w % low_w == 0):
-        full = F.interpolate(batch, size=upsampled_size, mode="bilinear", align_corners=False)
-        return labels_and_scores(full[0, :, :height, :width], budget)  # then row bands
+        with stage("upsampling"):
+            full = F.interpolate(batch, size=upsampled_size, mode="bilinear", align_corners=False)
+        return labels_and_scores(full[0, :, :height, :width], budget, stage)  # then row bands
     # A source row r feeds output rows factor*r ... factor*(r+1)-1 together with rows r-1 and
     # r+1, so a band of source rows plus one row either side, resized by the same factor, gives
     # those output rows exactly as the full resize does.
@@ -90,20 +105,24 @@ def upsampled_labels_and_scores(
     for first in range(0, -(-height // factor), rows):
         last = min(low_h, first + rows)
         lo, hi = max(0, first - 1), min(low_h, last + 1)
-        part = F.interpolate(
-            batch[:, :, lo:hi], size=((hi - lo) * factor, up_w), mode="bilinear",
-            align_corners=False,
-        )[0]  # fmt: skip
+        with stage("upsampling"):
+            part = F.interpolate(
+                batch[:, :, lo:hi], size=((hi - lo) * factor, up_w), mode="bilinear",
+                align_corners=False,
+            )[0]  # fmt: skip
         start, stop = first * factor, min(height, last * factor)
         offset = (first - lo) * factor
         labels[start:stop], scores[start:stop] = _band(
-            part[:, offset : offset + stop - start, :width]
+            part[:, offset : offset + stop - start, :width], stage
         )
     return labels, scores
 
 
 def resized_labels_and_scores(
-    logits: torch.Tensor, size: tuple[int, int], budget: int = CHUNK_BUDGET
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    budget: int = CHUNK_BUDGET,
+    stage: Stage = _no_stage,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels, top-class softmax probability) at `size` of K x h x w logits, resized over chunks
     of classes with a running max and a running softmax denominator, so no K x `size` tensor is
@@ -115,17 +134,23 @@ def resized_labels_and_scores(
     for start in range(0, logits.shape[0], step):
         planes = logits[start : start + step]
         if tuple(planes.shape[-2:]) != (height, width):
-            planes = F.interpolate(
-                planes[None], size=(height, width), mode="bilinear", align_corners=False
-            )[0]
-        chunk_top, chunk_labels = planes.max(dim=0)
+            with stage("upsampling"):
+                planes = F.interpolate(
+                    planes[None], size=(height, width), mode="bilinear", align_corners=False
+                )[0]
+        with stage("argmax"):
+            chunk_top, chunk_labels = planes.max(dim=0)
         if top is None:
             top, labels = chunk_top, chunk_labels
-            total = torch.exp(planes - top).sum(dim=0)
+            with stage("post-processing"):
+                total = torch.exp(planes - top).sum(dim=0)
             continue
-        better = chunk_top > top  # strict: ties keep the earlier class, as argmax does
-        new_top = torch.maximum(top, chunk_top)
-        total = total * torch.exp(top - new_top) + torch.exp(planes - new_top).sum(dim=0)
-        labels = torch.where(better, chunk_labels + start, labels)
+        with stage("argmax"):
+            better = chunk_top > top  # strict: ties keep the earlier class, as argmax does
+            new_top = torch.maximum(top, chunk_top)
+            labels = torch.where(better, chunk_labels + start, labels)
+        with stage("post-processing"):
+            total = total * torch.exp(top - new_top) + torch.exp(planes - new_top).sum(dim=0)
         top = new_top
-    return labels, total.reciprocal()  # softmax of the top class: exp(0) / total
+    with stage("post-processing"):
+        return labels, total.reciprocal()  # softmax of the top class: exp(0) / total

@@ -255,25 +255,25 @@ class TestTimeInference:
         clipzss_d2.dense_labels can avoid it."""
         sizes = [tuple(s) for s in images.image_sizes]
         out_sizes = sizes if out_sizes is None else [tuple(o) for o in out_sizes]
-        if not self.is_plain:
+        if not self.is_plain:  # flip / scales / sliding window: logits at each image's size
             logits = self(logits_fn, images, size_divisibility)
-        else:
-            logits, padded_size = stride_logits(
-                logits_fn, images.tensor, size_divisibility, **self.dense_kwargs
-            )
+            return [
+                labels_and_scores(logit) if out == size else resized_labels_and_scores(logit, out)
+                for logit, size, out in zip(logits, sizes, out_sizes)
+            ]
+        logits, padded_size = stride_logits(
+            logits_fn, images.tensor, size_divisibility, **self.dense_kwargs
+        )
         answers = []
-        for i, (logit, size, out) in enumerate(zip(logits, sizes, out_sizes)):
-            if self.is_plain and out == size:
-                answers.append(upsampled_labels_and_scores(logit, padded_size, size))
+        for i, (size, out) in enumerate(zip(sizes, out_sizes)):
+            if out == size:  # upsampled band by band: the K full-size planes never exist
+                answers.append(upsampled_labels_and_scores(logits[i], padded_size, size))
                 continue
-            if self.is_plain:  # dense_logits for this image alone (a 4-d slice keeps NHWC)
-                logit = F.interpolate(
-                    logits[i : i + 1], size=padded_size, mode="bilinear", align_corners=False
-                )[0, :, : size[0], : size[1]]
-            if out == size:
-                answers.append(labels_and_scores(logit))
-            else:
-                answers.append(resized_labels_and_scores(logit, out))
+            # dense_logits for this image alone (a 4-d slice keeps NHWC), then another size
+            logit = F.interpolate(
+                logits[i : i + 1], size=padded_size, mode="bilinear", align_corners=False
+            )[0, :, : size[0], : size[1]]
+            answers.append(resized_labels_and_scores(logit, out))
         return answers
 
     def augmented(

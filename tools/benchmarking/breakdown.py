@@ -27,8 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from clipzss_d2.dense_labels import (
-    BAND_BUDGET,
-    CHUNK_BUDGET,
     labels_and_scores,
     resized_labels_and_scores,
     upsampled_labels_and_scores,
@@ -132,92 +130,26 @@ def staged_predict(
                 logits = logits.contiguous(memory_format=torch.channels_last)
         padded = tuple(x.shape[-2:])
         return [
-            _staged_labels(lg, padded, tuple(image_size), out, vocabulary, timer)
-            for lg, image_size, out in zip(logits, batch.image_sizes, sizes)
+            _staged_labels(logits[i : i + 1], padded, tuple(image_size), out, vocabulary, timer)
+            for i, (image_size, out) in enumerate(zip(batch.image_sizes, sizes))
         ]
 
 
 def _staged_labels(logits, padded, size, out, entries, timer):
-    """TestTimeInference.labels_and_scores (plain mode) for one image, with a timer around each
-    step: the row bands of dense_labels.upsampled_labels_and_scores when no resize is left, else
-    the full upsampling and the chunked resize of dense_labels.resized_labels_and_scores."""
-    classes, low_h, low_w = logits.shape
-    height, width = size
-    factor = padded[0] // low_h
-    banded = (
-        out == size
-        and padded[0] == factor * low_h
-        and padded[1] % low_w == 0
-        and logits[None].is_contiguous(memory_format=torch.channels_last)
-    )
-    if banded:
-        batch = logits.permute(1, 2, 0)[None].permute(0, 3, 1, 2)  # NHWC strides, as there
-        labels = torch.empty(height, width, dtype=torch.long)
-        scores = torch.empty(height, width, dtype=torch.float32)
-        rows = max(1, BAND_BUDGET // max(1, classes * padded[1] * factor))
-        for first in range(0, -(-height // factor), rows):
-            last = min(low_h, first + rows)
-            lo, hi = max(0, first - 1), min(low_h, last + 1)
-            with timer("upsampling"):
-                part = F.interpolate(
-                    batch[:, :, lo:hi], size=((hi - lo) * factor, padded[1]),
-                    mode="bilinear", align_corners=False,
-                )[0]  # fmt: skip
-            start, stop = first * factor, min(height, last * factor)
-            band = part[:, (first - lo) * factor :][:, : stop - start, :width]
-            with timer("argmax"):
-                top, labels[start:stop] = band.max(dim=0)
-            with timer("post-processing"):
-                scores[start:stop] = (band - top).exp_().sum(dim=0).reciprocal_()
-        with timer("post-processing"):
-            return SegmentationResult(
-                labels=labels.cpu().numpy(), scores=scores.cpu().numpy(), vocabulary=list(entries)
-            )
-    with timer("upsampling"):  # dense_logits for this image
-        logits = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)
-        logits = logits[0, :, :height, :width]
-    height, width = out
-    if out == size:  # dense_labels.labels_and_scores
-        rows = max(1, BAND_BUDGET // max(1, classes * width))
-        labels = torch.empty(height, width, dtype=torch.long)
-        scores = torch.empty(height, width, dtype=torch.float32)
-        for start in range(0, height, rows):
-            band = logits[:, start : start + rows]
-            with timer("argmax"):
-                top, labels[start : start + rows] = band.max(dim=0)
-            with timer("post-processing"):
-                scores[start : start + rows] = (band - top).exp_().sum(dim=0).reciprocal_()
-        with timer("post-processing"):
-            return SegmentationResult(
-                labels=labels.cpu().numpy(), scores=scores.cpu().numpy(), vocabulary=list(entries)
-            )
-    step = max(1, CHUNK_BUDGET // max(1, height * width))  # dense_labels.resized_labels_and_scores
-    top = labels = total = None
-    for start in range(0, classes, step):
-        planes = logits[start : start + step]
-        with timer("upsampling"):
-            planes = F.interpolate(
-                planes[None], size=(height, width), mode="bilinear", align_corners=False
-            )[0]
-        with timer("argmax"):
-            chunk_top, chunk_labels = planes.max(dim=0)
-        with timer("post-processing"):
-            if top is None:
-                top, labels = chunk_top, chunk_labels
-                total = torch.exp(planes - top).sum(dim=0)
-                continue
-        with timer("argmax"):
-            better = chunk_top > top
-            new_top = torch.maximum(top, chunk_top)
-            labels = torch.where(better, chunk_labels + start, labels)
-        with timer("post-processing"):
-            total = total * torch.exp(top - new_top) + torch.exp(planes - new_top).sum(dim=0)
-        top = new_top
+    """TestTimeInference.labels_and_scores (plain mode) for one image (1 x K x h x w logits, a
+    slice of the batch), through the same dense_labels routes with the timer as their stage
+    hook: the upsampling's row bands when no resize is left, else the full upsampling and the
+    chunked resize."""
+    if out == size:
+        labels, scores = upsampled_labels_and_scores(logits[0], padded, size, stage=timer)
+    else:
+        with timer("upsampling"):  # dense_logits for this image (a 4-d slice keeps NHWC)
+            full = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+            full = full[0, :, : size[0], : size[1]]
+        labels, scores = resized_labels_and_scores(full, out, stage=timer)
     with timer("post-processing"):
         return SegmentationResult(
-            labels=labels.cpu().numpy(),
-            scores=total.reciprocal().cpu().numpy(),
-            vocabulary=list(entries),
+            labels=labels.cpu().numpy(), scores=scores.cpu().numpy(), vocabulary=list(entries)
         )
 
 
