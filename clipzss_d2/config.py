@@ -103,6 +103,18 @@ def add_clipzss_config(cfg):
     z.TEACHER = CN()
     z.TEACHER.PRECISION = "fp16"  # fp16 | bf16 | fp32; applied on GPU only (CPU runs fp32)
     z.TEACHER.INPUT_SIZE = 0  # teacher's square input side; 0 = the training crop size
+    # An approximation of the method, off in the paper setting: the teacher runs once per training
+    # image, on the whole image resized to CACHE_SIZE (short side; 0 = the crop's shorter side,
+    # long side at most INPUT.MAX_SIZE_TRAIN) without colour jitter, and every later crop's tokens
+    # are resampled (bilinear) from that grid; GLM's target is the whole image's CLS, not the
+    # crop's. Kept in memory per process, up to CACHE_MAX_GB (then misses are not stored), and
+    # with CACHE_DIR also on disk, one safetensors file per image, which every process (GPU) and
+    # later run with the same teacher reads. clipzss_d2/modeling/training/teacher_cache.py;
+    # docs/benchmarks.md#the-teacher-cache.
+    z.TEACHER.CACHE = False
+    z.TEACHER.CACHE_SIZE = 0
+    z.TEACHER.CACHE_MAX_GB = 16.0
+    z.TEACHER.CACHE_DIR = ""
     # Dense tokens: "plain" = last block's patch tokens through ln_post + proj; "maskclip" =
     # MaskCLIP's value-path variant of the last block (better localised with real CLIP weights).
     z.TEACHER.DENSE_MODE = "plain"

@@ -19,6 +19,7 @@ from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from ..utils.io import file_fingerprint
 from ..vocabulary import (
     DatasetConfigError,
     get_training_vocabulary,
@@ -58,6 +59,29 @@ def seen_label_map(meta) -> np.ndarray:
     return table
 
 
+def image_identity(path: str) -> str:
+    """The path with the file's size and modification time, so an image replaced under the same
+    name is not answered from a teacher cache entry of the old one."""
+    fingerprint = file_fingerprint(path)  # None for another PathManager handler: the path alone
+    return path if fingerprint is None else f"{path}|{fingerprint}"
+
+
+def teacher_view_size(cfg) -> tuple[int, int] | None:
+    """(short side, long side cap) of the teacher cache's whole-image view, None when off."""
+    t = cfg.MODEL.CLIPZSS.TEACHER
+    if not t.CACHE:
+        return None
+    short = t.CACHE_SIZE
+    if short <= 0:
+        if not (cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute"):
+            raise DatasetConfigError(
+                "MODEL.CLIPZSS.TEACHER.CACHE_SIZE 0 means the crop's shorter side, but "
+                "INPUT.CROP is not an absolute crop: set TEACHER.CACHE_SIZE to a side in pixels."
+            )
+        short = min(cfg.INPUT.CROP.SIZE)
+    return int(short), int(max(cfg.INPUT.MAX_SIZE_TRAIN, short))
+
+
 def read_image_as_stored(path: str, image_format: str) -> np.ndarray:
     """The image in its stored pixel orientation (EXIF rotation is NOT applied).
 
@@ -87,6 +111,10 @@ class ZeroShotSemSegDatasetMapper:
     outputs also carry `hidden_sem_seg`: the full ids, unseen classes included, augmented and
     padded like sem_seg, for diagnostics only (clipzss_d2/diagnostics, the miniature world's
     oracle teacher); no loss of the method reads them.
+    With `teacher_view_size` (MODEL.CLIPZSS.TEACHER.CACHE), training outputs also carry what the
+    teacher cache needs: `teacher_view`, the whole image resized (short side, long side cap)
+    without colour jitter, `teacher_view_from_crop`, the affine map (ax, bx, ay, by) from crop
+    pixel coordinates to view coordinates (view_x = ax * crop_x + bx), and `teacher_cache_key`.
     """
 
     @configurable
@@ -104,6 +132,7 @@ class ZeroShotSemSegDatasetMapper:
         pad_value: Sequence[int] | int = 0,
         vocabulary: Sequence[str] | None = None,
         hidden_labels: bool = False,
+        teacher_view_size: tuple[int, int] | None = None,
     ):
         """
         Args:
@@ -116,6 +145,8 @@ class ZeroShotSemSegDatasetMapper:
             vocabulary: test time: the entries each output's "vocabulary" carries to the model
                 (the dataset's prompt names), so the batch names its own class list.
             hidden_labels: training: also output the full labels as `hidden_sem_seg`.
+            teacher_view_size: training: (short side, long side cap) of the teacher cache's
+                view of the whole image; None = no view.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -128,6 +159,9 @@ class ZeroShotSemSegDatasetMapper:
         self.pad_value = pad_value
         self.hidden_labels = hidden_labels and is_train
         self.vocabulary = list(vocabulary) if vocabulary else None
+        self.teacher_view_size = (
+            tuple(teacher_view_size) if teacher_view_size and is_train else None
+        )
         if self.label_map is not None:
             out = self.label_map[(self.label_map >= 0) & (self.label_map != ignore_label)]
             self.num_output_classes = int(out.max()) + 1 if out.size else 0
@@ -193,6 +227,7 @@ class ZeroShotSemSegDatasetMapper:
                 "pad_value": [int(round(v)) for v in mean] if len(mean) > 1 else int(mean[0]),
                 "hidden_labels": cfg.MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS
                 or cfg.MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER,
+                "teacher_view_size": teacher_view_size(cfg),
             }
         augs = []
         if cfg.INPUT.MIN_SIZE_TEST > 0:
@@ -273,6 +308,7 @@ class ZeroShotSemSegDatasetMapper:
         elif self.is_train:
             raise ValueError(f"Training record of {dataset_dict['file_name']} has no label map")
 
+        original = image
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         transforms = self.augmentations(aug_input)
         image, sem_seg = aug_input.image, aug_input.sem_seg
@@ -309,4 +345,37 @@ class ZeroShotSemSegDatasetMapper:
         dataset_dict["image_size"] = image_size
         if self.vocabulary is not None:
             dataset_dict["vocabulary"] = self.vocabulary
+        if self.teacher_view_size is not None:
+            dataset_dict.update(self._teacher_view(original, transforms, dataset_dict["file_name"]))
         return dataset_dict
+
+    def _teacher_view(self, original: np.ndarray, transforms, key: str) -> dict:
+        """The whole image as the teacher cache sees it, and where the crop lies in it.
+
+        The crop's geometry is read from the transforms the augmentations applied
+        (``apply_coords``), so any axis-aligned resize / crop / flip is mapped, and anything
+        else (rotation, shear) is refused.
+        """
+        h, w = original.shape[:2]
+        short, cap = self.teacher_view_size
+        vh, vw = T.ResizeShortestEdge.get_output_shape(h, w, short, cap)
+        view = T.ResizeTransform(h, w, vh, vw).apply_image(original)
+        corners = transforms.apply_coords(np.array([[0.0, 0.0], [w, h], [w, 0.0]]))
+        (x0, y0), (x1, y1), (x2, y2) = corners.tolist()
+        if not (math.isclose(x2, x1, abs_tol=1e-6) and math.isclose(y2, y0, abs_tol=1e-6)):
+            raise ValueError(
+                "MODEL.CLIPZSS.TEACHER.CACHE maps crops onto the whole image by scale, shift and "
+                "flip only; an augmentation of this config rotates or shears: turn the cache off."
+            )
+        # crop_x = sx * x + x0 (sx < 0 when flipped) and view_x = x * vw / w
+        sx, sy = (x1 - x0) / w, (y1 - y0) / h
+        ax, ay = vw / w / sx, vh / h / sy
+        if view.ndim == 2:
+            view = view[:, :, None]
+        return {
+            "teacher_view": torch.as_tensor(np.ascontiguousarray(view.transpose(2, 0, 1))),
+            "teacher_view_from_crop": torch.tensor(
+                [ax, -x0 * ax, ay, -y0 * ay], dtype=torch.float64
+            ),
+            "teacher_cache_key": image_identity(key),
+        }

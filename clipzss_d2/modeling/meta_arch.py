@@ -63,6 +63,7 @@ class CLIPZSS(StudentForward, OpenVocabularySegmenter):
         test_time: TestTimeInference | None = None,
         pseudo_label_probe=None,
         oracle_teacher=None,
+        teacher_cache=None,
         train_channels_last: bool = False,
     ):
         """
@@ -80,6 +81,8 @@ class CLIPZSS(StudentForward, OpenVocabularySegmenter):
             oracle_teacher: training.oracle_teacher.OracleTeacher replacing the teacher's
                 outputs with ideal ones from hidden labels (MODEL.CLIPZSS.DIAGNOSTICS.
                 ORACLE_TEACHER, miniature world only), or None.
+            teacher_cache: training.teacher_cache.TeacherCache (MODEL.CLIPZSS.TEACHER.CACHE): the
+                teacher runs once per image and crops are resampled from it, or None.
             train_channels_last: training crops enter the student NHWC
                 (MODEL.CLIPZSS.TRAINING.CHANNELS_LAST); inference has its own switch.
         """
@@ -104,6 +107,7 @@ class CLIPZSS(StudentForward, OpenVocabularySegmenter):
         self.criterion = criterion
         self.pseudo_label_probe = pseudo_label_probe
         self.oracle_teacher = oracle_teacher
+        self.teacher_cache = teacher_cache
         self.train_channels_last = train_channels_last
         self._teacher_factory = teacher_factory
         # Plain attribute, not a submodule: no state_dict entry, no DDP parameters, and
@@ -165,14 +169,21 @@ class CLIPZSS(StudentForward, OpenVocabularySegmenter):
         return self._teacher
 
     def run_teacher(
-        self, images: ImageList, image_sizes: torch.Tensor | None = None
+        self, images: ImageList, image_sizes: torch.Tensor | None = None, batched_inputs=None
     ) -> "TeacherOutput | None":
-        """The teacher on the batch; with ``image_sizes`` it sees the images, not the padding."""
+        """The teacher on the batch; with ``image_sizes`` it sees the images, not the padding.
+        With the teacher cache, the crops' outputs come from it (``batched_inputs`` carry the
+        mapper's whole-image views)."""
         teacher = self.build_teacher()
         if teacher is None:
             return None
         if next(teacher.parameters()).device != self.device:
             teacher.to(self.device)
+        if self.teacher_cache is not None:
+            if image_sizes is None:
+                image_sizes = torch.tensor(images.image_sizes, dtype=torch.long)
+            canvas = tuple(images.tensor.shape[-2:])
+            return self.teacher_cache(teacher, batched_inputs, canvas, image_sizes)
         return teacher(images.tensor, normalized=True, image_sizes=image_sizes)
 
     @staticmethod
@@ -234,7 +245,7 @@ class CLIPZSS(StudentForward, OpenVocabularySegmenter):
             crops = crops.contiguous(memory_format=torch.channels_last)
         embeddings = self.embed(crops)
         text_seen = self.text_embeddings(self.train_vocabulary)
-        teacher_out = self.run_teacher(images, extents)
+        teacher_out = self.run_teacher(images, extents, batched_inputs)
         if self.oracle_teacher is not None:  # a diagnostic: reads hidden labels
             teacher_out = self.oracle_teacher(self, teacher_out, batched_inputs, image_valid)
         outputs = {"aux_losses": {}}

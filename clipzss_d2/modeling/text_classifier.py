@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserInputError
-from ..utils.io import atomic_write_path
+from ..utils.io import atomic_write_path, file_fingerprint
 from ..utils.precision import without_autocast
 from ..vocabulary import VocabularyError, split_synonyms
 from .clip_loading import create_clip_model
@@ -62,15 +62,6 @@ def get_templates(name: str) -> tuple[str, ...]:
             f"choose one of {sorted(TEMPLATE_SETS)}."
         )
     return TEMPLATE_SETS[name]
-
-
-def _weights_fingerprint(pretrained: str) -> str | None:
-    """Size and mtime of a local weights file, to notice it was replaced under the same path."""
-    path = os.path.expanduser(pretrained or "")
-    if path and os.path.isfile(path):
-        st = os.stat(path)
-        return f"{st.st_size}-{st.st_mtime_ns}"
-    return None
 
 
 class TextClassifier:
@@ -196,7 +187,7 @@ class TextClassifier:
                 "Text-embedding cache %s belongs to another vocabulary; recomputing.", path
             )
             return None
-        fingerprint = _weights_fingerprint(self.pretrained)
+        fingerprint = file_fingerprint(self.pretrained)
         if fingerprint is not None and meta.get("weights_fingerprint") not in (
             None,
             "",
@@ -230,7 +221,7 @@ class TextClassifier:
             return
         meta = {
             "key": json.dumps(self.cache_key(entries), sort_keys=True),
-            "weights_fingerprint": _weights_fingerprint(self.pretrained) or "",
+            "weights_fingerprint": file_fingerprint(self.pretrained) or "",
         }
         try:
             with atomic_write_path(path) as tmp:

@@ -34,6 +34,16 @@ def atomic_write_path(path: str | os.PathLike, suffix: str | None = None) -> Ite
         raise
 
 
+def file_fingerprint(path: str | os.PathLike) -> str | None:
+    """Size and modification time of a local file (None when it is not one): what the caches
+    compare to notice a file replaced under the same name."""
+    path = os.path.expanduser(os.fspath(path or ""))
+    if not path or not os.path.isfile(path):
+        return None
+    st = os.stat(path)
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_write_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)

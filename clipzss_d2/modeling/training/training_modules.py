@@ -11,6 +11,7 @@ from .glm import GlobalLearningModule
 from .plm import PixelLearningModule
 from .plm.module import check_pseudo_ids
 from .teacher import CLIPTeacher
+from .teacher_cache import TeacherCache
 
 
 def build_training_modules(cfg) -> dict:
@@ -21,6 +22,7 @@ def build_training_modules(cfg) -> dict:
     if z.PLM.PSEUDO_LABELS and cfg.DATASETS.TRAIN:  # refused now, not at the first iteration
         num_seen = len(get_training_vocabulary(cfg.DATASETS.TRAIN))
         check_pseudo_ids(num_seen, z.PLM.MAX_REGIONS, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+    teacher_on = z.GLM.ENABLED or plm_on
     probe = None
     if z.DIAGNOSTICS.PSEUDO_LABELS and z.PLM.PSEUDO_LABELS:
         from ...diagnostics import PseudoLabelProbe
@@ -42,6 +44,7 @@ def build_training_modules(cfg) -> dict:
         "oracle_teacher": oracle,
         "glm": GlobalLearningModule(cfg) if z.GLM.ENABLED else None,
         "plm": PixelLearningModule(cfg) if plm_on else None,
-        "teacher_factory": (lambda: CLIPTeacher(cfg)) if (z.GLM.ENABLED or plm_on) else None,
+        "teacher_factory": (lambda: CLIPTeacher(cfg)) if teacher_on else None,
+        "teacher_cache": TeacherCache.from_config(cfg) if teacher_on else None,
         "criterion": CLIPZSSCriterion(cfg),
     }
