@@ -13,8 +13,8 @@ download), for every student config given:
 2. ``OpenVocabularyPredictor`` latency for one 512 x 512 uint8 image (numpy in, labels and
    scores out) at each precision;
 3. the training step of the full method (teacher + GLM + PLM, optionally with the teacher at a
-   smaller input) against the supervised baseline, with where the time goes
-   (tools/benchmark_train.py's timers);
+   smaller input, and with the teacher cache: its hits and its misses) against the supervised
+   baseline, timed round-robin, with where the time goes (tools/benchmark_train.py's timers);
 4. the floor of inference (``--floor-students``, SegFormer-B0 by default; fp32): the network's
    FLOPs (fvcore, 2 FLOPs per multiply-add) over the machine's sustained fp32 throughput
    (torch.mm and F.conv2d probes in the same process), the predictor's time at each batch size
@@ -108,13 +108,18 @@ def parse_args(argv=None):
     p.add_argument("--train-batch", type=int, default=None, help="16 GPU, 2 CPU")
     p.add_argument("--train-crop", type=int, default=None, help="512 GPU, 256 CPU")
     p.add_argument("--train-iters", type=int, default=None, help="10 GPU, 3 CPU")
-    p.add_argument("--train-warmup", type=int, default=None, help="3 GPU, 1 CPU")
+    p.add_argument("--train-warmup", type=int, default=None, help="3 GPU, 1 CPU; at least 1 is run")
     p.add_argument(
         "--teacher-sizes",
         type=int,
         nargs="+",
         default=[0],
         help="MODEL.CLIPZSS.TEACHER.INPUT_SIZE values of the full step (0 = the crop)",
+    )
+    p.add_argument(
+        "--teacher-cache",
+        action="store_true",
+        help="also the full step with MODEL.CLIPZSS.TEACHER.CACHE: its hits and its misses",
     )
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--compile-student", default="configs/students/segformer-b0.yaml")

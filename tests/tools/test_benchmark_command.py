@@ -31,7 +31,7 @@ def test_benchmark_runs_every_section_for_every_student(tmp_path):
         "--size", "64", "--batch-sizes", "1", "2", "--precisions", "fp32", "--iters", "2",
         "--warmup", "0", "--num-classes", "5", "--clip-model", TINY_CLIP,
         "--train-batch", "1", "--train-crop", "64", "--train-iters", "1", "--train-warmup", "0",
-        "--teacher-sizes", "0", "32", "--output", str(out), "--skip", "floor",
+        "--teacher-sizes", "0", "32", "--teacher-cache", "--output", str(out), "--skip", "floor",
         "--opts", "MODEL.CLIPZSS.CLIP.MODEL_NAME", TINY_CLIP, "MODEL.CLIPZSS.EMBED_DIM", "32",
     ]  # fmt: skip
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -54,10 +54,44 @@ def test_benchmark_runs_every_section_for_every_student(tmp_path):
     steps = table_rows(report, "Training step")
     for name in names:
         mine = {r[1]: r for r in steps if r[0] == name}
-        assert set(mine) == {"baseline (student only)", "full, teacher 64²", "full, teacher 32²"}
+        assert set(mine) == {
+            "baseline (student only)", "full, teacher 64²", "full, teacher 32²",
+            "full, teacher cache: hits (later epochs)", "full, teacher cache: misses (first epoch)",
+        }  # fmt: skip
         base_ms = float(mine["baseline (student only)"][2])
         for r in mine.values():
             assert ratio(r[4]) == pytest.approx(float(r[2]) / base_ms, rel=0.05, abs=0.01)
+    header = report.split("### Training step", 1)[1].split("\n|", 1)[1].split("\n")[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cache_part = columns.index("teacher cache (teacher on misses + resampling)")
+    teacher_part = columns.index("teacher forward")
+    for r in steps:  # each full step times the teacher by one route
+        if "cache" in r[1]:
+            assert r[cache_part] and not r[teacher_part], r
+        elif r[1].startswith("full"):
+            assert r[teacher_part] and not r[cache_part], r
+
+
+@pytest.mark.parametrize("arm", ["hits", "misses"])
+def test_the_cache_arms_hit_and_miss_as_labelled(arm, monkeypatch):
+    """tools/benchmarking/train.build_step's cache arms: "misses" runs the teacher on every
+    image of every step, "hits" only on the warm-up's."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    from benchmarking import train as bt
+
+    args = argparse.Namespace(
+        config_file=str(ROOT / "configs" / "students" / "segformer-b0.yaml"),
+        device="cpu",
+        opts=["MODEL.CLIPZSS.CLIP.MODEL_NAME", TINY_CLIP, "MODEL.CLIPZSS.EMBED_DIM", "32",
+              "MODEL.CLIPZSS.PLM.WINDOW_SIZES", [2]],
+    )  # fmt: skip
+    step, _ = bt.build_step(args, "full", 2, 32, teacher_cache=arm)
+    for _ in range(3):
+        step()
+    cache = step.model.teacher_cache
+    assert (cache.misses, cache.hits) == ((2, 0) if arm == "misses" else (2, 4))
 
 
 @pytest.mark.slow

@@ -143,15 +143,25 @@ def predictor_latency(args, predictors: dict) -> list[dict]:
     return rows
 
 
+CACHE_LABELS = {
+    "hits": "full, teacher cache: hits (later epochs)",
+    "misses": "full, teacher cache: misses (first epoch)",
+}
+
+
 def train_steps(args) -> list[dict]:
-    """Baseline vs full step per student (and per teacher input size), with the breakdown."""
+    """Baseline vs full step per student (per teacher input size, with and without the teacher
+    cache), with the breakdown. A student's variants are all built, each warmed up alone (its
+    peak memory), then timed round-robin, so a load change on a shared machine hits them alike."""
     from . import train as bt  # detectron2's trainer pieces: loaded only for this section
 
     rows = []
     for config in args.train_students:
-        variants = [("baseline", None)] + [("full", s) for s in args.teacher_sizes]
-        base_ms = None
-        for variant, teacher_size in variants:
+        variants = [("baseline", None, None)] + [("full", s, None) for s in args.teacher_sizes]
+        if args.teacher_cache:
+            variants += [("full", 0, "hits"), ("full", 0, "misses")]
+        steps, timers, peaks = {}, {}, {}
+        for variant, teacher_size, cache in variants:
             targs = SimpleNamespace(
                 config_file=str(ROOT / config),
                 device=args.device,
@@ -159,26 +169,33 @@ def train_steps(args) -> list[dict]:
                 + list(args.opts)
                 + (["MODEL.CLIPZSS.TEACHER.INPUT_SIZE", teacher_size] if teacher_size else []),
             )
-            step, timers = bt.build_step(targs, variant, args.train_batch, args.train_crop)
+            label = (
+                "baseline (student only)"
+                if variant == "baseline"
+                else CACHE_LABELS[cache]
+                if cache
+                else f"full, teacher {teacher_size or args.train_crop}²"
+            )
+            step, timers[label] = bt.build_step(
+                targs, variant, args.train_batch, args.train_crop, teacher_cache=cache
+            )
             reset_peak(args.device)
             resident = (
                 torch.cuda.memory_allocated() / 2**30
                 if args.device.startswith("cuda")
                 else vm_gib("VmRSS")
             )
-            for _ in range(args.train_warmup):
+            for _ in range(max(args.train_warmup, 1)):
                 step()
-            timers.totals.clear()
-            timing = round_robin({"s": step}, args.device, 0, args.train_iters)["s"]
-            peak = peak_gib(args.device) - resident
+            peaks[label] = peak_gib(args.device) - resident
+            steps[label] = step
+        for t in timers.values():
+            t.totals.clear()
+        timings = round_robin(steps, args.device, 0, args.train_iters)
+        base_ms = timings["baseline (student only)"].median * 1000
+        for label, timing in timings.items():
             ms = timing.median * 1000
-            parts = {k: v / args.train_iters * 1000 for k, v in timers.totals.items()}
-            if variant == "baseline":
-                base_ms = ms
-            teacher = teacher_size or args.train_crop
-            label = (
-                "baseline (student only)" if variant == "baseline" else f"full, teacher {teacher}²"
-            )
+            parts = {k: v / args.train_iters * 1000 for k, v in timers[label].totals.items()}
             rows.append(
                 {
                     "student": student_name(config),
@@ -188,16 +205,16 @@ def train_steps(args) -> list[dict]:
                     "ratio": ms / base_ms,
                     "parts": parts,
                     "rest": ms - sum(parts.values()),
-                    "peak": peak,
+                    "peak": peaks[label],
                 }
             )
             print(
-                f"  train {student_name(config):<38} {label:<24} {ms:9.1f} ms "
+                f"  train {student_name(config):<38} {label:<42} {ms:9.1f} ms "
                 f"[{timing.spread(1000)}] {ms / base_ms:.2f}x baseline",
                 flush=True,
             )
-            del step, timers
-            gc.collect()
+        del steps, timers
+        gc.collect()
     return rows
 
 

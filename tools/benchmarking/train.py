@@ -76,19 +76,29 @@ def make_cfg(args, variant):
     return cfg
 
 
-def synthetic_batch(batch, crop, seed=0):
-    """Blocky label maps with seen classes and ~30% ignored area (where PLM has work to do)."""
+def synthetic_batch(batch, crop, seed=0, views=False):
+    """Blocky label maps with seen classes and ~30% ignored area (where PLM has work to do).
+
+    views: also the teacher cache's inputs (MODEL.CLIPZSS.TEACHER.CACHE), as the mapper gives
+    them for a 4:3 image whose short side is the crop's: the crop is its left part, unscaled.
+    """
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randint(0, len(SEEN), (batch, 1, 8, 8), generator=g)
     coarse[torch.rand(coarse.shape, generator=g) < 0.3] = 255
     labels = torch.nn.functional.interpolate(coarse.float(), size=(crop, crop), mode="nearest")[
         :, 0
     ].long()
-    images = torch.randint(0, 256, (batch, 3, crop, crop), generator=g, dtype=torch.uint8)
-    return [
-        {"image": im, "sem_seg": lb, "height": crop, "width": crop}
-        for im, lb in zip(images, labels)
-    ]
+    wide = crop * 4 // 3
+    whole = torch.randint(0, 256, (batch, 3, crop, wide), generator=g, dtype=torch.uint8)
+    out = []
+    for i, (im, lb) in enumerate(zip(whole, labels)):
+        x = {"image": im[:, :, :crop].contiguous(), "sem_seg": lb, "height": crop, "width": wide}
+        if views:
+            x["teacher_view"] = im
+            x["teacher_view_from_crop"] = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+            x["teacher_cache_key"] = f"synthetic-{seed}-{i}"
+        out.append(x)
+    return out
 
 
 class Timers:
@@ -134,9 +144,18 @@ class Timers:
             setattr(owner, attr, Timed())
 
 
-def build_step(args, variant, batch_size, crop):
+def build_step(args, variant, batch_size, crop, teacher_cache=None):
     """One training step of `variant` on a synthetic batch (model, optimizer and AMP as the
-    config says) and the timers wrapped around its parts; args: config_file, device, opts."""
+    config says) and the timers wrapped around its parts; args: config_file, device, opts.
+
+    teacher_cache: None (the paper's teacher on every crop), "hits" (MODEL.CLIPZSS.TEACHER.CACHE
+    holding the batch's images: every later epoch) or "misses" (emptied before each step: the
+    first epoch, the teacher on each whole image)."""
+    if teacher_cache not in (None, "hits", "misses"):
+        raise ValueError(f"teacher_cache must be None, 'hits' or 'misses', not {teacher_cache!r}")
+    if teacher_cache is not None:
+        args = argparse.Namespace(**vars(args))
+        args.opts = list(args.opts) + ["MODEL.CLIPZSS.TEACHER.CACHE", True]
     cfg = make_cfg(args, variant)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -144,12 +163,16 @@ def build_step(args, variant, batch_size, crop):
     model.train()
     optimizer = build_optimizer(cfg, model)
     timers = Timers(args.device)
-    if variant == "full":
+    cache = model.teacher_cache
+    if variant == "full" and teacher_cache is not None:
+        timers.wrap("teacher cache (teacher on misses + resampling)", model, "teacher_cache")
+    elif variant == "full":
         timers.wrap("teacher forward", model, "_teacher")
+    if variant == "full":
         timers.wrap("K-Means + fusion", model.plm, "pseudo_targets")
         timers.wrap("synthesizer", model.plm, "synthesizer")
         timers.wrap("GLM", model, "glm")
-    batch = synthetic_batch(batch_size, crop)
+    batch = synthetic_batch(batch_size, crop, views=teacher_cache is not None)
     use_amp = args.device.startswith("cuda") and cfg.SOLVER.AMP.ENABLED
     autocast = (
         torch.autocast("cuda", dtype=getattr(torch, cfg.SOLVER.AMP.PRECISION))
@@ -159,6 +182,8 @@ def build_step(args, variant, batch_size, crop):
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.SOLVER.AMP.PRECISION == "float16")
 
     def step():
+        if teacher_cache == "misses":
+            cache.clear()
         with autocast:
             loss = sum(model(batch).values())
         optimizer.zero_grad(set_to_none=True)
@@ -166,6 +191,7 @@ def build_step(args, variant, batch_size, crop):
         scaler.step(optimizer)
         scaler.update()
 
+    step.model = model  # for callers that inspect it (the teacher cache's counts)
     return step, timers
 
 
