@@ -223,6 +223,31 @@ def test_a_warm_text_cache_trains_the_same_model_as_a_cold_one(voc_root, clip_fi
     assert_same_state(final_state(tmp_path / "cold"), final_state(tmp_path / "warm"))
 
 
+@pytest.mark.slow
+def test_a_teacher_cache_on_disk_trains_the_same_model_when_read_back(
+    voc_root, clip_file, tmp_path
+):
+    """MODEL.CLIPZSS.TEACHER.CACHE with CACHE_DIR through train_net.py: the first run runs the
+    teacher once per image and writes its entries, the second reads them all and never runs
+    it; both train the same model bit for bit (entries are stored as computed)."""
+    cache = tmp_path / "teacher_cache"
+    opts = deterministic_opts(clip_file, max_iter=4) + [
+        "MODEL.CLIPZSS.TEACHER.CACHE", "True",
+        "MODEL.CLIPZSS.TEACHER.CACHE_DIR", str(cache),
+    ]  # fmt: skip
+    run(voc_root, tmp_path / "cold", *opts)
+    entries = list(cache.rglob("*.safetensors"))
+    lines = [json.loads(x) for x in (tmp_path / "cold" / "metrics.json").read_text().splitlines()]
+    cold = [m["teacher_cache/miss_share"] for m in lines if "teacher_cache/miss_share" in m]
+    assert cold and cold[0] > 0 and 0 < len(entries) <= 9  # the 9 VOC training samples
+    run(voc_root, tmp_path / "warm", *opts)
+    lines = [json.loads(x) for x in (tmp_path / "warm" / "metrics.json").read_text().splitlines()]
+    warm = [m["teacher_cache/miss_share"] for m in lines if "teacher_cache/miss_share" in m]
+    assert warm and set(warm) == {0.0}
+    assert sorted(cache.rglob("*.safetensors")) == sorted(entries)
+    assert_same_state(final_state(tmp_path / "cold"), final_state(tmp_path / "warm"))
+
+
 def weights(out: Path, name: str) -> dict:
     model = torch.load(out / f"{name}.pth", map_location="cpu", weights_only=True)["model"]
     return {k: v for k, v in model.items() if v.is_floating_point() and "running_" not in k}

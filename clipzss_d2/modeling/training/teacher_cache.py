@@ -33,6 +33,7 @@ import os
 import torch
 import torch.nn.functional as F
 from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -118,9 +119,12 @@ class TeacherCache:
                 f"ZeroShotSemSegDatasetMapper(cfg, is_train=True) or set TEACHER.CACHE False."
             )
         device = teacher.clip_mean.device
+        misses = self.misses
         with autocast_disabled():
             entries = self._entries_for(teacher, batched_inputs, device)
-            return self._resample(teacher, entries, batched_inputs, canvas, extents, device)
+            out = self._resample(teacher, entries, batched_inputs, canvas, extents, device)
+        _log_scalar("teacher_cache/miss_share", (self.misses - misses) / len(batched_inputs))
+        return out
 
     def _entries_for(self, teacher, batched_inputs, device):
         keys = [x["teacher_cache_key"] for x in batched_inputs]
@@ -258,3 +262,13 @@ class TeacherCache:
             patch_embed=patch.to(dtype),
             token_valid=(rows & cols).to(device),
         )
+
+
+def _log_scalar(name: str, value: float) -> None:
+    """Into the trainer's metrics (TensorBoard, metrics.json) when a trainer is running: the
+    share of the batch for which the teacher ran falls to 0 once every image has been seen."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no EventStorage: called outside a trainer (tests, benchmarks)
+        return
+    storage.put_scalar(name, value)
