@@ -113,7 +113,7 @@ def add_clipzss_config(cfg):
     # docs/benchmarks.md#the-teacher-cache.
     z.TEACHER.CACHE = False
     z.TEACHER.CACHE_SIZE = 0
-    z.TEACHER.CACHE_MAX_GB = 16.0
+    z.TEACHER.CACHE_MAX_GB = 4.0  # per process
     z.TEACHER.CACHE_DIR = ""
     # Dense tokens: "plain" = last block's patch tokens through ln_post + proj; "maskclip" =
     # MaskCLIP's value-path variant of the last block (better localised with real CLIP weights).

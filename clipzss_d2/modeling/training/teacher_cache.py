@@ -159,7 +159,7 @@ class TeacherCache:
         out = []
         for key in keys:
             cls_embed, tokens = fresh[key] if key in fresh else self._entries[key]
-            out.append((cls_embed.to(device, non_blocking=True), tokens.to(device)))
+            out.append((cls_embed.to(device), tokens.to(device)))
         return out
 
     # -- disk ----------------------------------------------------------------------------------
@@ -223,8 +223,9 @@ class TeacherCache:
         sizes = torch.tensor(views.image_sizes, dtype=torch.long)
         out = teacher(views.tensor, normalized=False, image_sizes=sizes)
         grids = teacher.token_grids(sizes, *views.tensor.shape[-2:]).tolist()
+        # copies: a view would keep the whole padded batch alive in the cache
         return [
-            (out.cls_embed[i], out.patch_embed[i, :, :rows, :cols])
+            (out.cls_embed[i].clone(), out.patch_embed[i, :, :rows, :cols].clone())
             for i, (rows, cols) in enumerate(grids)
         ]
 

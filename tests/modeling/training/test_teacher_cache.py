@@ -151,6 +151,9 @@ def test_scaled_crops_are_bilinear_samples_of_the_view(prepared_root):
     for seed in range(3):
         samples = [mapped(cfg, r, seed * 10 + i) for i, r in enumerate(records)]
         out = cached_output(model, samples)
+        for cls_embed, tokens in model.teacher_cache._entries.values():  # not views of a batch
+            for t in (cls_embed, tokens):
+                assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
         for i, sample in enumerate(samples):
             _, view_tokens = teacher_on_view(model, sample)
             ch, cw = sample["image_size"]
