@@ -202,7 +202,13 @@ def test_folder_holds_config_student_weights_text_cache_and_card(run):
     names = [c.strip() for c in header.strip("|").split("|")][1:]
     for name, cell in zip(names, cells):
         expected = results[name]
-        assert cell == ("n/a" if math.isnan(expected) else f"{expected:.2f}"), name
+        if math.isnan(expected):
+            assert cell == "n/a", name
+            continue
+        # the card rounds the raw value to 2 decimals, the log to 4: near a boundary (0.0649...
+        # printed 0.0650) the two roundings part, so compare within their sum
+        assert re.fullmatch(r"-?\d+\.\d\d", cell), (name, cell)
+        assert abs(float(cell) - expected) <= 0.005 + 0.00005 + 1e-9, (name, cell, expected)
     assert {"hIoU", "mIoU(unseen)"} <= set(names)
 
 
