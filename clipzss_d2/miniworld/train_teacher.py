@@ -27,6 +27,7 @@ import numpy as np
 import open_clip
 import torch
 
+from ..errors import UserInputError
 from ..modeling.clip_loading import create_clip_model
 from ..utils.io import atomic_write_path, atomic_write_text
 from ..utils.progress import progress
@@ -174,16 +175,25 @@ def get_miniworld_teacher(
     evaluate: bool = True,
     progress: bool = True,
     workers: int | None = None,
+    replace_flag: str = "--force",
 ) -> str:
     """Path of the miniworld CLIP checkpoint, training it first unless a matching one is cached.
 
     The checkpoint is a plain open_clip state_dict (torch.save); its sidecar `.json` holds the
-    config fingerprint that decides reuse, and the training/evaluation figures.
+    config fingerprint that decides reuse, and the training/evaluation figures. A file at `path`
+    trained with another config (or not by this function) is replaced only with `force`: it
+    may be the teacher another command or table relies on. `replace_flag` is the caller's name
+    for `force`, for the error message.
     """
     cfg = (cfg or TeacherConfig()).resolved()
     if not force and cached_teacher_info(path, cfg) is not None:
         logger.info("Reusing miniworld CLIP teacher %s", path)
         return path
+    if not force and os.path.exists(path):
+        raise UserInputError(
+            f"{path} holds a teacher trained with another configuration (or not by this "
+            f"project): give this teacher another path, or replace that file with {replace_flag}."
+        )
     model, info = train_teacher(cfg, progress=progress, workers=workers)
     if evaluate:
         t0 = time.time()
@@ -240,7 +250,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=TeacherConfig.seed)
     parser.add_argument("--model-name", default=MODEL_NAME)
     parser.add_argument(
-        "--force", action="store_true", help="retrain even if a matching checkpoint exists"
+        "--force",
+        action="store_true",
+        help="retrain and replace the checkpoint at --output, even one of the same or another config",
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the zero-shot evaluation")
     parser.add_argument(

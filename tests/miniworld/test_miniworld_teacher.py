@@ -235,3 +235,39 @@ def test_state_dict_teacher_through_the_config_route(quick_checkpoint):
     with pytest.raises(CLIPWeightsUnavailableError, match=r"MODEL\.CLIPZSS\.CLIP\.ACTIVATION"):
         Trainer.build_model(auto)
     assert issubclass(CLIPWeightsUnavailableError, UserInputError)
+
+
+def test_a_teacher_of_another_config_is_never_written_over(quick_checkpoint, tmp_path):
+    """The file at the path may be the teacher of another table or a user's own weights: a
+    config that does not match it is refused, through the command line with one line and exit
+    status 2, and replaced only when asked (--force)."""
+    import shutil
+    import subprocess
+    import sys
+
+    path = tmp_path / "clip.pt"
+    shutil.copy(quick_checkpoint, path)
+    shutil.copy(os.path.splitext(quick_checkpoint)[0] + ".json", tmp_path / "clip.json")
+    before = path.read_bytes()
+    changed = dataclasses.replace(QUICK, steps=3)
+    with pytest.raises(UserInputError, match="--retrain-teacher"):
+        T.get_miniworld_teacher(
+            str(path), changed, progress=False, replace_flag="--retrain-teacher"
+        )
+    cmd = [sys.executable, "-m", "clipzss_d2.miniworld", "train-teacher", "--output", str(path),
+           "--steps", "3", "--batch-size", "8", "--no-eval"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("replace that file with --force.")
+    assert "Traceback" not in proc.stderr
+    (tmp_path / "weights.pt").write_bytes(b"a user's own file")  # no record of this project
+    with pytest.raises(UserInputError, match="another configuration"):
+        T.get_miniworld_teacher(str(tmp_path / "weights.pt"), QUICK, progress=False)
+    assert (
+        path.read_bytes() == before
+        and (tmp_path / "weights.pt").read_bytes() == b"a user's own file"
+    )
+    T.get_miniworld_teacher(
+        str(path), changed, force=True, evaluate=False, progress=False, workers=0
+    )
+    assert T.cached_teacher_info(str(path), changed) is not None
