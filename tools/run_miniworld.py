@@ -12,12 +12,17 @@
     python tools/run_miniworld.py                      # the README's main job (full method)
     python tools/run_miniworld.py --ablation           # baseline / +GLM / +PLM / full, 3 seeds
     python tools/run_miniworld.py --ablation --reuse   # ... keeping the runs already finished
+    python tools/run_miniworld.py --ladder --reuse     # oracle / trained / weak teacher x the four
+                                                       # variants, 5 seeds: `make ablation`
     python tools/run_miniworld.py --tune               # the hyper-parameter search, tune split
 """
 
 import argparse
+import copy
+import dataclasses
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -61,6 +66,15 @@ TUNING_STEPS = (("MODEL.CLIPZSS.GLM.LOSS_WEIGHT", (0.1, 0.3, 1.0)),)
 DIAGNOSTICS_FILE = "pseudo_label_diagnostics.json"
 # --teacher-* flags (argparse dest) -> the TeacherConfig field each overrides
 TEACHER_FLAGS = {"teacher_steps": "steps", "teacher_patch_dropout": "patch_dropout"}
+# The ladder (--ladder, `make ablation`): what each module transfers with an ideal, the default
+# and a weak teacher. The oracle (docs/notes/2026-12-06-oracle-teacher.md) keeps the trained
+# teacher's text embeddings, which are the student's classifier, so its baseline (no teacher) is
+# the trained teacher's and is not trained twice. The weak teacher is the default recipe with a
+# quarter of its steps; its text embeddings are its own, so it has its own baseline.
+LADDER = ("trained", "oracle", "weak")
+LADDER_SEEDS = (0, 1, 2, 3, 4)
+ORACLE_OPTS = ("MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER", True)
+WEAK_TEACHER_STEPS_DIVISOR = 4
 logger = logging.getLogger("clipzss_d2.miniworld")
 
 
@@ -231,6 +245,79 @@ def teacher_config(args):
     return TeacherConfig(**overrides) if overrides else None
 
 
+def teacher_path_for(cfg, args):
+    """--teacher-path, else the default path for the default teacher and a path named by the
+    config's fingerprint for any other, so that no teacher replaces another one's file."""
+    if args.teacher_path:
+        return args.teacher_path
+    if cfg is None:
+        return DEFAULT_TEACHER_PATH
+    stem, ext = os.path.splitext(DEFAULT_TEACHER_PATH)
+    return f"{stem}-{cfg.fingerprint()[:10]}{ext}"
+
+
+def get_teacher(path, cfg, args):
+    """The cached or newly trained teacher at `path`, and its zero-shot figures."""
+    path = get_miniworld_teacher(
+        path, cfg=cfg, force=args.retrain_teacher, replace_flag="--retrain-teacher"
+    )
+    info = cached_teacher_info(path, cfg) or {}
+    print(f"teacher: {path}; {json.dumps(info.get('eval', {}))}")
+    return path, info.get("eval", {})
+
+
+def ladder_rungs(args, teacher_cfg, teacher_path, teacher_eval):
+    """{rung: (teacher path, extra config opts, the teacher's zero-shot figures)}; trains the
+    weak teacher (beside the trained one, named by its config) unless it is cached."""
+    trained = teacher_cfg or TeacherConfig()
+    weak_cfg = dataclasses.replace(
+        trained, steps=max(1, trained.steps // WEAK_TEACHER_STEPS_DIVISOR)
+    )
+    stem, ext = os.path.splitext(teacher_path)
+    weak_path, weak_eval = get_teacher(
+        f"{stem}-weak-{weak_cfg.fingerprint()[:10]}{ext}", weak_cfg, args
+    )
+    return {
+        "trained": (teacher_path, (), teacher_eval),
+        "oracle": (teacher_path, ORACLE_OPTS, None),
+        "weak": (weak_path, (), weak_eval),
+    }
+
+
+def run_ladder(rungs, variants, seeds, args):
+    """Every rung x seed x variant (seeds before variants, so an interrupted ladder has whole
+    seeds); each rung's runs under <output>/<rung>/."""
+    rows = []
+    for rung, (path, extra, _) in rungs.items():
+        rung_args = copy.copy(args)
+        rung_args.output = os.path.join(args.output, rung)
+        for seed in seeds:
+            for variant in variants:
+                if rung == "oracle" and variant == "baseline":
+                    continue  # the trained teacher's baseline (see LADDER)
+                print(f"\n--- {rung} teacher: {variant}, seed {seed} ---", flush=True)
+                row = train_and_evaluate(variant, seed, rung_args, path, extra)
+                row.update(teacher=rung, label=f"{rung} teacher: {variant}")
+                rows.append(row)
+    return rows
+
+
+def ladder_preamble(rungs):
+    """The teachers of the ladder's table and their zero-shot accuracy on crops of things."""
+    lines = ["Teachers (zero-shot accuracy on crops of things, seen / unseen, the teacher's "
+             "own evaluation images):", ""]  # fmt: skip
+    for rung, (path, _, figures) in rungs.items():
+        if figures is None:
+            lines.append(f"- {rung}: the hidden labels (patch tokens = each patch's class text "
+                         "embedding, CLS = the crop's classes by area); the trained teacher's "
+                         "text embeddings, so its baseline is the trained teacher's")  # fmt: skip
+        else:
+            seen = 100 * figures.get("thing_zero_shot_acc_seen", math.nan)
+            unseen = 100 * figures.get("thing_zero_shot_acc_unseen", math.nan)
+            lines.append(f"- {rung}: `{path}`, {seen:.1f} / {unseen:.1f} %")
+    return "\n".join(lines) + "\n\n"
+
+
 def main(argv=None) -> int:
     run(argv)
     return 0
@@ -244,10 +331,19 @@ def run(argv=None):
         "--ablation", action="store_true", help="all four variants (default: full only)"
     )
     ap.add_argument(
+        "--ladder",
+        action="store_true",
+        help="all four variants with each of an oracle, the trained and a weak teacher, in one "
+        "table (`make ablation`)",
+    )
+    ap.add_argument(
         "--variants", nargs="+", choices=VARIANTS, help="override the variants to train"
     )
     ap.add_argument(
-        "--seeds", type=int, nargs="+", help="default: 0 (main job) or 0 1 2 (ablation)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="default: 0 (main job), 0 1 2 (--ablation) or 0 1 2 3 4 (--ladder)",
     )
     ap.add_argument(
         "--tune",
@@ -270,7 +366,15 @@ def run(argv=None):
     for split, count in DEFAULT_COUNTS.items():
         ap.add_argument(f"--num-{split}", type=int, default=count, help=f"{split} images")
     ap.add_argument(
-        "--teacher-path", default=DEFAULT_TEACHER_PATH, help="cached teacher checkpoint"
+        "--teacher-path",
+        default="",
+        help=f"cached teacher checkpoint (default: {DEFAULT_TEACHER_PATH}, or a name with the "
+        "config's fingerprint for a teacher changed by --teacher-*)",
+    )
+    ap.add_argument(
+        "--retrain-teacher",
+        action="store_true",
+        help="train the teacher(s) again and replace their files, even one of another config",
     )
     ap.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's steps")
     ap.add_argument(
@@ -289,8 +393,10 @@ def run(argv=None):
     )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = ap.parse_args(argv)
-    variants = args.variants or (VARIANTS if args.ablation else ("full",))
-    seeds = args.seeds or ([0, 1, 2] if args.ablation else [0])
+    if sum((args.ablation, args.ladder, args.tune)) > 1:
+        raise UserInputError("--ablation, --ladder and --tune are separate jobs: give one.")
+    variants = args.variants or (VARIANTS if args.ablation or args.ladder else ("full",))
+    seeds = args.seeds or list(LADDER_SEEDS if args.ladder else [0, 1, 2] if args.ablation else [0])
     if any(not 0 <= s < 2**32 for s in seeds):
         raise UserInputError(f"--seeds must be between 0 and 2**32 - 1, got {seeds}.")
     variant_cfg("full", args)  # a bad --student file stops here, before any work
@@ -310,10 +416,9 @@ def run(argv=None):
 
     t = stage("2/5 teacher (tiny CLIP trained on captions naming all classes)")
     teacher_cfg = teacher_config(args)
-    teacher_path = get_miniworld_teacher(args.teacher_path, cfg=teacher_cfg)
+    teacher_path, teacher_eval = get_teacher(teacher_path_for(teacher_cfg, args), teacher_cfg, args)
+    rungs = ladder_rungs(args, teacher_cfg, teacher_path, teacher_eval) if args.ladder else None
     timings["teacher"] = time.perf_counter() - t
-    info = cached_teacher_info(teacher_path, teacher_cfg) or {}
-    print(f"teacher: {teacher_path}; {json.dumps(info.get('eval', {}))}")
 
     if args.tune:
         t = stage(f"tuning on the tune split: at most {sum(len(v) for _, v in TUNING_STEPS)} runs")
@@ -327,14 +432,19 @@ def run(argv=None):
         return rows
 
     rows = []
-    t = stage(f"3-4/5 student training + evaluation: {', '.join(variants)} x seeds {seeds}")
-    for variant in variants:
-        for seed in seeds:
-            print(f"\n--- {variant}, seed {seed} ---", flush=True)
-            rows.append(train_and_evaluate(variant, seed, args, teacher_path))
+    jobs = f"{' / '.join(rungs)} teacher x " if rungs else ""
+    t = stage(f"3-4/5 student training + evaluation: {jobs}{', '.join(variants)} x seeds {seeds}")
+    if rungs:
+        rows = run_ladder(rungs, variants, seeds, args)
+    else:
+        for variant in variants:
+            for seed in seeds:
+                print(f"\n--- {variant}, seed {seed} ---", flush=True)
+                rows.append(train_and_evaluate(variant, seed, args, teacher_path))
     timings["students"] = time.perf_counter() - t
-    table = results_table(rows, seeds)
-    path = os.path.join(args.output, "ablation.md" if len(rows) > 1 else "results.md")
+    table = (ladder_preamble(rungs) if rungs else "") + results_table(rows, seeds)
+    name = "ladder" if rungs else "ablation" if len(rows) > 1 else "results"
+    path = os.path.join(args.output, f"{name}.md")
     atomic_write_text(path, table)
     atomic_write_text(
         path[:-3] + ".json", json.dumps({"rows": rows, "timings_s": timings}, indent=2)

@@ -37,7 +37,10 @@ def test_short_main_job_runs_every_stage(tmp_path):
     overrides = [
         "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "2",
     ]  # fmt: skip
-    proc = run_main_job(tmp_path, "--teacher-patch-dropout", "0.25", *overrides)
+    # the teacher's own setting, given again below (a teacher of another config at that path
+    # would be refused, not written over)
+    teacher = ["--teacher-patch-dropout", "0.25"]
+    proc = run_main_job(tmp_path, *teacher, *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     out = tmp_path / "out"
@@ -102,7 +105,7 @@ def test_short_main_job_runs_every_stage(tmp_path):
     # --reuse keeps a finished run with the same config (an interrupted ablation resumes) ...
     weights = run_dir / "model_final.pth"
     before = weights.stat().st_mtime_ns
-    again = run_main_job(tmp_path, "--reuse", "--no-demo", *overrides)
+    again = run_main_job(tmp_path, "--reuse", "--no-demo", *teacher, *overrides)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "reusing the finished run" in again.stdout
     assert weights.stat().st_mtime_ns == before
@@ -110,7 +113,7 @@ def test_short_main_job_runs_every_stage(tmp_path):
     # ... but never one trained with another config; the baseline (no pseudo labels) writes no
     # diagnostics and its row says so
     changed = run_main_job(
-        tmp_path, "--reuse", "--variants", "full", "baseline", "--no-demo",
+        tmp_path, "--reuse", "--variants", "full", "baseline", "--no-demo", *teacher,
         *overrides, "SOLVER.BASE_LR", "0.0123",
     )  # fmt: skip
     assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
@@ -278,3 +281,90 @@ def test_read_curve_counts_iterations_done(tmp_path):
         [200, 50.0, 20.0, 28.57],
         [400, 60.0, 30.0, 40.0],
     ]
+
+
+def test_ladder_trains_each_rung_with_its_teacher(monkeypatch):
+    """--ladder: the trained teacher, the oracle (the trained teacher's file, its outputs
+    replaced by the hidden labels' through the config key) and a weak teacher (a quarter of the
+    default recipe's steps, in a file of its own beside the trained one) each teach the four
+    variants; the oracle's baseline is the trained teacher's (no teacher, same text embeddings)
+    and is not trained again; seeds before variants; each rung's runs in its own folder; one
+    table whose methods name their teacher, and the teachers' zero-shot figures above it."""
+    tool = load_tool()
+    teachers, calls = [], []
+
+    def fake_teacher(path, cfg=None, force=False, replace_flag="--force", **_):
+        teachers.append((path, cfg, force, replace_flag))
+        return path
+
+    def fake_info(path, cfg=None):
+        acc = 0.5 if "weak" in path else 0.9
+        return {"eval": {"thing_zero_shot_acc_seen": acc, "thing_zero_shot_acc_unseen": acc - 0.2}}
+
+    def fake_train(variant, seed, args, teacher_path, extra=()):
+        calls.append((args.output, variant, seed, teacher_path, tuple(extra)))
+        return fake_row(variant, seed, 20.0 + seed)
+
+    monkeypatch.setattr(tool, "get_miniworld_teacher", fake_teacher)
+    monkeypatch.setattr(tool, "cached_teacher_info", fake_info)
+    monkeypatch.setattr(tool, "train_and_evaluate", fake_train)
+    args = tool.argparse.Namespace(output="out", retrain_teacher=False, teacher_path="")
+    rungs = tool.ladder_rungs(args, None, "t/clip.pt", {"thing_zero_shot_acc_seen": 0.9})
+    ((weak_path, weak_cfg, force, flag),) = teachers
+    assert weak_cfg.steps == tool.TeacherConfig().steps // 4 == 100
+    assert weak_cfg == tool.dataclasses.replace(tool.TeacherConfig(), steps=100)
+    assert weak_path == f"t/clip-weak-{weak_cfg.fingerprint()[:10]}.pt"
+    assert (force, flag) == (False, "--retrain-teacher")
+    assert list(rungs) == ["trained", "oracle", "weak"]
+
+    rows = tool.run_ladder(rungs, tool.VARIANTS, [0, 1], args)
+    oracle = ("MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER", True)
+    expected = []
+    for rung, path, extra in (("trained", "t/clip.pt", ()), ("oracle", "t/clip.pt", oracle),
+                              ("weak", weak_path, ())):  # fmt: skip
+        for seed in (0, 1):
+            for variant in tool.VARIANTS:
+                if not (rung == "oracle" and variant == "baseline"):
+                    expected.append((f"out/{rung}", variant, seed, path, extra))
+    assert calls == expected
+    assert args.output == "out"  # each rung had its own copy of the arguments
+    assert [r["label"] for r in rows[:4]] == [f"trained teacher: {v}" for v in tool.VARIANTS]
+    table = tool.ladder_preamble(rungs) + tool.results_table(rows, [0, 1])
+    assert "| weak teacher: baseline | 30.5 ± 0.5 | 15.5 ± 0.5 | 20.5 ± 0.5 |" in table
+    assert "| oracle teacher: baseline |" not in table
+    assert "| oracle teacher: full | diamond |" in table
+    assert f"- weak: `{weak_path}`, 50.0 / 30.0 %" in table
+    assert "- trained: `t/clip.pt`, 90.0 / nan %" in table  # a figure missing is shown missing
+
+
+def test_ladder_ablation_and_tune_are_separate_jobs(tmp_path):
+    proc = run_main_job(tmp_path, "--ladder", "--tune")
+    assert proc.returncode == 2
+    assert "--ablation, --ladder and --tune are separate jobs: give one." in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "world").exists()
+
+
+@pytest.mark.slow
+def test_short_ladder_runs_every_rung(tmp_path):
+    """The real route of `make ablation`, shortened: the weak teacher is trained beside the
+    given one, the oracle run's config asks for the oracle, and one table holds the three."""
+    overrides = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"]
+    proc = run_main_job(tmp_path, "--ladder", "--variants", "full", "--seeds", "0", "--no-demo",
+                        *overrides)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "out"
+    weak = list((tmp_path / "teacher").glob("clip-weak-*.pt"))
+    assert len(weak) == 1
+    sidecar = json.loads(weak[0].with_suffix(".json").read_text())
+    assert sidecar["config"]["steps"] == 1  # a quarter of --teacher-steps 2, at least one
+    configs = {rung: (out / rung / "full" / "seed0" / "config.yaml").read_text()
+               for rung in ("trained", "oracle", "weak")}  # fmt: skip
+    assert "ORACLE_TEACHER: true" in configs["oracle"]
+    assert "ORACLE_TEACHER: false" in configs["trained"] + configs["weak"]
+    assert weak[0].name in configs["weak"] and weak[0].name not in configs["trained"]
+    rows = json.loads((out / "ladder.json").read_text())["rows"]
+    assert [(r["teacher"], r["variant"]) for r in rows] == [
+        ("trained", "full"), ("oracle", "full"), ("weak", "full"),
+    ]  # fmt: skip
+    table = (out / "ladder.md").read_text()
+    assert "| oracle teacher: full |" in table and f"- weak: `{weak[0]}`" in table

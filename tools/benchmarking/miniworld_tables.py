@@ -21,6 +21,11 @@ def fmt(values):
     return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
 
 
+def label(row):
+    """A run's method: its variant, with the teacher it learned from in a ladder."""
+    return row.get("label", row["variant"])
+
+
 def results_table(rows, seeds):
     """Markdown: one line per variant (mean ± population std over seeds), per unseen class IoU,
     seen truth among its predictions and pseudo-label share / purity, and every run."""
@@ -30,8 +35,8 @@ def results_table(rows, seeds):
     )
     header += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
     lines, classes = [], []
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        runs = [r for r in rows if r["variant"] == variant]
+    for variant in dict.fromkeys(map(label, rows)):
+        runs = [r for r in rows if label(r) == variant]
         cells = [fmt([r.get(k, math.nan) for r in runs]) for k in TABLE_METRICS]
         lines.append(
             f"| {variant} | "
@@ -59,7 +64,7 @@ def results_table(rows, seeds):
         "|---|---|---:|---:|---:|---:|\n" + "\n".join(classes)
     )
     per_run = "\n\nPer run (seed: seen / unseen / hIoU):\n\n" + "\n".join(
-        f"- {r['variant']}, seed {r['seed']}: {r['mIoU(seen)']:.1f} / {r['mIoU(unseen)']:.1f} / {r['hIoU']:.1f}"
+        f"- {label(r)}, seed {r['seed']}: {r['mIoU(seen)']:.1f} / {r['mIoU(unseen)']:.1f} / {r['hIoU']:.1f}"
         for r in rows
     )
     tested = sorted({d for r in rows for d in r.get("test_set", [])})
@@ -77,7 +82,7 @@ def curves_table(rows):
     iterations = sorted({point[0] for r in runs for point in r["curve"]})
     cells = {(id(r), point[0]): point[1:] for r in runs for point in r["curve"]}
     lines = [
-        "| iterations | " + " | ".join(f"{r['variant']}, seed {r['seed']}" for r in runs) + " |",
+        "| iterations | " + " | ".join(f"{label(r)}, seed {r['seed']}" for r in runs) + " |",
         "|---:|" + "---:|" * len(runs),
     ]
     for it in iterations:
