@@ -62,12 +62,7 @@ class TeacherCache:
         self.max_bytes = int(max_bytes)
         self.cache_dir = cache_dir
         self.identity = dict(identity or {})
-        self.bytes = 0
-        self.hits = 0  # found in memory
-        self.disk_hits = 0  # read from cache_dir
-        self.misses = 0  # the teacher ran
-        self._entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._warned = set()
+        self.clear()
 
     @classmethod
     def from_config(cls, cfg) -> TeacherCache | None:
@@ -101,7 +96,12 @@ class TeacherCache:
 
     def clear(self) -> None:
         """Forget every entry and count held in memory (files on disk stay)."""
-        self.__init__(self.max_bytes, self.cache_dir, self.identity)
+        self.bytes = 0
+        self.hits = 0  # found in memory
+        self.disk_hits = 0  # read from cache_dir
+        self.misses = 0  # the teacher ran
+        self._entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._warned = set()
 
     def __len__(self) -> int:
         return len(self._entries)
