@@ -14,6 +14,8 @@
     python tools/run_miniworld.py --ablation --reuse   # ... keeping the runs already finished
     python tools/run_miniworld.py --ladder --reuse     # oracle / trained / weak teacher x the four
                                                        # variants, 5 seeds: `make ablation`
+    python tools/run_miniworld.py --ladder --table-only  # its table from the runs finished so
+                                                       # far; trains nothing, names what is missing
     python tools/run_miniworld.py --tune               # the hyper-parameter search, tune split
 """
 
@@ -99,9 +101,11 @@ def train_and_evaluate(variant, seed, args, teacher_path, extra=(), name=None):
     cfg.MODEL.CLIPZSS.DIAGNOSTICS.PSEUDO_LABELS = bool(cfg.MODEL.CLIPZSS.PLM.PSEUDO_LABELS)
     cfg.freeze()
     finished = finished_run(out_dir, cfg)
-    if finished is not None and args.reuse:
+    if finished is not None and (args.reuse or args.table_only):
         print(f"reusing the finished run in {out_dir} (same config)")
         return finished
+    if args.table_only:
+        return None  # not trained: the caller names it among the missing runs
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "config.yaml"), cfg.dump())
     seed_all_rng(seed)
@@ -257,10 +261,12 @@ def teacher_path_for(cfg, args):
 
 
 def get_teacher(path, cfg, args):
-    """The cached or newly trained teacher at `path`, and its zero-shot figures."""
-    path = get_miniworld_teacher(
-        path, cfg=cfg, force=args.retrain_teacher, replace_flag="--retrain-teacher"
-    )
+    """The cached or newly trained teacher at `path`, and its zero-shot figures (with
+    --table-only only the path and the figures of a teacher already there: nothing trains)."""
+    if not args.table_only:
+        path = get_miniworld_teacher(
+            path, cfg=cfg, force=args.retrain_teacher, replace_flag="--retrain-teacher"
+        )
     info = cached_teacher_info(path, cfg) or {}
     print(f"teacher: {path}; {json.dumps(info.get('eval', {}))}")
     return path, info.get("eval", {})
@@ -284,9 +290,10 @@ def ladder_rungs(args, teacher_cfg, teacher_path, teacher_eval):
     }
 
 
-def run_ladder(rungs, variants, seeds, args):
+def run_ladder(rungs, variants, seeds, args, missing):
     """Every rung x seed x variant (seeds before variants, so an interrupted ladder has whole
-    seeds); each rung's runs under <output>/<rung>/."""
+    seeds); each rung's runs under <output>/<rung>/. Runs --table-only did not find go to
+    `missing`."""
     rows = []
     for rung, (path, extra, _) in rungs.items():
         rung_args = copy.copy(args)
@@ -297,6 +304,9 @@ def run_ladder(rungs, variants, seeds, args):
                     continue  # the trained teacher's baseline (see LADDER)
                 print(f"\n--- {rung} teacher: {variant}, seed {seed} ---", flush=True)
                 row = train_and_evaluate(variant, seed, rung_args, path, extra)
+                if row is None:
+                    missing.append(f"{rung} teacher: {variant}, seed {seed}")
+                    continue
                 row.update(teacher=rung, label=f"{rung} teacher: {variant}")
                 rows.append(row)
     return rows
@@ -391,10 +401,21 @@ def run(argv=None):
         help="skip runs whose output dir already holds results for the same config "
         "(resumes an interrupted ablation)",
     )
+    ap.add_argument(
+        "--table-only",
+        action="store_true",
+        help="write the table from the runs already finished with the same configs and name "
+        "the missing ones; generates, trains and evaluates nothing",
+    )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = ap.parse_args(argv)
     if sum((args.ablation, args.ladder, args.tune)) > 1:
         raise UserInputError("--ablation, --ladder and --tune are separate jobs: give one.")
+    if args.table_only and args.tune:
+        raise UserInputError(
+            "--table-only reads the runs of the main job, --ablation or --ladder; the search "
+            "(--tune) keeps its own table: give one of them."
+        )
     variants = args.variants or (VARIANTS if args.ablation or args.ladder else ("full",))
     seeds = args.seeds or list(LADDER_SEEDS if args.ladder else [0, 1, 2] if args.ablation else [0])
     if any(not 0 <= s < 2**32 for s in seeds):
@@ -404,15 +425,16 @@ def run(argv=None):
     setup_logger(name="clipzss_d2")
     timings = {}
 
-    t = stage("1/5 world")
     world_root = args.world_root
-    counts = {s: getattr(args, f"num_{s}") for s in DEFAULT_COUNTS}
-    manifest = generate_world(world_root, seed=0, counts=counts)
-    register_miniworld(world_root)
-    timings["world"] = time.perf_counter() - t
-    counts = " / ".join(f"{n} {s}" for s, n in manifest["key"]["counts"].items())
-    print(f"{world_root}: {counts} images, {len(world.CLASSES)} classes, "
-          f"unseen = {', '.join(world.UNSEEN)}")  # fmt: skip
+    if not args.table_only:
+        t = stage("1/5 world")
+        counts = {s: getattr(args, f"num_{s}") for s in DEFAULT_COUNTS}
+        manifest = generate_world(world_root, seed=0, counts=counts)
+        register_miniworld(world_root)
+        timings["world"] = time.perf_counter() - t
+        counts = " / ".join(f"{n} {s}" for s, n in manifest["key"]["counts"].items())
+        print(f"{world_root}: {counts} images, {len(world.CLASSES)} classes, "
+              f"unseen = {', '.join(world.UNSEEN)}")  # fmt: skip
 
     t = stage("2/5 teacher (tiny CLIP trained on captions naming all classes)")
     teacher_cfg = teacher_config(args)
@@ -431,19 +453,33 @@ def run(argv=None):
         print("\n" + table + f"\n(saved to {path})")
         return rows
 
-    rows = []
+    rows, missing = [], []
     jobs = f"{' / '.join(rungs)} teacher x " if rungs else ""
-    t = stage(f"3-4/5 student training + evaluation: {jobs}{', '.join(variants)} x seeds {seeds}")
+    what = "the finished runs of" if args.table_only else "student training + evaluation:"
+    t = stage(f"3-4/5 {what} {jobs}{', '.join(variants)} x seeds {seeds}")
     if rungs:
-        rows = run_ladder(rungs, variants, seeds, args)
+        rows = run_ladder(rungs, variants, seeds, args, missing)
     else:
         for variant in variants:
             for seed in seeds:
                 print(f"\n--- {variant}, seed {seed} ---", flush=True)
-                rows.append(train_and_evaluate(variant, seed, args, teacher_path))
+                row = train_and_evaluate(variant, seed, args, teacher_path)
+                if row is None:
+                    missing.append(f"{variant}, seed {seed}")
+                else:
+                    rows.append(row)
     timings["students"] = time.perf_counter() - t
+    if missing:
+        print(f"\nnot finished ({len(missing)} runs): " + "; ".join(missing))
+    if not rows:
+        raise UserInputError(
+            f"No finished run with these configs under {args.output}: train them with the same "
+            "command without --table-only (with --reuse to keep the runs already done)."
+        )
     table = (ladder_preamble(rungs) if rungs else "") + results_table(rows, seeds)
-    name = "ladder" if rungs else "ablation" if len(rows) > 1 else "results"
+    # named by the job asked for, not by the runs found (--table-only), so that a table of
+    # one finished ablation run never replaces the main job's results.md
+    name = "ladder" if rungs else "ablation" if len(variants) * len(seeds) > 1 else "results"
     path = os.path.join(args.output, f"{name}.md")
     atomic_write_text(path, table)
     atomic_write_text(
@@ -451,7 +487,7 @@ def run(argv=None):
     )
     print("\n" + table + f"\n(saved to {path})")
 
-    if not args.no_demo:
+    if not (args.no_demo or args.table_only):
         t = stage("5/5 demo with a vocabulary that includes the unseen classes")
         full = [r for r in rows if r["variant"] == "full"] or rows
         run_demo(full[0], args, world_root)

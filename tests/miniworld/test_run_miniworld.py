@@ -126,6 +126,28 @@ def test_short_main_job_runs_every_stage(tmp_path):
     assert not (out / "baseline" / "seed0" / "pseudo_label_diagnostics.json").exists()
     assert "| baseline | star |" in (out / "ablation.md").read_text()
 
+    # --table-only: the table of the runs finished with these configs, the others named as
+    # missing; nothing is generated, trained or evaluated
+    trained = {p: p.stat().st_mtime_ns for p in out.rglob("model_final.pth")}
+    listing = sorted(p.name for p in out.iterdir())
+    table_only = run_main_job(
+        tmp_path, "--table-only", "--variants", "full", "glm-only", "baseline", *teacher,
+        *overrides, "SOLVER.BASE_LR", "0.0123",
+    )  # fmt: skip
+    assert table_only.returncode == 0, table_only.stdout[-3000:] + table_only.stderr[-3000:]
+    assert "not finished (1 runs): glm-only, seed 0" in table_only.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model_final.pth")} == trained
+    assert sorted(p.name for p in out.iterdir()) == listing  # no glm-only folder, no demo
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["full", "baseline"]
+    # a job with no finished run at all: one line, exit 2, and no table written over
+    before = (out / "ablation.md").read_text()
+    none = run_main_job(tmp_path, "--table-only", "--ablation", "--seeds", "7", *teacher)
+    assert none.returncode == 2, none.stdout[-3000:] + none.stderr[-3000:]
+    assert "No finished run with these configs under" in none.stderr
+    assert "Traceback" not in none.stderr
+    assert (out / "ablation.md").read_text() == before
+
 
 @pytest.mark.slow
 def test_main_job_rejects_a_world_made_with_other_settings(tmp_path):
@@ -231,7 +253,8 @@ def test_results_table_per_unseen_class_and_pseudo_labels():
     table = tool.results_table(rows, [0, 1])
     row = "| full | 41.0 ± 1.0 | 26.0 ± 1.0 | 31.0 ± 1.0 | 31.0 ± 1.0 | 2.5 ± 0.5 | 10.0 ± 0.0 |"
     assert row + " 1.0 ± 0.0 |" in table
-    assert "| baseline | 30.0 | 15.0 | 20.0 | 20.0 | 2.0 | 10.0 | 1.0 |" in table
+    # the baseline ran on seed 0 alone: its row says so, not "mean over seeds [0, 1]"
+    assert "| baseline (seed 0) | 30.0 | 15.0 | 20.0 | 20.0 | 2.0 | 10.0 | 1.0 |" in table
     # per unseen class: IoU and from seen (mean ± std over seeds), pseudo share / purity in %
     assert "| full | star | 0.0 ± 0.0 | 10.0 ± 0.0 | 25.0 ± 0.0 | 80.0 ± 0.0 |" in table
     assert "| full | snow | 3.0 ± 0.0 | 40.0 ± 0.0 | 25.0 ± 0.0 | n/a |" in table  # no purity
@@ -308,7 +331,9 @@ def test_ladder_trains_each_rung_with_its_teacher(monkeypatch):
     monkeypatch.setattr(tool, "get_miniworld_teacher", fake_teacher)
     monkeypatch.setattr(tool, "cached_teacher_info", fake_info)
     monkeypatch.setattr(tool, "train_and_evaluate", fake_train)
-    args = tool.argparse.Namespace(output="out", retrain_teacher=False, teacher_path="")
+    args = tool.argparse.Namespace(
+        output="out", retrain_teacher=False, teacher_path="", table_only=False
+    )
     rungs = tool.ladder_rungs(args, None, "t/clip.pt", {"thing_zero_shot_acc_seen": 0.9})
     ((weak_path, weak_cfg, force, flag),) = teachers
     assert weak_cfg.steps == tool.TeacherConfig().steps // 4 == 100
@@ -317,7 +342,8 @@ def test_ladder_trains_each_rung_with_its_teacher(monkeypatch):
     assert (force, flag) == (False, "--retrain-teacher")
     assert list(rungs) == ["trained", "oracle", "weak"]
 
-    rows = tool.run_ladder(rungs, tool.VARIANTS, [0, 1], args)
+    missing = []
+    rows = tool.run_ladder(rungs, tool.VARIANTS, [0, 1], args, missing)
     oracle = ("MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER", True)
     expected = []
     for rung, path, extra in (("trained", "t/clip.pt", ()), ("oracle", "t/clip.pt", oracle),
@@ -330,6 +356,7 @@ def test_ladder_trains_each_rung_with_its_teacher(monkeypatch):
     assert args.output == "out"  # each rung had its own copy of the arguments
     assert [r["label"] for r in rows[:4]] == [f"trained teacher: {v}" for v in tool.VARIANTS]
     table = tool.ladder_preamble(rungs) + tool.results_table(rows, [0, 1])
+    assert missing == []
     assert "| weak teacher: baseline | 30.5 ± 0.5 | 15.5 ± 0.5 | 20.5 ± 0.5 |" in table
     assert "| oracle teacher: baseline |" not in table
     assert "| oracle teacher: full | diamond |" in table

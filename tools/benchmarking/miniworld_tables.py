@@ -39,7 +39,7 @@ def results_table(rows, seeds):
         runs = [r for r in rows if label(r) == variant]
         cells = [fmt([r.get(k, math.nan) for r in runs]) for k in TABLE_METRICS]
         lines.append(
-            f"| {variant} | "
+            f"| {variant}{seeds_short_of(runs, seeds)} | "
             + " | ".join(cells)
             + f" | {fmt([r['train_minutes'] for r in runs])} |"
         )
@@ -71,6 +71,15 @@ def results_table(rows, seeds):
     note = f"\n\nevaluated on {', '.join(tested)}"
     note += f"; mean ± std over seeds {list(seeds)}" if len(seeds) > 1 else ""
     return header + "\n".join(lines) + note + per_class + per_run + curves_table(rows) + "\n"
+
+
+def seeds_short_of(runs, seeds):
+    """' (seeds 0, 2)' for a method whose runs do not cover every seed of the table (a ladder
+    read before it finished), so that its mean is not taken for one over all of them."""
+    have = sorted({r["seed"] for r in runs})
+    if len(seeds) < 2 or set(have) >= set(seeds):
+        return ""
+    return f" (seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))})"
 
 
 def curves_table(rows):
