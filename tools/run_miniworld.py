@@ -416,6 +416,10 @@ def run(argv=None):
             "--table-only reads the runs of the main job, --ablation or --ladder; the search "
             "(--tune) keeps its own table: give one of them."
         )
+    if args.table_only and args.retrain_teacher:
+        raise UserInputError(
+            "--table-only trains nothing: drop --retrain-teacher, or --table-only."
+        )
     variants = args.variants or (VARIANTS if args.ablation or args.ladder else ("full",))
     seeds = args.seeds or list(LADDER_SEEDS if args.ladder else [0, 1, 2] if args.ablation else [0])
     if any(not 0 <= s < 2**32 for s in seeds):

@@ -371,6 +371,14 @@ def test_ladder_ablation_and_tune_are_separate_jobs(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "world").exists()
 
 
+def test_table_only_refuses_to_retrain_the_teacher(tmp_path):
+    proc = run_main_job(tmp_path, "--table-only", "--retrain-teacher")
+    assert proc.returncode == 2
+    assert "--table-only trains nothing: drop --retrain-teacher" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "world").exists()
+    assert not (tmp_path / "teacher").exists()
+
+
 @pytest.mark.slow
 def test_short_ladder_runs_every_rung(tmp_path):
     """The real route of `make ablation`, shortened: the weak teacher is trained beside the
