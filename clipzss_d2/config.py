@@ -181,6 +181,11 @@ def add_clipzss_config(cfg):
     # (clipzss_d2/modeling/training/oracle_teacher.py): the upper bound of what GLM + PLM can
     # transfer. Refused outside the miniature world's datasets.
     z.DIAGNOSTICS.ORACLE_TEACHER = False
+    # IDEAL_TEXT: every class's text embedding replaced by one of a fixed orthonormal set, for
+    # the student's classifier and the oracle teacher (clipzss_d2/modeling/ideal_text.py): tells
+    # whether CLIP's text geometry limits transfer. Needs ORACLE_TEACHER when GLM or PLM is on.
+    # Refused outside the miniature world's datasets.
+    z.DIAGNOSTICS.IDEAL_TEXT = False
 
     # ---- Training: engineering, solver, input pipeline, data, determinism ------------------------
     # Training-time engineering of the student's forward (the same network; floats round

@@ -12,8 +12,9 @@
     python tools/run_miniworld.py                      # the README's main job (full method)
     python tools/run_miniworld.py --ablation           # baseline / +GLM / +PLM / full, 3 seeds
     python tools/run_miniworld.py --ablation --reuse   # ... keeping the runs already finished
-    python tools/run_miniworld.py --ladder --reuse     # oracle / trained / weak teacher x the four
-                                                       # variants, 5 seeds: `make ablation`
+    python tools/run_miniworld.py --ladder --reuse     # trained / oracle / ideal-text / weak
+                                                       # teacher x the four variants, 5 seeds:
+                                                       # `make ablation`
     python tools/run_miniworld.py --ladder --table-only  # its table from the runs finished so
                                                        # far; trains nothing, names what is missing
     python tools/run_miniworld.py --tune               # the hyper-parameter search, tune split
@@ -31,6 +32,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the package and train_net; tools/benchmarking
@@ -68,14 +71,33 @@ TUNING_STEPS = (("MODEL.CLIPZSS.GLM.LOSS_WEIGHT", (0.1, 0.3, 1.0)),)
 DIAGNOSTICS_FILE = "pseudo_label_diagnostics.json"
 # --teacher-* flags (argparse dest) -> the TeacherConfig field each overrides
 TEACHER_FLAGS = {"teacher_steps": "steps", "teacher_patch_dropout": "patch_dropout"}
-# The ladder (--ladder, `make ablation`): what each module transfers with an ideal, the default
+# The ladder (--ladder, `make ablation`): what each module transfers with the default, an ideal
 # and a weak teacher. The oracle (docs/notes/2026-12-06-oracle-teacher.md) keeps the trained
 # teacher's text embeddings, which are the student's classifier, so its baseline (no teacher) is
-# the trained teacher's and is not trained twice. The weak teacher is the default recipe with a
-# quarter of its steps; its text embeddings are its own, so it has its own baseline.
-LADDER = ("trained", "oracle", "weak")
+# the trained teacher's and is not trained twice. "ideal-text" is the oracle with every class's
+# text embedding replaced by an orthonormal one (docs/notes/2026-12-07-ideal-text.md): no
+# look-alikes in the classifier, so it has its own baseline. The weak teacher is the default
+# recipe with a quarter of its steps; its text embeddings are its own, so it has its own baseline.
+LADDER = ("trained", "oracle", "ideal-text", "weak")
 LADDER_SEEDS = (0, 1, 2, 3, 4)
 ORACLE_OPTS = ("MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER", True)
+IDEAL_TEXT_OPTS = ("MODEL.CLIPZSS.DIAGNOSTICS.IDEAL_TEXT", True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+    """One teacher of the ladder: its file, the config opts of every variant, the opts of the
+    variants a teacher teaches (not the baseline), its zero-shot figures (None: no teacher
+    network), whether it trains a baseline of its own, and how the table describes it."""
+
+    teacher_path: str
+    opts: tuple = ()
+    teacher_opts: tuple = ()
+    figures: dict | None = None
+    own_baseline: bool = True
+    description: str = ""
+
+
 WEAK_TEACHER_STEPS_DIVISOR = 4
 logger = logging.getLogger("clipzss_d2.miniworld")
 
@@ -165,14 +187,28 @@ def read_curve(out_dir, max_iter):
 
 
 def finished_run(out_dir, cfg):
-    """The results of an earlier run in out_dir with exactly this config, else None."""
+    """The results of an earlier run in out_dir with this config, else None."""
     try:
         with open(os.path.join(out_dir, "config.yaml")) as f:
-            same = f.read() == cfg.dump()
+            same = same_config(f.read(), cfg)
         with open(os.path.join(out_dir, "results.json")) as f:
             return json.load(f) if same else None
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def same_config(stored, cfg):
+    """Whether a run's config.yaml text is ``cfg``. A key added to the defaults after the run
+    was written (a new option, off by default) counts as its default value; a key since removed
+    makes it another config."""
+    if stored == cfg.dump():
+        return True
+    old = get_clipzss_cfg()
+    try:
+        old.merge_from_other_cfg(old.load_cfg(stored))
+    except (KeyError, ValueError, TypeError, AssertionError):
+        return False
+    return yaml.safe_load(old.dump()) == yaml.safe_load(cfg.dump())  # anchors resolved
 
 
 def variant_cfg(variant, args):
@@ -272,59 +308,78 @@ def get_teacher(path, cfg, args):
     return path, info.get("eval", {})
 
 
-def ladder_rungs(args, teacher_cfg, teacher_path, teacher_eval):
-    """{rung: (teacher path, extra config opts, the teacher's zero-shot figures)}; trains the
-    weak teacher (beside the trained one, named by its config) unless it is cached."""
-    trained = teacher_cfg or TeacherConfig()
-    weak_cfg = dataclasses.replace(
-        trained, steps=max(1, trained.steps // WEAK_TEACHER_STEPS_DIVISOR)
-    )
-    stem, ext = os.path.splitext(teacher_path)
-    weak_path, weak_eval = get_teacher(
-        f"{stem}-weak-{weak_cfg.fingerprint()[:10]}{ext}", weak_cfg, args
-    )
-    return {
-        "trained": (teacher_path, (), teacher_eval),
-        "oracle": (teacher_path, ORACLE_OPTS, None),
-        "weak": (weak_path, (), weak_eval),
-    }
+def ladder_rungs(args, teacher_cfg, teacher_path, teacher_eval, names=LADDER):
+    """{rung: Rung} for the rungs named; trains the weak teacher (beside the trained one, named
+    by its config) unless it is cached or not asked for."""
+    rungs = {}
+    for name in names:
+        if name == "trained":
+            rungs[name] = Rung(teacher_path, figures=teacher_eval)
+        elif name == "oracle":
+            rungs[name] = Rung(
+                teacher_path,
+                teacher_opts=ORACLE_OPTS,
+                own_baseline=False,
+                description="the hidden labels (patch tokens = each patch's class text "
+                "embedding, CLS = the crop's classes by area); the trained teacher's text "
+                "embeddings, so its baseline is the trained teacher's",
+            )
+        elif name == "ideal-text":
+            rungs[name] = Rung(
+                teacher_path,
+                opts=IDEAL_TEXT_OPTS,
+                teacher_opts=ORACLE_OPTS,
+                description=f"the oracle, with every class's text embedding (classifier and "
+                f"teacher) one of {len(world.CLASSES)} orthonormal vectors: no class looks like "
+                "another; its own baseline",
+            )
+        else:
+            trained = teacher_cfg or TeacherConfig()
+            weak_cfg = dataclasses.replace(
+                trained, steps=max(1, trained.steps // WEAK_TEACHER_STEPS_DIVISOR)
+            )
+            stem, ext = os.path.splitext(teacher_path)
+            weak_path, weak_eval = get_teacher(
+                f"{stem}-weak-{weak_cfg.fingerprint()[:10]}{ext}", weak_cfg, args
+            )
+            rungs[name] = Rung(weak_path, figures=weak_eval)
+    return rungs
 
 
-def run_ladder(rungs, variants, seeds, args, missing):
+def run_ladder(rungs, variants, seeds, args):
     """Every rung x seed x variant (seeds before variants, so an interrupted ladder has whole
-    seeds); each rung's runs under <output>/<rung>/. Runs --table-only did not find go to
-    `missing`."""
-    rows = []
-    for rung, (path, extra, _) in rungs.items():
+    seeds); each rung's runs under <output>/<rung>/. Returns the rows and the runs --table-only
+    did not find."""
+    rows, missing = [], []
+    for name, rung in rungs.items():
         rung_args = copy.copy(args)
-        rung_args.output = os.path.join(args.output, rung)
+        rung_args.output = os.path.join(args.output, name)
         for seed in seeds:
             for variant in variants:
-                if rung == "oracle" and variant == "baseline":
+                if variant == "baseline" and not rung.own_baseline:
                     continue  # the trained teacher's baseline (see LADDER)
-                print(f"\n--- {rung} teacher: {variant}, seed {seed} ---", flush=True)
-                row = train_and_evaluate(variant, seed, rung_args, path, extra)
+                extra = rung.opts + (rung.teacher_opts if variant != "baseline" else ())
+                print(f"\n--- {name} teacher: {variant}, seed {seed} ---", flush=True)
+                row = train_and_evaluate(variant, seed, rung_args, rung.teacher_path, extra)
                 if row is None:
-                    missing.append(f"{rung} teacher: {variant}, seed {seed}")
+                    missing.append(f"{name} teacher: {variant}, seed {seed}")
                     continue
-                row.update(teacher=rung, label=f"{rung} teacher: {variant}")
+                row.update(teacher=name, label=f"{name} teacher: {variant}")
                 rows.append(row)
-    return rows
+    return rows, missing
 
 
 def ladder_preamble(rungs):
     """The teachers of the ladder's table and their zero-shot accuracy on crops of things."""
     lines = ["Teachers (zero-shot accuracy on crops of things, seen / unseen, the teacher's "
              "own evaluation images):", ""]  # fmt: skip
-    for rung, (path, _, figures) in rungs.items():
-        if figures is None:
-            lines.append(f"- {rung}: the hidden labels (patch tokens = each patch's class text "
-                         "embedding, CLS = the crop's classes by area); the trained teacher's "
-                         "text embeddings, so its baseline is the trained teacher's")  # fmt: skip
+    for name, rung in rungs.items():
+        if rung.figures is None:
+            lines.append(f"- {name}: {rung.description}")
         else:
-            seen = 100 * figures.get("thing_zero_shot_acc_seen", math.nan)
-            unseen = 100 * figures.get("thing_zero_shot_acc_unseen", math.nan)
-            lines.append(f"- {rung}: `{path}`, {seen:.1f} / {unseen:.1f} %")
+            seen = 100 * rung.figures.get("thing_zero_shot_acc_seen", math.nan)
+            unseen = 100 * rung.figures.get("thing_zero_shot_acc_unseen", math.nan)
+            lines.append(f"- {name}: `{rung.teacher_path}`, {seen:.1f} / {unseen:.1f} %")
     return "\n".join(lines) + "\n\n"
 
 
@@ -345,6 +400,12 @@ def run(argv=None):
         action="store_true",
         help="all four variants with each of an oracle, the trained and a weak teacher, in one "
         "table (`make ablation`)",
+    )
+    ap.add_argument(
+        "--rungs",
+        nargs="+",
+        choices=LADDER,
+        help="with --ladder: the teachers to run (default: all of them)",
     )
     ap.add_argument(
         "--variants", nargs="+", choices=VARIANTS, help="override the variants to train"
@@ -420,6 +481,8 @@ def run(argv=None):
         raise UserInputError(
             "--table-only trains nothing: drop --retrain-teacher, or --table-only."
         )
+    if args.rungs and not args.ladder:
+        raise UserInputError("--rungs picks the teachers of --ladder: add --ladder, or drop it.")
     variants = args.variants or (VARIANTS if args.ablation or args.ladder else ("full",))
     seeds = args.seeds or list(LADDER_SEEDS if args.ladder else [0, 1, 2] if args.ablation else [0])
     if any(not 0 <= s < 2**32 for s in seeds):
@@ -443,7 +506,9 @@ def run(argv=None):
     t = stage("2/5 teacher (tiny CLIP trained on captions naming all classes)")
     teacher_cfg = teacher_config(args)
     teacher_path, teacher_eval = get_teacher(teacher_path_for(teacher_cfg, args), teacher_cfg, args)
-    rungs = ladder_rungs(args, teacher_cfg, teacher_path, teacher_eval) if args.ladder else None
+    rungs = None
+    if args.ladder:
+        rungs = ladder_rungs(args, teacher_cfg, teacher_path, teacher_eval, args.rungs or LADDER)
     timings["teacher"] = time.perf_counter() - t
 
     if args.tune:
@@ -462,7 +527,7 @@ def run(argv=None):
     what = "the finished runs of" if args.table_only else "student training + evaluation:"
     t = stage(f"3-4/5 {what} {jobs}{', '.join(variants)} x seeds {seeds}")
     if rungs:
-        rows = run_ladder(rungs, variants, seeds, args, missing)
+        rows, missing = run_ladder(rungs, variants, seeds, args)
     else:
         for variant in variants:
             for seed in seeds:
@@ -482,8 +547,13 @@ def run(argv=None):
         )
     table = (ladder_preamble(rungs) if rungs else "") + results_table(rows, seeds)
     # named by the job asked for, not by the runs found (--table-only), so that a table of
-    # one finished ablation run never replaces the main job's results.md
+    # one finished ablation run never replaces the main job's results.md, nor a part of the
+    # ladder (--rungs, --seeds, --variants) its whole table
     name = "ladder" if rungs else "ablation" if len(variants) * len(seeds) > 1 else "results"
+    if rungs:  # a part of the ladder is named by what differs from the whole
+        parts = [(list(rungs), list(LADDER), ""), (list(variants), list(VARIANTS), ""),
+                 (list(map(str, seeds)), list(map(str, LADDER_SEEDS)), "seeds")]  # fmt: skip
+        name += "".join(f"_{tag}{'-'.join(asked)}" for asked, whole, tag in parts if asked != whole)
     path = os.path.join(args.output, f"{name}.md")
     atomic_write_text(path, table)
     atomic_write_text(

@@ -126,10 +126,16 @@ class CLIPZSS(StudentForward, OpenVocabularySegmenter):
             from .training.training_modules import build_training_modules
 
             training = build_training_modules(cfg)
+        if z.DIAGNOSTICS.IDEAL_TEXT:  # a miniature-world diagnostic, never a training option
+            from .ideal_text import build_ideal_text_classifier
+
+            text_classifier = build_ideal_text_classifier(cfg)
+        else:
+            text_classifier = build_text_classifier(cfg)
         return {
             "backbone": backbone,
             "embedding_head": build_embedding_head(cfg, backbone.output_shape()),
-            "text_classifier": build_text_classifier(cfg),
+            "text_classifier": text_classifier,
             "train_vocabulary": (
                 get_training_vocabulary(cfg.DATASETS.TRAIN) if cfg.DATASETS.TRAIN else []
             ),

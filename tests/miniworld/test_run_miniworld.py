@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from clipzss_d2.evaluation.gzss_evaluation import PER_CLASS_FILE
 from clipzss_d2.miniworld import world
@@ -308,11 +309,13 @@ def test_read_curve_counts_iterations_done(tmp_path):
 
 def test_ladder_trains_each_rung_with_its_teacher(monkeypatch):
     """--ladder: the trained teacher, the oracle (the trained teacher's file, its outputs
-    replaced by the hidden labels' through the config key) and a weak teacher (a quarter of the
-    default recipe's steps, in a file of its own beside the trained one) each teach the four
-    variants; the oracle's baseline is the trained teacher's (no teacher, same text embeddings)
-    and is not trained again; seeds before variants; each rung's runs in its own folder; one
-    table whose methods name their teacher, and the teachers' zero-shot figures above it."""
+    replaced by the hidden labels' through the config key), the oracle with ideal text (every
+    variant's classifier orthonormal, the oracle only where a teacher teaches) and a weak
+    teacher (a quarter of the default recipe's steps, in a file of its own beside the trained
+    one) each teach the four variants; the oracle's baseline is the trained teacher's (no
+    teacher, same text embeddings) and is not trained again; seeds before variants; each rung's
+    runs in its own folder; one table whose methods name their teacher, and the teachers'
+    zero-shot figures above it."""
     tool = load_tool()
     teachers, calls = [], []
 
@@ -340,16 +343,21 @@ def test_ladder_trains_each_rung_with_its_teacher(monkeypatch):
     assert weak_cfg == tool.dataclasses.replace(tool.TeacherConfig(), steps=100)
     assert weak_path == f"t/clip-weak-{weak_cfg.fingerprint()[:10]}.pt"
     assert (force, flag) == (False, "--retrain-teacher")
-    assert list(rungs) == ["trained", "oracle", "weak"]
+    assert list(rungs) == ["trained", "oracle", "ideal-text", "weak"]
 
-    missing = []
-    rows = tool.run_ladder(rungs, tool.VARIANTS, [0, 1], args, missing)
+    rows, missing = tool.run_ladder(rungs, tool.VARIANTS, [0, 1], args)
     oracle = ("MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER", True)
+    ideal = ("MODEL.CLIPZSS.DIAGNOSTICS.IDEAL_TEXT", True)
     expected = []
-    for rung, path, extra in (("trained", "t/clip.pt", ()), ("oracle", "t/clip.pt", oracle),
-                              ("weak", weak_path, ())):  # fmt: skip
+    for rung, path in (("trained", "t/clip.pt"), ("oracle", "t/clip.pt"),
+                       ("ideal-text", "t/clip.pt"), ("weak", weak_path)):  # fmt: skip
         for seed in (0, 1):
             for variant in tool.VARIANTS:
+                taught = variant != "baseline"
+                extra = {
+                    "trained": (), "weak": (), "oracle": oracle,
+                    "ideal-text": ideal + oracle if taught else ideal,
+                }[rung]  # fmt: skip
                 if not (rung == "oracle" and variant == "baseline"):
                     expected.append((f"out/{rung}", variant, seed, path, extra))
     assert calls == expected
@@ -358,16 +366,49 @@ def test_ladder_trains_each_rung_with_its_teacher(monkeypatch):
     table = tool.ladder_preamble(rungs) + tool.results_table(rows, [0, 1])
     assert missing == []
     assert "| weak teacher: baseline | 30.5 ± 0.5 | 15.5 ± 0.5 | 20.5 ± 0.5 |" in table
+    assert "| ideal-text teacher: baseline | 30.5 ± 0.5 |" in table
     assert "| oracle teacher: baseline |" not in table
     assert "| oracle teacher: full | diamond |" in table
     assert f"- weak: `{weak_path}`, 50.0 / 30.0 %" in table
     assert "- trained: `t/clip.pt`, 90.0 / nan %" in table  # a figure missing is shown missing
+    assert "- ideal-text: the oracle, with every class's text embedding" in table
+
+    # --rungs: only the teachers asked for; the weak one is then neither trained nor read
+    teachers.clear()
+    assert list(tool.ladder_rungs(args, None, "t/clip.pt", {}, ["ideal-text"])) == ["ideal-text"]
+    assert teachers == []
 
 
 def test_ladder_ablation_and_tune_are_separate_jobs(tmp_path):
     proc = run_main_job(tmp_path, "--ladder", "--tune")
     assert proc.returncode == 2
     assert "--ablation, --ladder and --tune are separate jobs: give one." in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "world").exists()
+
+
+def test_a_run_written_before_a_key_was_added_is_the_same_config():
+    """--reuse / --table-only: a config.yaml written before a key joined the defaults matches
+    the config with that key at its default value, not at another value; a key the defaults no
+    longer have makes it another config."""
+    tool = load_tool()
+    cfg = tool.get_clipzss_cfg()
+    cfg.merge_from_list(["SEED", 3])
+    stored = yaml.safe_load(cfg.dump())
+    del stored["MODEL"]["CLIPZSS"]["DIAGNOSTICS"]["IDEAL_TEXT"]  # as written before it existed
+    before = yaml.safe_dump(stored)
+    assert before != cfg.dump() and tool.same_config(before, cfg)
+    cfg.merge_from_list(["MODEL.CLIPZSS.DIAGNOSTICS.IDEAL_TEXT", True])
+    assert not tool.same_config(before, cfg)
+    cfg.merge_from_list(["MODEL.CLIPZSS.DIAGNOSTICS.IDEAL_TEXT", False, "SEED", 4])
+    assert not tool.same_config(before, cfg)
+    stored["MODEL"]["CLIPZSS"]["REMOVED_KEY"] = 1
+    assert not tool.same_config(yaml.safe_dump(stored), tool.get_clipzss_cfg())
+
+
+def test_rungs_need_the_ladder(tmp_path):
+    proc = run_main_job(tmp_path, "--rungs", "weak")
+    assert proc.returncode == 2
+    assert "--rungs picks the teachers of --ladder: add --ladder, or drop it." in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "world").exists()
 
 
@@ -382,7 +423,9 @@ def test_table_only_refuses_to_retrain_the_teacher(tmp_path):
 @pytest.mark.slow
 def test_short_ladder_runs_every_rung(tmp_path):
     """The real route of `make ablation`, shortened: the weak teacher is trained beside the
-    given one, the oracle run's config asks for the oracle, and one table holds the three."""
+    given one, the oracle runs' configs ask for the oracle (and ideal text), and one table holds
+    the four; it is named by the part of the ladder asked for, so it never replaces the whole
+    ladder's table."""
     overrides = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"]
     proc = run_main_job(tmp_path, "--ladder", "--variants", "full", "--seeds", "0", "--no-demo",
                         *overrides)  # fmt: skip
@@ -393,13 +436,17 @@ def test_short_ladder_runs_every_rung(tmp_path):
     sidecar = json.loads(weak[0].with_suffix(".json").read_text())
     assert sidecar["config"]["steps"] == 1  # a quarter of --teacher-steps 2, at least one
     configs = {rung: (out / rung / "full" / "seed0" / "config.yaml").read_text()
-               for rung in ("trained", "oracle", "weak")}  # fmt: skip
-    assert "ORACLE_TEACHER: true" in configs["oracle"]
+               for rung in ("trained", "oracle", "ideal-text", "weak")}  # fmt: skip
+    assert "ORACLE_TEACHER: true" in configs["oracle"] and "IDEAL_TEXT: false" in configs["oracle"]
+    assert "ORACLE_TEACHER: true" in configs["ideal-text"]
+    assert "IDEAL_TEXT: true" in configs["ideal-text"]
     assert "ORACLE_TEACHER: false" in configs["trained"] + configs["weak"]
     assert weak[0].name in configs["weak"] and weak[0].name not in configs["trained"]
-    rows = json.loads((out / "ladder.json").read_text())["rows"]
+    name = "ladder_full_seeds0"
+    assert not (out / "ladder.md").exists()
+    rows = json.loads((out / f"{name}.json").read_text())["rows"]
     assert [(r["teacher"], r["variant"]) for r in rows] == [
-        ("trained", "full"), ("oracle", "full"), ("weak", "full"),
+        ("trained", "full"), ("oracle", "full"), ("ideal-text", "full"), ("weak", "full"),
     ]  # fmt: skip
-    table = (out / "ladder.md").read_text()
+    table = (out / f"{name}.md").read_text()
     assert "| oracle teacher: full |" in table and f"- weak: `{weak[0]}`" in table

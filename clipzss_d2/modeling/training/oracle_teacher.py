@@ -19,22 +19,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...diagnostics.miniature_world import check_miniature_world
 from ...errors import UserInputError
 from .teacher import TeacherOutput
-
-# Metadata flag that register_miniworld sets: the only datasets the oracle may read.
-MINIATURE_WORLD_FLAG = "miniature_world"
 
 
 def check_oracle_datasets(dataset_names, metadata_of) -> None:
     """The oracle reads hidden labels: refuse it on anything but the miniature world."""
-    others = [n for n in dataset_names if not metadata_of(n).get(MINIATURE_WORLD_FLAG, False)]
-    if others or not dataset_names:
-        raise UserInputError(
-            f"MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER is a miniature-world diagnostic and "
-            f"reads hidden labels; DATASETS.TRAIN {list(dataset_names)} is not the miniature "
-            f"world: set it to False."
-        )
+    check_miniature_world("MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER", dataset_names, metadata_of)
 
 
 @torch.no_grad()

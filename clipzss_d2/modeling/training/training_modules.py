@@ -5,6 +5,7 @@ Imported only when a model is built for training (``CLIPZSS.from_config`` with
 demo) never loads them; tests/modeling/test_student_only.py checks it.
 """
 
+from ...errors import UserInputError
 from ...vocabulary import get_training_vocabulary, prompt_names, shared_metadata
 from .criterion import CLIPZSSCriterion
 from .glm import GlobalLearningModule
@@ -30,6 +31,12 @@ def build_training_modules(cfg) -> dict:
         meta = shared_metadata(cfg.DATASETS.TRAIN)
         probe = PseudoLabelProbe(
             meta.stuff_classes, meta.get("unseen_classes", []), cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        )
+    if z.DIAGNOSTICS.IDEAL_TEXT and teacher_on and not z.DIAGNOSTICS.ORACLE_TEACHER:
+        raise UserInputError(
+            "MODEL.CLIPZSS.DIAGNOSTICS.IDEAL_TEXT replaces the text embeddings the teacher's "
+            "image features are aligned with, so GLM and PLM would learn noise: set "
+            "DIAGNOSTICS.ORACLE_TEACHER True as well, or switch GLM and PLM off."
         )
     oracle = None
     if z.DIAGNOSTICS.ORACLE_TEACHER:
