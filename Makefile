@@ -20,8 +20,8 @@ test: install browser
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# oracle / trained / weak teacher x the four variants x 5 seeds on the test split, one table in
-# output/ladder/ladder.md (about 55 runs, 5-6 hours here); --reuse resumes an interrupted one,
+# trained / oracle / ideal-text / weak teacher x the four variants x 5 seeds on the test split,
+# one table in output/ladder/ladder.md (75 runs, about 7 hours here); --reuse resumes one,
 # and the same command with --table-only instead of --reuse shows the runs finished so far
 ablation: install
 	$(PY) tools/run_miniworld.py --ladder --reuse --no-demo --output output/ladder
