@@ -58,6 +58,30 @@ def register_toy_dataset(name: str = "clipzss_toy") -> str:
     return name
 
 
+def miniworld_model_cfg(*opts):
+    """configs/miniworld/full.yaml with a random miniature CLIP (no trained teacher needed)."""
+    cfg = get_clipzss_cfg()
+    cfg.merge_from_file(MINIWORLD_FULL_CONFIG)
+    cfg.merge_from_list(
+        ["MODEL.CLIPZSS.CLIP.PRETRAINED", "none", "MODEL.CLIPZSS.TEXT.CACHE_DIR", ""] + list(opts)
+    )
+    return cfg
+
+
+def record_plm_inputs(model) -> dict:
+    """Wrap ``model.plm.forward`` so each call stores the teacher output and the seen
+    classifier it was given (keys "teacher", "text_seen") in the returned dict."""
+    seen = {}
+    real = model.plm.forward
+
+    def watch(dense, labels, text_seen, teacher, scale, valid):
+        seen["teacher"], seen["text_seen"] = teacher, text_seen
+        return real(dense, labels, text_seen, teacher, scale, valid)
+
+    model.plm.forward = watch
+    return seen
+
+
 def tiny_cfg(config_file: str = BASE_CONFIG, extra_opts=()):
     cfg = get_clipzss_cfg()
     cfg.merge_from_file(config_file)

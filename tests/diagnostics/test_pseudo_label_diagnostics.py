@@ -19,7 +19,7 @@ from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.diagnostics import PseudoLabelProbe, format_summary, observe_batch
 from clipzss_d2.miniworld import generate_world, register_miniworld
 from clipzss_d2.miniworld import world as W
-from tests.helpers import MINIWORLD_FULL_CONFIG
+from tests.helpers import MINIWORLD_FULL_CONFIG, miniworld_model_cfg
 
 SEEN = [c for c in W.CLASSES if c not in W.UNSEEN]
 UNSEEN_IDS = [W.CLASS_ID[c] for c in W.UNSEEN]
@@ -246,14 +246,7 @@ def test_observe_batch_reads_each_inputs_hidden_labels():
 
 
 # -- the model's wiring ---------------------------------------------------------------------------
-def model_cfg(*opts):
-    """configs/miniworld/full.yaml with a random miniature CLIP (no trained teacher needed)."""
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(MINIWORLD_FULL_CONFIG)
-    cfg.merge_from_list(
-        ["MODEL.CLIPZSS.CLIP.PRETRAINED", "none", "MODEL.CLIPZSS.TEXT.CACHE_DIR", ""] + list(opts)
-    )
-    return cfg
+model_cfg = miniworld_model_cfg
 
 
 def test_the_model_counts_hidden_labels_and_changes_nothing(records):

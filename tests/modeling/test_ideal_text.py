@@ -9,12 +9,11 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.miniworld import generate_world, register_miniworld
 from clipzss_d2.miniworld import world as W
-from tests.helpers import MINIWORLD_FULL_CONFIG, tiny_cfg
+from tests.helpers import miniworld_model_cfg, record_plm_inputs, tiny_cfg
 
 IDEAL = ["MODEL.CLIPZSS.DIAGNOSTICS.IDEAL_TEXT", True]
 ORACLE = ["MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER", True]
@@ -25,13 +24,7 @@ NO_TEACHER = [
 ]  # fmt: skip
 
 
-def world_cfg(*opts):
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(MINIWORLD_FULL_CONFIG)
-    cfg.merge_from_list(
-        ["MODEL.CLIPZSS.CLIP.PRETRAINED", "none", "MODEL.CLIPZSS.TEXT.CACHE_DIR", ""] + list(opts)
-    )
-    return cfg
+world_cfg = miniworld_model_cfg
 
 
 def test_the_classifier_is_orthonormal_and_found_by_name():
@@ -81,14 +74,7 @@ def test_the_oracle_teaches_in_the_ideal_classifier_space(world_records):
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
-    seen = {}
-    real_plm = model.plm.forward
-
-    def watch(dense, labels, text_seen, teacher, scale, valid):
-        seen["teacher"], seen["text_seen"] = teacher, text_seen
-        return real_plm(dense, labels, text_seen, teacher, scale, valid)
-
-    model.plm.forward = watch
+    seen = record_plm_inputs(model)
     losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
     text = model.text_embeddings(list(W.CLASSES)).float()

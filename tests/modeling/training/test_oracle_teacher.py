@@ -10,14 +10,13 @@ import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
-from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.miniworld import generate_world, register_miniworld
 from clipzss_d2.miniworld import world as W
 from clipzss_d2.modeling.training.oracle_teacher import oracle_teacher_output
 from clipzss_d2.modeling.training.teacher import TeacherOutput
-from tests.helpers import MINIWORLD_FULL_CONFIG, tiny_cfg
+from tests.helpers import miniworld_model_cfg, record_plm_inputs, tiny_cfg
 
 V = 255  # void
 
@@ -74,13 +73,7 @@ def world_records(tmp_path_factory):
     register_miniworld()
 
 
-def world_cfg(*opts):
-    cfg = get_clipzss_cfg()
-    cfg.merge_from_file(MINIWORLD_FULL_CONFIG)
-    cfg.merge_from_list(
-        ["MODEL.CLIPZSS.CLIP.PRETRAINED", "none", "MODEL.CLIPZSS.TEXT.CACHE_DIR", ""] + list(opts)
-    )
-    return cfg
+world_cfg = miniworld_model_cfg
 
 
 def test_a_training_step_with_the_oracle_gives_perfect_tokens(world_records):
@@ -101,14 +94,7 @@ def test_a_training_step_with_the_oracle_gives_perfect_tokens(world_records):
     torch.manual_seed(0)
     model = build_model(on)
     model.train()
-    seen = {}
-    real_plm = model.plm.forward
-
-    def watch(dense, labels, text_seen, teacher, scale, valid):
-        seen["teacher"] = teacher
-        return real_plm(dense, labels, text_seen, teacher, scale, valid)
-
-    model.plm.forward = watch
+    seen = record_plm_inputs(model)
     losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
 
