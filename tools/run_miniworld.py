@@ -206,8 +206,8 @@ def same_config(stored, cfg):
     old = get_clipzss_cfg()
     try:
         old.merge_from_other_cfg(old.load_cfg(stored))
-    except (KeyError, ValueError, TypeError, AssertionError):
-        return False
+    except (KeyError, ValueError, TypeError, AssertionError, yaml.YAMLError):
+        return False  # a config.yaml cut short or edited by hand: another run
     return yaml.safe_load(old.dump()) == yaml.safe_load(cfg.dump())  # anchors resolved
 
 

@@ -403,6 +403,7 @@ def test_a_run_written_before_a_key_was_added_is_the_same_config():
     assert not tool.same_config(before, cfg)
     stored["MODEL"]["CLIPZSS"]["REMOVED_KEY"] = 1
     assert not tool.same_config(yaml.safe_dump(stored), tool.get_clipzss_cfg())
+    assert not tool.same_config(before[: len(before) // 2] + "\n  - [", cfg)  # cut short
 
 
 def test_rungs_need_the_ladder(tmp_path):
