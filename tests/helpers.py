@@ -5,9 +5,11 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
 
 from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.checkpoint import SafeCheckpointer
@@ -82,6 +84,22 @@ def record_plm_inputs(model) -> dict:
     return seen
 
 
+def training_step_with_plm_inputs(cfg, records):
+    """One training step of a model built from ``cfg`` on the mapped ``records`` (seeded);
+    returns the batch, the PLM inputs ``record_plm_inputs`` stored, the model and the losses."""
+    from clipzss_d2.data import ZeroShotSemSegDatasetMapper
+
+    mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=True)
+    np.random.seed(0)  # noqa: NPY002
+    batch = [mapper(r) for r in records]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    seen = record_plm_inputs(model)
+    losses = model(batch)
+    return batch, seen, model, losses
+
+
 def tiny_cfg(config_file: str = BASE_CONFIG, extra_opts=()):
     cfg = get_clipzss_cfg()
     cfg.merge_from_file(config_file)
@@ -124,8 +142,6 @@ def load_script(relative_path: str, name: str | None = None) -> ModuleType:
 
 def save_tiny_checkpoint(folder: Path, cfg, name: str = "model") -> Path:
     """A random student of `cfg` (seed 0) saved as `{name}.pth` beside its `config.yaml`."""
-    from detectron2.modeling import build_model
-
     torch.manual_seed(0)
     SafeCheckpointer(build_model(cfg), save_dir=str(folder)).save(name)
     (folder / "config.yaml").write_text(cfg.dump())

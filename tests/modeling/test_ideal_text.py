@@ -9,11 +9,10 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from clipzss_d2.data import ZeroShotSemSegDatasetMapper
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.miniworld import generate_world, register_miniworld
 from clipzss_d2.miniworld import world as W
-from tests.helpers import miniworld_model_cfg, record_plm_inputs, tiny_cfg
+from tests.helpers import miniworld_model_cfg, tiny_cfg, training_step_with_plm_inputs
 
 IDEAL = ["MODEL.CLIPZSS.DIAGNOSTICS.IDEAL_TEXT", True]
 ORACLE = ["MODEL.CLIPZSS.DIAGNOSTICS.ORACLE_TEACHER", True]
@@ -68,14 +67,7 @@ def test_the_oracle_teaches_in_the_ideal_classifier_space(world_records):
     """Through a training step of the full config: every valid teacher token PLM reads is
     exactly the classifier's row of its patch's majority class."""
     cfg = world_cfg(*IDEAL, *ORACLE)
-    mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=True)
-    np.random.seed(0)  # noqa: NPY002
-    batch = [mapper(r) for r in world_records[:2]]
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    model.train()
-    seen = record_plm_inputs(model)
-    losses = model(batch)
+    batch, seen, model, losses = training_step_with_plm_inputs(cfg, world_records[:2])
     assert all(torch.isfinite(v) for v in losses.values())
     text = model.text_embeddings(list(W.CLASSES)).float()
     seen_ids = [W.CLASSES.index(c) for c in W.CLASSES if c not in W.UNSEEN]

@@ -16,7 +16,7 @@ from clipzss_d2.miniworld import generate_world, register_miniworld
 from clipzss_d2.miniworld import world as W
 from clipzss_d2.modeling.training.oracle_teacher import oracle_teacher_output
 from clipzss_d2.modeling.training.teacher import TeacherOutput
-from tests.helpers import miniworld_model_cfg, record_plm_inputs, tiny_cfg
+from tests.helpers import miniworld_model_cfg, tiny_cfg, training_step_with_plm_inputs
 
 V = 255  # void
 
@@ -88,14 +88,7 @@ def test_a_training_step_with_the_oracle_gives_perfect_tokens(world_records):
         # that, clusters merge only when their tokens are one class's embedding
         "MODEL.CLIPZSS.PLM.FUSION_THRESHOLD", 0.99,
     )  # fmt: skip
-    mapper = ZeroShotSemSegDatasetMapper(on, is_train=True)
-    np.random.seed(0)  # noqa: NPY002
-    batch = [mapper(r) for r in world_records[:4]]
-    torch.manual_seed(0)
-    model = build_model(on)
-    model.train()
-    seen = record_plm_inputs(model)
-    losses = model(batch)
+    batch, seen, model, losses = training_step_with_plm_inputs(on, world_records[:4])
     assert all(torch.isfinite(v) for v in losses.values())
 
     text = F.normalize(model.text_embeddings(list(W.CLASSES)).float(), dim=-1)
