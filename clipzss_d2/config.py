@@ -152,6 +152,10 @@ def add_clipzss_config(cfg):
     z.PLM.SYNTH_LAYERS = 2
     z.PLM.SYNTH_HEADS = 8
     z.PLM.SYNTH_USE_PATCH_TOKENS = False  # keys/values: teacher CLS, optionally + patch tokens
+    # The synthesizer's queries: "student" = the student's region centroids (the paper);
+    # "teacher" = the mean of the teacher's patch tokens over each region; "both" = the sum of
+    # the two, each normalised. Not the paper: docs/method.md#synthesizer-queries.
+    z.PLM.SYNTH_QUERY = "student"
     z.PLM.BCE_WEIGHT = 1.0
 
     # Segmentation losses on the (fused) labels.

@@ -18,7 +18,7 @@ from detectron2.config import configurable
 from torch import nn
 
 from ....errors import UserInputError
-from ....utils.precision import without_autocast
+from ....utils.precision import at_least_float32, without_autocast
 from ..criterion import mean_over_processes
 from .pseudo_labels import FusedLabels, PseudoLabeler, PseudoRegions, fuse_labels
 from .synthesizer import PseudoWeightSynthesizer, region_centroids
@@ -90,6 +90,28 @@ def bce_prototype_loss(
     return (per * weight).sum() / mean_over_processes(weight.sum()).clamp(min=1)
 
 
+SYNTH_QUERIES = ("student", "teacher", "both")
+
+
+def teacher_region_means(
+    targets: torch.Tensor, teacher, num_classes: int, ignore_value: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised mean of the teacher's normalised patch tokens over each class id of ``targets``.
+
+    targets: B x H x W ids (seen, S + pseudo, ignore), resized nearest-exact onto the teacher's
+    token grid; tokens of image padding are left out. Returns B x K x C float32 unit means
+    (zero where absent) and B x K bool presence, as ``region_centroids`` does for the student.
+    """
+    tokens = F.normalize(teacher.patch_embed.detach().float(), dim=1)
+    grid = tuple(tokens.shape[-2:])
+    small = F.interpolate(targets[:, None].float(), size=grid, mode="nearest-exact")[:, 0].long()
+    token_valid = getattr(teacher, "token_valid", None)
+    if token_valid is not None:
+        small = torch.where(token_valid.bool(), small, ignore_value)
+    means, present = region_centroids(tokens, small, num_classes)
+    return F.normalize(means, dim=-1), present
+
+
 class PixelLearningModule(nn.Module):
     @configurable
     def __init__(
@@ -111,6 +133,7 @@ class PixelLearningModule(nn.Module):
         synth_layers: int = 2,
         synth_heads: int = 8,
         synth_use_patch_tokens: bool = False,
+        synth_query: str = "student",
         ignore_value: int = 255,
     ):
         super().__init__()
@@ -135,6 +158,12 @@ class PixelLearningModule(nn.Module):
             if synthesizer
             else None
         )
+        if synth_query not in SYNTH_QUERIES:
+            raise UserInputError(
+                f"MODEL.CLIPZSS.PLM.SYNTH_QUERY {synth_query!r} is not one of "
+                f"{', '.join(SYNTH_QUERIES)}: pick one of them."
+            )
+        self.synth_query = synth_query
         self.max_seen_fraction = float(max_seen_fraction)
         self.seen_halo_radius = int(seen_halo_radius)
         self.pseudo_logit_scale = float(pseudo_logit_scale)
@@ -160,6 +189,7 @@ class PixelLearningModule(nn.Module):
             "synth_layers": p.SYNTH_LAYERS,
             "synth_heads": p.SYNTH_HEADS,
             "synth_use_patch_tokens": p.SYNTH_USE_PATCH_TOKENS,
+            "synth_query": p.SYNTH_QUERY,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
 
@@ -215,6 +245,19 @@ class PixelLearningModule(nn.Module):
             )
         return PseudoTargets(regions, fused)
 
+    def _teacher_queries(self, cents, present, targets, teacher, num_classes):
+        """The synthesizer's queries under SYNTH_QUERY "teacher" or "both".
+
+        "teacher": a class of the image needs a cell on both grids (the student's for its
+        pixels' logits, the teacher's for its query), else it has no prototype. "both": the
+        normalised sum; a class absent on the teacher's grid keeps the student's centroid alone.
+        """
+        t_cents, t_present = teacher_region_means(targets, teacher, num_classes, self.ignore_value)
+        if self.synth_query == "teacher":
+            return t_cents, present & t_present
+        s_cents = F.normalize(at_least_float32(cents), dim=-1)
+        return s_cents + t_cents.to(s_cents.dtype) * t_present[..., None], present
+
     def forward(
         self,
         dense: torch.Tensor,
@@ -269,6 +312,8 @@ class PixelLearningModule(nn.Module):
         if self.synthesizer is not None:
             small = F.interpolate(targets[:, None].float(), size=(h, w), mode="nearest-exact")
             cents, present = region_centroids(dense, small[:, 0].long(), s + q)
+            if self.synth_query != "student":
+                cents, present = self._teacher_queries(cents, present, targets, teacher, s + q)
             protos = self.synthesizer(
                 cents, present, teacher.cls_embed, teacher.patch_embed, token_valid
             )
