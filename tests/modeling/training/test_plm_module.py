@@ -255,3 +255,69 @@ def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
     total.backward()
     assert torch.isfinite(dense.grad).all() and dense.grad.abs().sum() > 0
     assert (targets[1, :, 48:] == 255).all()
+
+
+def synthesizer_queries(module, dense, labels, text, teacher):
+    """Run PLM once and return (queries, query_valid) its synthesizer received, and the output."""
+    seen = {}
+    real = module.synthesizer.forward
+
+    def watch(queries, query_valid, *rest):
+        seen["queries"], seen["valid"] = queries, query_valid
+        return real(queries, query_valid, *rest)
+
+    module.synthesizer.forward = watch
+    out = module(dense, labels, text, teacher, torch.tensor(10.0))
+    return seen["queries"], seen["valid"], out
+
+
+def region_of(targets_b, class_id, truth):
+    """The planted teacher region (0, 1, 2) under the pixels of ``class_id`` (8 px per token)."""
+    ys, xs = (targets_b == class_id).nonzero()[0].tolist()
+    return int(truth[ys // 8, xs // 8])
+
+
+@pytest.mark.parametrize("query", ["teacher", "both"])
+def test_synthesizer_queries_from_the_teacher_hand_worked(query):
+    """PLM.SYNTH_QUERY "teacher": each class's query is the normalised mean of the teacher's
+    normalised tokens over its planted region, padding tokens left out; "both" adds the
+    normalised student centroid. Worked from the planted world, not from PLM's helpers."""
+    dense, labels, text, teacher, truth = world()
+    token_valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    token_valid[1, :, 3] = False  # image 1's last token column is padding
+    teacher = teacher._replace(token_valid=token_valid)
+    queries, valid, out = synthesizer_queries(plm(synth_query=query), dense, labels, text, teacher)
+    tokens = F.normalize(teacher.patch_embed, dim=1)
+    assert queries.shape == (2, S + 2, C)
+    for b in range(2):
+        assert valid[b].tolist() == [True, False, False, True, True]
+        for k in (0, S, S + 1):
+            region = region_of(out.targets[b], k, truth) if k else 1
+            cells = (truth == region) & token_valid[b]
+            expected = F.normalize(tokens[b][:, cells].mean(1), dim=0)
+            if query == "both":
+                student = F.interpolate(out.targets[None, b : b + 1].float(), size=(8, 8))
+                mine = student[0, 0] == k
+                expected = expected + F.normalize(dense[b][:, mine].mean(1), dim=0)
+            torch.testing.assert_close(queries[b, k], expected.detach())
+        assert not queries[b, 1:S].any()  # seen classes 1 and 2 are absent: zero rows
+
+
+def test_synthesizer_query_from_config_and_refused():
+    from detectron2.config import get_cfg
+    from detectron2.projects.deeplab import add_deeplab_config
+
+    from clipzss_d2.config import add_clipzss_config
+    from clipzss_d2.errors import UserInputError
+
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_clipzss_config(cfg)
+    cfg.MODEL.CLIPZSS.EMBED_DIM = C
+    cfg.MODEL.CLIPZSS.PLM.SYNTH_HEADS = 4
+    assert PixelLearningModule(cfg).synth_query == "student"  # the paper
+    cfg.MODEL.CLIPZSS.PLM.SYNTH_QUERY = "teacher"
+    assert PixelLearningModule(cfg).synth_query == "teacher"
+    cfg.MODEL.CLIPZSS.PLM.SYNTH_QUERY = "clip"
+    with pytest.raises(UserInputError, match="SYNTH_QUERY 'clip' is not one of student"):
+        PixelLearningModule(cfg)
