@@ -156,6 +156,9 @@ def add_clipzss_config(cfg):
     # "teacher" = the mean of the teacher's patch tokens over each region; "both" = the sum of
     # the two, each normalised. Not the paper: docs/method.md#synthesizer-queries.
     z.PLM.SYNTH_QUERY = "student"
+    # With the synthesizer on: each pseudo prototype = normalise((1 - m) * synthesized + m *
+    # the teacher's region centroid); 0 = the paper. Not the paper: same section.
+    z.PLM.TEACHER_PROTOTYPE_MIX = 0.0
     z.PLM.BCE_WEIGHT = 1.0
 
     # Segmentation losses on the (fused) labels.

@@ -142,25 +142,34 @@ def test_pseudo_labels_of_a_real_voc_sample_ignore_autocast(prepared_root):
             assert torch.equal(targets(), reference), dtype
 
 
-@pytest.mark.parametrize("query", ["student", "teacher", "both"])
+@pytest.mark.parametrize(
+    "query, mix", [("student", 0.0), ("teacher", 0.0), ("both", 0.0), ("student", 0.5)]
+)
 @pytest.mark.parametrize("dtype", HALF, ids=["fp16", "bf16"])
-def test_synthesizer_is_finite_in_half_precision(dtype, query):
+def test_synthesizer_is_finite_in_half_precision(dtype, query, mix):
     """Two seen classes of fifteen are present: the other prototypes' centroids are zero rows,
     which must not become NaN (fp16's normalisation eps underflows) and spread. The same for
-    each PLM.SYNTH_QUERY."""
-    cfg = shipped_cfg("voc.yaml", "MODEL.CLIPZSS.PLM.SYNTH_QUERY", query)
+    each PLM.SYNTH_QUERY and with PLM.TEACHER_PROTOTYPE_MIX."""
+    cfg = shipped_cfg(
+        "voc.yaml",
+        "MODEL.CLIPZSS.PLM.SYNTH_QUERY", query,
+        "MODEL.CLIPZSS.PLM.TEACHER_PROTOTYPE_MIX", mix,
+    )  # fmt: skip
     torch.manual_seed(0)
     plm = PixelLearningModule(cfg).to(DEVICE)
     tokens, _ = planted_scene((10, 12, 10))
     dense, labels, text, teacher = plm_inputs(cfg, tokens, seen_ids=(3, 7))
     dense = dense.requires_grad_()
     scale = torch.tensor(14.0, device=DEVICE)
-    reference = plm(dense, labels, text, teacher, scale).losses["loss_bce"]
+    reference = plm(dense, labels, text, teacher, scale)
     with autocast(dtype):
         out = plm(dense.to(dtype), labels, text, teacher, scale)
     loss = out.losses["loss_bce"]
     assert torch.isfinite(loss) and torch.isfinite(out.prototypes).all()
-    torch.testing.assert_close(loss.float(), reference, rtol=1e-2, atol=0)
+    torch.testing.assert_close(loss.float(), reference.losses["loss_bce"], rtol=1e-2, atol=0)
+    assert out.prototypes.shape[1] > 0 and torch.equal(out.targets, reference.targets)
+    cosine = (out.prototypes.float() * reference.prototypes).sum(-1)[out.pseudo_valid]
+    assert cosine.min() > 0.999, (dtype, cosine.min())
     loss.backward()
     grads = [p.grad for p in plm.parameters()]
     if query == "teacher":  # L_bce reads no student feature then: the segmentation losses do

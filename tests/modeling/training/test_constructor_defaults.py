@@ -35,7 +35,7 @@ def assert_defaults(fn, values: dict, skip=()):
 def test_plm_defaults_are_the_configs():
     cfg = get_clipzss_cfg()
     plm = PixelLearningModule.from_config(cfg)
-    assert len(assert_defaults(PixelLearningModule.__init__, plm)) == 17
+    assert len(assert_defaults(PixelLearningModule.__init__, plm)) == 18
     labeler = {
         "window_sizes": plm["window_sizes"],
         "iters": plm["kmeans_iters"],

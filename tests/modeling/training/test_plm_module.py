@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipzss_d2.errors import UserInputError
 from clipzss_d2.modeling.student import class_logits
 from clipzss_d2.modeling.training.criterion import CLIPZSSCriterion
 from clipzss_d2.modeling.training.plm.module import PixelLearningModule, bce_prototype_loss
@@ -308,7 +309,6 @@ def test_synthesizer_query_from_config_and_refused():
     from detectron2.projects.deeplab import add_deeplab_config
 
     from clipzss_d2.config import add_clipzss_config
-    from clipzss_d2.errors import UserInputError
 
     cfg = get_cfg()
     add_deeplab_config(cfg)
@@ -321,3 +321,26 @@ def test_synthesizer_query_from_config_and_refused():
     cfg.MODEL.CLIPZSS.PLM.SYNTH_QUERY = "clip"
     with pytest.raises(UserInputError, match="SYNTH_QUERY 'clip' is not one of student"):
         PixelLearningModule(cfg)
+
+
+@pytest.mark.parametrize("mix", [0.5, 1.0])
+def test_teacher_prototype_mix_hand_worked(mix):
+    """PLM.TEACHER_PROTOTYPE_MIX m: pseudo prototype = normalise((1 - m) * synthesized + m *
+    the normalised mean of the teacher's tokens over its planted region); L_bce unchanged."""
+    dense, labels, text, teacher, truth = world()
+    module = plm(teacher_prototype_mix=mix)
+    synthesized = {}
+    real = module.synthesizer.forward
+    module.synthesizer.forward = lambda *a: synthesized.setdefault("out", real(*a))
+    out = module(dense, labels, text, teacher, torch.tensor(10.0))
+    paper = plm()(dense, labels, text, teacher, torch.tensor(10.0))
+    torch.testing.assert_close(out.losses["loss_bce"], paper.losses["loss_bce"])
+    tokens = F.normalize(teacher.patch_embed, dim=1)
+    for b in range(2):
+        for q in range(2):
+            region = region_of(out.targets[b], S + q, truth)
+            centroid = F.normalize(tokens[b][:, truth == region].mean(1), dim=0)
+            expected = (1 - mix) * synthesized["out"][b, S + q] + mix * centroid
+            torch.testing.assert_close(out.prototypes[b, q], F.normalize(expected.detach(), dim=0))
+    with pytest.raises(UserInputError, match="TEACHER_PROTOTYPE_MIX 1.5 is outside"):
+        plm(teacher_prototype_mix=1.5)

@@ -134,6 +134,7 @@ class PixelLearningModule(nn.Module):
         synth_heads: int = 8,
         synth_use_patch_tokens: bool = False,
         synth_query: str = "student",
+        teacher_prototype_mix: float = 0.0,
         ignore_value: int = 255,
     ):
         super().__init__()
@@ -164,6 +165,12 @@ class PixelLearningModule(nn.Module):
                 f"{', '.join(SYNTH_QUERIES)}: pick one of them."
             )
         self.synth_query = synth_query
+        if not 0.0 <= teacher_prototype_mix <= 1.0:
+            raise UserInputError(
+                f"MODEL.CLIPZSS.PLM.TEACHER_PROTOTYPE_MIX {teacher_prototype_mix} is outside "
+                "[0, 1]: 0 = the synthesized prototype (the paper), 1 = the teacher's centroid."
+            )
+        self.teacher_prototype_mix = float(teacher_prototype_mix)
         self.max_seen_fraction = float(max_seen_fraction)
         self.seen_halo_radius = int(seen_halo_radius)
         self.pseudo_logit_scale = float(pseudo_logit_scale)
@@ -190,6 +197,7 @@ class PixelLearningModule(nn.Module):
             "synth_heads": p.SYNTH_HEADS,
             "synth_use_patch_tokens": p.SYNTH_USE_PATCH_TOKENS,
             "synth_query": p.SYNTH_QUERY,
+            "teacher_prototype_mix": p.TEACHER_PROTOTYPE_MIX,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
 
@@ -308,7 +316,15 @@ class PixelLearningModule(nn.Module):
             q = int(num_pseudo.max().item()) if b > 0 else 0
         pseudo_valid = torch.arange(q, device=device)[None] < num_pseudo[:, None]
 
-        protos_pseudo = None
+        teacher_protos = None
+        if q > 0 and (self.synthesizer is None or self.teacher_prototype_mix > 0):
+            region = fused.pseudo_region[:, :q].clamp(min=0)
+            gathered = regions.centroids.gather(
+                1, region[..., None].expand(b, q, regions.centroids.shape[-1])
+            )
+            teacher_protos = F.normalize(gathered, dim=-1)
+
+        protos_pseudo = teacher_protos
         if self.synthesizer is not None:
             small = F.interpolate(targets[:, None].float(), size=(h, w), mode="nearest-exact")
             cents, present = region_centroids(dense, small[:, 0].long(), s + q)
@@ -320,14 +336,11 @@ class PixelLearningModule(nn.Module):
             scale = logit_scale.detach() if torch.is_tensor(logit_scale) else logit_scale
             losses["loss_bce"] = bce_prototype_loss(protos[:, :s], present[:, :s], text_seen, scale)
             protos_pseudo = protos[:, s:]
+            if teacher_protos is not None:
+                mix = self.teacher_prototype_mix
+                protos_pseudo = (1 - mix) * protos_pseudo + mix * teacher_protos
             # a pseudo region too small to survive R's coarser grid has no centroid
             pseudo_valid = pseudo_valid & present[:, s:]
-        elif q > 0:
-            region = fused.pseudo_region[:, :q]
-            gathered = regions.centroids.gather(
-                1, region.clamp(min=0)[..., None].expand(b, q, regions.centroids.shape[-1])
-            )
-            protos_pseudo = F.normalize(gathered, dim=-1)
 
         prototypes = dense.new_zeros(b, 0, c)
         if q > 0:
