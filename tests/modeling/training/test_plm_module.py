@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipzss_d2 import get_clipzss_cfg
 from clipzss_d2.errors import UserInputError
 from clipzss_d2.modeling.student import class_logits
 from clipzss_d2.modeling.training.criterion import CLIPZSSCriterion
@@ -191,17 +192,16 @@ def test_gradients_reach_dense_synthesizer_and_scale():
     assert teacher.cls_embed.grad is None
 
 
-def test_from_config():
-    from detectron2.config import get_cfg
-    from detectron2.projects.deeplab import add_deeplab_config
-
-    from clipzss_d2.config import add_clipzss_config
-
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_clipzss_config(cfg)
+def small_cfg():
+    """The project's config at this file's embedding width (C) and head count."""
+    cfg = get_clipzss_cfg()
     cfg.MODEL.CLIPZSS.EMBED_DIM = C
     cfg.MODEL.CLIPZSS.PLM.SYNTH_HEADS = 4
+    return cfg
+
+
+def test_from_config():
+    cfg = small_cfg()
     cfg.MODEL.CLIPZSS.PLM.REGION_MAX_SEEN_FRACTION = 0.5
     module = PixelLearningModule(cfg)
     assert module.labeler.fusion_mode == "agglomerative" and module.max_seen_fraction == 0.5
@@ -305,16 +305,7 @@ def test_synthesizer_queries_from_the_teacher_hand_worked(query):
 
 
 def test_synthesizer_query_from_config_and_refused():
-    from detectron2.config import get_cfg
-    from detectron2.projects.deeplab import add_deeplab_config
-
-    from clipzss_d2.config import add_clipzss_config
-
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_clipzss_config(cfg)
-    cfg.MODEL.CLIPZSS.EMBED_DIM = C
-    cfg.MODEL.CLIPZSS.PLM.SYNTH_HEADS = 4
+    cfg = small_cfg()
     assert PixelLearningModule(cfg).synth_query == "student"  # the paper
     cfg.MODEL.CLIPZSS.PLM.SYNTH_QUERY = "teacher"
     assert PixelLearningModule(cfg).synth_query == "teacher"
