@@ -40,6 +40,13 @@ class PseudoTargets(NamedTuple):
     fused: FusedLabels  # labels B x H x W: seen ids, S + pseudo id, ignore
 
 
+def labels_on_grid(labels: torch.Tensor, grid) -> torch.Tensor:
+    """B x H x W ids resized to ``grid`` (h, w) by pixel-centre nearest neighbour: the cell's
+    id, as the synthesizer's centroids and the teacher's token means read it."""
+    small = F.interpolate(labels[:, None].float(), size=tuple(grid), mode="nearest-exact")
+    return small[:, 0].long()
+
+
 def drop_off_grid(
     labels: torch.Tensor, num_seen: int, grid: tuple[int, int], ignore_value: int
 ) -> torch.Tensor:
@@ -49,8 +56,7 @@ def drop_off_grid(
     is_pseudo = (labels >= num_seen) & (labels != ignore_value)
     if not bool(is_pseudo.any()):
         return labels
-    small = F.interpolate(labels[:, None].float(), size=tuple(grid), mode="nearest-exact")
-    small = small[:, 0].long()
+    small = labels_on_grid(labels, grid)
     q = int(labels[is_pseudo].max().item()) - num_seen + 1
     on_grid = (small >= num_seen) & (small != ignore_value)
     slot = torch.where(on_grid, small - num_seen, q).flatten(1)
@@ -103,8 +109,7 @@ def teacher_region_means(
     (zero where absent) and B x K bool presence, as ``region_centroids`` does for the student.
     """
     tokens = F.normalize(teacher.patch_embed.detach().float(), dim=1)
-    grid = tuple(tokens.shape[-2:])
-    small = F.interpolate(targets[:, None].float(), size=grid, mode="nearest-exact")[:, 0].long()
+    small = labels_on_grid(targets, tokens.shape[-2:])
     token_valid = getattr(teacher, "token_valid", None)
     if token_valid is not None:
         small = torch.where(token_valid.bool(), small, ignore_value)
@@ -264,7 +269,7 @@ class PixelLearningModule(nn.Module):
         if self.synth_query == "teacher":
             return t_cents, present & t_present
         s_cents = F.normalize(at_least_float32(cents), dim=-1)
-        return s_cents + t_cents.to(s_cents.dtype) * t_present[..., None], present
+        return s_cents + t_cents.to(s_cents.dtype), present  # absent: zero rows
 
     def forward(
         self,
@@ -326,8 +331,7 @@ class PixelLearningModule(nn.Module):
 
         protos_pseudo = teacher_protos
         if self.synthesizer is not None:
-            small = F.interpolate(targets[:, None].float(), size=(h, w), mode="nearest-exact")
-            cents, present = region_centroids(dense, small[:, 0].long(), s + q)
+            cents, present = region_centroids(dense, labels_on_grid(targets, (h, w)), s + q)
             if self.synth_query != "student":
                 cents, present = self._teacher_queries(cents, present, targets, teacher, s + q)
             protos = self.synthesizer(
