@@ -108,7 +108,9 @@ def test_training_step_breakdown_command():
     base, full = rows["baseline step (student only)"], rows["full step (teacher + GLM + PLM)"]
     parts = [k for k in rows if k.startswith("  of which")]
     assert {"  of which teacher forward", "  of which K-Means + fusion"} <= set(parts)
-    assert sum(float(rows[k]) for k in parts) == pytest.approx(float(full), abs=0.2)
+    # Each printed row is rounded to 0.1 ms, so the parts and the total may each be 0.05 off.
+    rounding = 0.05 * (len(parts) + 1) + 1e-6
+    assert sum(float(rows[k]) for k in parts) == pytest.approx(float(full), abs=rounding)
     printed = float(re.search(r"full / baseline step time: ([0-9.]+)x", proc.stdout).group(1))
     assert printed == pytest.approx(float(full) / float(base), abs=0.01)
 
