@@ -335,3 +335,19 @@ def test_teacher_prototype_mix_hand_worked(mix):
             torch.testing.assert_close(out.prototypes[b, q], F.normalize(expected.detach(), dim=0))
     with pytest.raises(UserInputError, match="TEACHER_PROTOTYPE_MIX 1.5 is outside"):
         plm(teacher_prototype_mix=1.5)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("SYNTH_QUERY", "teacher"), ("TEACHER_PROTOTYPE_MIX", 0.5), ("SYNTH_USE_PATCH_TOKENS", True)],
+)
+def test_synthesizer_options_refused_without_the_synthesizer(key, value):
+    """Options that only change the synthesizer are refused, not ignored, when it is off."""
+    cfg = small_cfg()
+    cfg.MODEL.CLIPZSS.PLM.SYNTHESIZER = False
+    PixelLearningModule(cfg)  # the defaults are fine without it
+    setattr(cfg.MODEL.CLIPZSS.PLM, key, value)
+    with pytest.raises(
+        UserInputError, match=f"PLM.{key} set the synthesizer, but .*SYNTHESIZER is False"
+    ):
+        PixelLearningModule(cfg)

@@ -176,6 +176,17 @@ class PixelLearningModule(nn.Module):
                 "[0, 1]: 0 = the synthesized prototype (the paper), 1 = the teacher's centroid."
             )
         self.teacher_prototype_mix = float(teacher_prototype_mix)
+        synth_only = {
+            "SYNTH_QUERY": synth_query != "student",
+            "TEACHER_PROTOTYPE_MIX": self.teacher_prototype_mix > 0,
+            "SYNTH_USE_PATCH_TOKENS": bool(synth_use_patch_tokens),
+        }
+        if self.synthesizer is None and any(synth_only.values()):
+            keys = ", ".join(f"MODEL.CLIPZSS.PLM.{k}" for k, on in synth_only.items() if on)
+            raise UserInputError(
+                f"{keys} set the synthesizer, but MODEL.CLIPZSS.PLM.SYNTHESIZER is False: "
+                "set SYNTHESIZER True, or leave them at their defaults."
+            )
         self.max_seen_fraction = float(max_seen_fraction)
         self.seen_halo_radius = int(seen_halo_radius)
         self.pseudo_logit_scale = float(pseudo_logit_scale)
