@@ -258,18 +258,20 @@ def test_end_to_end_with_tiny_clip_teacher_glm_and_losses():
     assert (targets[1, :, 48:] == 255).all()
 
 
-def synthesizer_queries(module, dense, labels, text, teacher):
-    """Run PLM once and return (queries, query_valid) its synthesizer received, and the output."""
+def run_recording_synthesizer(module, dense, labels, text, teacher):
+    """Run PLM once; return what its synthesizer received and gave back (queries, query_valid,
+    synthesized) and PLM's output."""
     seen = {}
     real = module.synthesizer.forward
 
     def watch(queries, query_valid, *rest):
         seen["queries"], seen["valid"] = queries, query_valid
-        return real(queries, query_valid, *rest)
+        seen["synthesized"] = real(queries, query_valid, *rest)
+        return seen["synthesized"]
 
     module.synthesizer.forward = watch
     out = module(dense, labels, text, teacher, torch.tensor(10.0))
-    return seen["queries"], seen["valid"], out
+    return seen, out
 
 
 def region_of(targets_b, class_id, truth):
@@ -287,7 +289,8 @@ def test_synthesizer_queries_from_the_teacher_hand_worked(query):
     token_valid = torch.ones(2, 4, 4, dtype=torch.bool)
     token_valid[1, :, 3] = False  # image 1's last token column is padding
     teacher = teacher._replace(token_valid=token_valid)
-    queries, valid, out = synthesizer_queries(plm(synth_query=query), dense, labels, text, teacher)
+    seen, out = run_recording_synthesizer(plm(synth_query=query), dense, labels, text, teacher)
+    queries, valid = seen["queries"], seen["valid"]
     tokens = F.normalize(teacher.patch_embed, dim=1)
     assert queries.shape == (2, S + 2, C)
     for b in range(2):
@@ -319,11 +322,9 @@ def test_teacher_prototype_mix_hand_worked(mix):
     """PLM.TEACHER_PROTOTYPE_MIX m: pseudo prototype = normalise((1 - m) * synthesized + m *
     the normalised mean of the teacher's tokens over its planted region); L_bce unchanged."""
     dense, labels, text, teacher, truth = world()
-    module = plm(teacher_prototype_mix=mix)
-    synthesized = {}
-    real = module.synthesizer.forward
-    module.synthesizer.forward = lambda *a: synthesized.setdefault("out", real(*a))
-    out = module(dense, labels, text, teacher, torch.tensor(10.0))
+    seen, out = run_recording_synthesizer(
+        plm(teacher_prototype_mix=mix), dense, labels, text, teacher
+    )
     paper = plm()(dense, labels, text, teacher, torch.tensor(10.0))
     torch.testing.assert_close(out.losses["loss_bce"], paper.losses["loss_bce"])
     tokens = F.normalize(teacher.patch_embed, dim=1)
@@ -331,7 +332,7 @@ def test_teacher_prototype_mix_hand_worked(mix):
         for q in range(2):
             region = region_of(out.targets[b], S + q, truth)
             centroid = F.normalize(tokens[b][:, truth == region].mean(1), dim=0)
-            expected = (1 - mix) * synthesized["out"][b, S + q] + mix * centroid
+            expected = (1 - mix) * seen["synthesized"][b, S + q] + mix * centroid
             torch.testing.assert_close(out.prototypes[b, q], F.normalize(expected.detach(), dim=0))
     with pytest.raises(UserInputError, match="TEACHER_PROTOTYPE_MIX 1.5 is outside"):
         plm(teacher_prototype_mix=1.5)
