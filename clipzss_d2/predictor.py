@@ -131,6 +131,11 @@ class OpenVocabularyPredictor:
             logger.warning("%s.", NO_WEIGHTS_NOTE)
         else:
             load_student_weights(self.model, self.cfg.MODEL.WEIGHTS, config_name or "the config")
+        if self.cfg.MODEL.CLIPZSS.INFERENCE.CHANNELS_LAST:
+            # NHWC weights as well as NHWC images: with NCHW weights PyTorch runs depthwise
+            # convolutions (timm's MiT) on NCHW copies of the NHWC activations, half of
+            # SegFormer-B0's backbone time on a CPU (docs/benchmarks.md)
+            self.model.to(memory_format=torch.channels_last)
         min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
         self.aug = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
         self.model_format = self.cfg.INPUT.FORMAT

@@ -223,6 +223,33 @@ def segformer_checkpoint(tmp_path_factory):
     return folder, opts
 
 
+def test_channels_last_predictor_holds_nhwc_weights_and_gives_the_nchw_labels(
+    segformer_checkpoint, shared_data
+):
+    """With INFERENCE.CHANNELS_LAST (the default) the predictor converts the student's
+    convolution weights to NHWC: PyTorch otherwise gives the MiT's depthwise convolutions NCHW
+    copies of the NHWC activations. Same weights, a real photograph: the labels of the predictor
+    with NCHW weights and images, scores within float rounding."""
+    import cv2
+
+    folder, opts = segformer_checkpoint
+    vocab = "person,dog,grass,sky,building"
+    photo = cv2.imread(str(shared_data / "coco_stuff" / "val2017" / "000000000139.jpg"))
+    results = {}
+    for channels_last in (True, False):
+        cfg = tiny_cfg(
+            str(folder / "config.yaml"),
+            extra_opts=opts + ["MODEL.CLIPZSS.INFERENCE.CHANNELS_LAST", channels_last],
+        )
+        predictor = OpenVocabularyPredictor(cfg, vocab)
+        depthwise = predictor.model.backbone.model.stages_0.blocks[0].mlp.dwconv.weight
+        # C x 1 x 3 x 3 is contiguous in both formats; NHWC strides put the 1-channel axis last
+        assert (depthwise.stride(1) == 1) == channels_last
+        results[channels_last] = predictor(photo)
+    np.testing.assert_array_equal(results[True].labels, results[False].labels)
+    np.testing.assert_allclose(results[True].scores, results[False].scores, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "exporter,dynamic",
     # torch.export (dynamo) specialises pvt_v2 on a batch-1 example and needs H, W ranges the
