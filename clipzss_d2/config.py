@@ -231,6 +231,9 @@ def add_clipzss_config(cfg):
     # Test-time engineering of the student's forward (no effect on training).
     z.INFERENCE.PRECISION = "fp32"  # fp32 | bf16 | fp16: autocast of backbone + head + classify
     z.INFERENCE.CHANNELS_LAST = True  # NHWC images and logits (faster convs, upsampling, argmax)
+    # Images per forward pass in OpenVocabularyPredictor.predict_batch (equal-sized images share
+    # one); 0 = one at a time on a CPU (faster there: docs/benchmarks.md), all at once on a GPU.
+    z.INFERENCE.IMAGES_PER_FORWARD = 0
 
     # Evaluation: also report detectron2 v0.6's averaging of classes absent from the ground truth.
     cfg.TEST.REPORT_BOTH_CONVENTIONS = True

@@ -152,6 +152,36 @@ def test_batch_equals_one_by_one_for_mixed_sizes(predictor):
         np.testing.assert_allclose(res.scores, single.scores, rtol=1e-4, atol=1e-6)
 
 
+def test_images_per_forward_splits_a_batch_without_changing_its_results(monkeypatch):
+    """INFERENCE.IMAGES_PER_FORWARD caps the images of one forward pass; 0 (the default) gives
+    one per pass on a CPU and the whole group of equal-sized images on a GPU."""
+    images = [image(50, 70, seed) for seed in range(5)] + [image(33, 90, 9)]
+    passes = {}
+    for setting in (0, 2, 6):
+        torch.manual_seed(0)  # the same random student each time
+        p = OpenVocabularyPredictor(cfg_with("MODEL.CLIPZSS.INFERENCE.IMAGES_PER_FORWARD", setting))
+        forward = p.model.forward
+        sizes = []
+
+        def counting(inputs, forward=forward, sizes=sizes):
+            sizes.append(len(inputs))
+            return forward(inputs)
+
+        monkeypatch.setattr(p.model, "forward", counting)
+        results = p.predict_batch(images, vocabulary="a,b,c")
+        passes[setting] = sizes
+        if setting == 0:
+            reference, automatic = results, p
+        for res, ref in zip(results, reference):
+            np.testing.assert_array_equal(res.labels, ref.labels)
+            np.testing.assert_allclose(res.scores, ref.scores, rtol=1e-4, atol=1e-6)
+    assert passes == {0: [1, 1, 1, 1, 1, 1], 2: [2, 2, 1, 1], 6: [5, 1]}
+    monkeypatch.setattr(type(automatic.model), "device", property(lambda _: torch.device("cuda")))
+    assert automatic._forward_size(5) == 5  # on a GPU, a group of five in one pass
+    with pytest.raises(UserInputError, match="IMAGES_PER_FORWARD"):
+        OpenVocabularyPredictor(cfg_with("MODEL.CLIPZSS.INFERENCE.IMAGES_PER_FORWARD", -1))
+
+
 def test_result_helpers_threshold_and_fractions():
     from clipzss_d2.predictor import SegmentationResult
 

@@ -17,6 +17,7 @@ eager on the same images.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import tempfile
 import time
@@ -87,7 +88,8 @@ def staged_predict(
     predictor, jpegs: list[bytes], vocabulary: list[str], timer: StageTimer
 ) -> list[SegmentationResult]:
     """decode + ``predictor.predict_batch(images, vocabulary)`` (BGR, one batch of equal-sized
-    images, plain inference mode), stage by stage under `timer`."""
+    images, plain inference mode, as many images per forward pass), stage by stage under
+    `timer`."""
     model = predictor.model
     mode = model.test_time
     if not mode.is_plain:
@@ -117,22 +119,28 @@ def staged_predict(
             if mode.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         text = model.text_embeddings(vocabulary)
-        with autocast(x.device, mode.precision):
-            with timer("backbone"):
-                features = model.backbone(x)
-            with timer("head"):
-                embeddings = F.normalize(model.embedding_head(features), dim=1)
-            with timer("text classifier"):
-                logits = model.classify(embeddings, text)
-        with timer("upsampling"):  # stride_logits' end: fp32, NHWC
-            logits = logits.float()
-            if mode.channels_last:
-                logits = logits.contiguous(memory_format=torch.channels_last)
         padded = tuple(x.shape[-2:])
-        return [
-            _staged_labels(logits[i : i + 1], padded, tuple(image_size), out, vocabulary, timer)
-            for i, (image_size, out) in enumerate(zip(batch.image_sizes, sizes))
-        ]
+        step = predictor._forward_size(len(x))  # images per forward pass, as predict_batch
+        results = []
+        for start in range(0, len(x), step):
+            with autocast(x.device, mode.precision):
+                with timer("backbone"):
+                    features = model.backbone(x[start : start + step])
+                with timer("head"):
+                    embeddings = F.normalize(model.embedding_head(features), dim=1)
+                with timer("text classifier"):
+                    logits = model.classify(embeddings, text)
+            with timer("upsampling"):  # stride_logits' end: fp32, NHWC
+                logits = logits.float()
+                if mode.channels_last:
+                    logits = logits.contiguous(memory_format=torch.channels_last)
+            results += [
+                _staged_labels(logits[i : i + 1], padded, tuple(image_size), out, vocabulary, timer)
+                for i, (image_size, out) in enumerate(
+                    zip(batch.image_sizes[start : start + step], sizes[start : start + step])
+                )
+            ]
+        return results
 
 
 def _staged_labels(logits, padded, size, out, entries, timer):
@@ -240,6 +248,30 @@ def postprocess_alternatives(predictor, jpegs, vocabulary, device, warmup: int, 
     return {name: timings[name].median * 1000 for name in routes}, same
 
 
+def predictor_alternatives(predictor, jpegs, vocabulary, device, warmup: int, iters: int):
+    """The predictor against its routes before 2026-12-08, round-robin on the same images:
+    convolution weights NCHW (with CHANNELS_LAST the predictor holds them NHWC) and the batch
+    in one forward pass (INFERENCE.IMAGES_PER_FORWARD = the batch). ({variant: ms}, labels
+    identical across the variants)."""
+    variants = {"predictor": predictor}
+    if predictor.model.test_time.channels_last:
+        nchw = copy.copy(predictor)
+        nchw.model = copy.deepcopy(predictor.model).to(memory_format=torch.contiguous_format)
+        variants["NCHW weights"] = nchw
+    if len(jpegs) > 1:
+        for name, base in list(variants.items()):
+            one_pass = copy.copy(base)
+            one_pass.images_per_forward = len(jpegs)
+            variants[f"{name}, one forward pass"] = one_pass
+    images = decode(jpegs)
+    fns = {name: (lambda p=p: p.predict_batch(images, vocabulary)) for name, p in variants.items()}
+    with torch.inference_mode():
+        timings = round_robin(fns, device, warmup, iters)
+        labels = [[r.labels for r in fn()] for fn in fns.values()]
+    same = all(np.array_equal(a, b) for other in labels[1:] for a, b in zip(labels[0], other))
+    return {name: timings[name].median * 1000 for name in fns}, same
+
+
 def inference_floor(args, predictors: dict, configs: list[str], onnx: bool) -> dict:
     """The floor section of tools/benchmark.py for `configs` (fp32)."""
     from .sections import student_name
@@ -270,7 +302,18 @@ def inference_floor(args, predictors: dict, configs: list[str], onnx: bool) -> d
                     "staged_ms": staged_total * 1000,
                     "stages_ms": {k: v * 1000 for k, v in stages.items()},
                     "labels_equal": same,
+                    "alternatives": predictor_alternatives(
+                        predictor, jpegs, vocabulary, args.device, args.warmup, args.iters
+                    ),
                 }
+            )
+            times, same_labels = rows[-1]["alternatives"]
+            print(
+                f"  predictor batch {bs}, round-robin: "
+                + ", ".join(f"{name} {ms:.0f} ms" for name, ms in times.items())
+                + ", labels "
+                + ("identical" if same_labels else "DIFFER"),
+                flush=True,
             )
         post = postprocess_alternatives(
             predictor, benchmark_images(args.size, 1), vocabulary, args.device, args.warmup,
@@ -475,6 +518,16 @@ def floor_markdown(args, floor_out: dict) -> list[str]:
         f"{r['student']} batch {r['batch']}: {r['operators']}" for r in rows
     ), ""]  # fmt: skip
     for r in rows:
+        if len(r.get("alternatives", ({},))[0]) > 1:
+            times, same = r["alternatives"]
+            out += [
+                f"The predictor against its routes before 2026-12-08 ({r['student']}, batch "
+                f"{r['batch']}, round-robin, ms): "
+                + ", ".join(f"{name} {ms:.0f}" for name, ms in times.items())
+                + "; labels "
+                + ("identical." if same else "DIFFERENT."),
+                "",
+            ]
         if "post_alternative" in r:
             times, same = r["post_alternative"]
             out += [
