@@ -293,7 +293,9 @@ def export_student(
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"  # exported on the CPU; the artefacts run anywhere
     predictor = OpenVocabularyPredictor(cfg, vocabulary, config_name=config_file)
-    model = sync_bn_to_bn(predictor.model).eval()
+    # NCHW weights, as the model is built: the predictor's NHWC weights (a CPU speed-up of eager
+    # PyTorch) make the legacy ONNX exporter fix the batch axis of a dynamic export to 1
+    model = sync_bn_to_bn(predictor.model).eval().to(memory_format=torch.contiguous_format)
     model.set_vocabulary(vocabulary)
     if not model.test_time.is_plain:
         logger.warning(

@@ -8,9 +8,10 @@ graph gives the logits at the resized size (normalisation, padding, network, tex
 upsampling, as the PyTorch model computes them) and the predictor's own ``_to_result`` brings
 labels and scores to the input size, so the post-processing is the same code as the predictor's.
 
-Why: on a 2-core CPU it is faster than the PyTorch predictor for batches (1.6x at 16 images of
-512², SegFormer-B0), but no longer for one image, since the PyTorch predictor stopped holding
-the full-size logits that this graph still returns (docs/benchmarks.md#figures-cpu-2026-12-07).
+Why: a deployment without the PyTorch network (onnxruntime runs the graph). On a 2-core CPU
+it is not faster than the PyTorch predictor: 0.54x at one 512² image and 0.69x at sixteen
+(SegFormer-B0, docs/benchmarks.md#figures-cpu-2026-12-08), since the PyTorch predictor holds
+neither the full-size logits that this graph returns nor NCHW weights.
 A `labels` export (softmax + max inside the graph, the exporter's default) is refused: its
 softmax over the class axis at full resolution is slower in onnxruntime than the whole PyTorch
 predictor, and it answers at the resized size, not the input's.

@@ -11,8 +11,8 @@
         --output out/ --vocab "cat,sofa|couch,floor,wall"
 
 --backend onnx --export-folder EXPORT runs the student exported by tools/export_model.py --format
-onnx --output-kind logits under onnxruntime instead of PyTorch: the same labels (tested), faster
-on a CPU for batches but not for one image (docs/benchmarks.md), for the export's fixed
+onnx --output-kind logits under onnxruntime instead of PyTorch: the same labels (tested), not
+faster than PyTorch on a CPU since 2026-12-08 (docs/benchmarks.md), for the export's fixed
 vocabulary only; the config still gives the test-time resize.
 
 --clip-alone segments with CLIP alone (the teacher's dense patch tokens x text embeddings, the
