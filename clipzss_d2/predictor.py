@@ -254,10 +254,14 @@ class OpenVocabularyPredictor:
             x["sem_seg_format"] = "labels"
         results: list[SegmentationResult | None] = [None] * len(inputs)
         for group in groups.values():
-            step = self._forward_size(len(group))
-            for start in range(0, len(group), step):
-                self._predict_group(inputs, group[start : start + step], entries, results)
+            for part in self._forward_passes(len(group)):
+                self._predict_group(inputs, group[part], entries, results)
         return results
+
+    def _forward_passes(self, count: int) -> list[slice]:
+        """The forward passes of `count` equal-sized images, as slices of them."""
+        step = self._forward_size(count)
+        return [slice(start, start + step) for start in range(0, count, step)]
 
     def _forward_size(self, group: int) -> int:
         """Images per forward pass: INFERENCE.IMAGES_PER_FORWARD, or with 0 one on a CPU (a

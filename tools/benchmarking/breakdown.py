@@ -120,12 +120,11 @@ def staged_predict(
                 x = x.contiguous(memory_format=torch.channels_last)
         text = model.text_embeddings(vocabulary)
         padded = tuple(x.shape[-2:])
-        step = predictor._forward_size(len(x))  # images per forward pass, as predict_batch
         results = []
-        for start in range(0, len(x), step):
+        for part in predictor._forward_passes(len(x)):  # as predict_batch
             with autocast(x.device, mode.precision):
                 with timer("backbone"):
-                    features = model.backbone(x[start : start + step])
+                    features = model.backbone(x[part])
                 with timer("head"):
                     embeddings = F.normalize(model.embedding_head(features), dim=1)
                 with timer("text classifier"):
@@ -136,9 +135,7 @@ def staged_predict(
                     logits = logits.contiguous(memory_format=torch.channels_last)
             results += [
                 _staged_labels(logits[i : i + 1], padded, tuple(image_size), out, vocabulary, timer)
-                for i, (image_size, out) in enumerate(
-                    zip(batch.image_sizes[start : start + step], sizes[start : start + step])
-                )
+                for i, (image_size, out) in enumerate(zip(batch.image_sizes[part], sizes[part]))
             ]
         return results
 
